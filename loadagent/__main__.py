@@ -1,0 +1,3 @@
+from loadagent.cli import main
+
+main()

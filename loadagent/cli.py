@@ -1,0 +1,83 @@
+"""`loadagent start`: the agent daemon's command line."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import sys
+from typing import Annotated
+
+import typer
+
+from protocol.codec import DEFAULT_MAX_MESSAGE
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Load-generating agent: dials a loadmaster and runs its jobs.")
+TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
+
+
+@app.callback()
+def _root() -> None:
+    """Load-generating agent: dials a loadmaster and runs its jobs."""
+
+
+def _parse_cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+@app.command()
+def start(
+    master: Annotated[str, typer.Option(help="The master's control address, tcp://HOST:PORT.")]
+    = "tcp://127.0.0.1:5556",
+    name: Annotated[str, typer.Option(help="This agent's name in reports.")] = "",
+    workers: Annotated[int, typer.Option(
+        help="Worker processes when the config says `worker: auto` (default: core count).")] = 0,
+    cpu_list: Annotated[str, typer.Option(
+        help="Pin this agent and its workers to these CPUs, e.g. 0,2-3.")] = "",
+    max_message: Annotated[int, typer.Option(
+        help="Largest job (bundle included) this agent accepts, in bytes.")]
+    = DEFAULT_MAX_MESSAGE,
+    embedded: Annotated[bool, typer.Option(hidden=True)] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Dial the master and run its jobs until stopped (Ctrl-C or SIGTERM)."""
+    import asyncio
+
+    from loadagent.daemon import AgentDaemon, AgentOptions
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s loadagent %(levelname)s %(message)s")
+    if not master.startswith("tcp://"):
+        raise typer.BadParameter(f"--master {master!r}: expected tcp://HOST:PORT")
+    if cpu_list:
+        try:
+            os.sched_setaffinity(0, _parse_cpu_list(cpu_list))
+        except (ValueError, OSError) as e:
+            raise typer.BadParameter(f"--cpu-list {cpu_list!r}: {e}") from None
+    cores = len(os.sched_getaffinity(0))
+    # Before any socket or loop exists: workers come from this clean forkserver.
+    mp = multiprocessing.get_context("forkserver")
+    mp.set_forkserver_preload(["protocol", "uvloop", "zmq", "loadagent.worker"])
+    opts = AgentOptions(
+        master=master,
+        name=name or f"{socket.gethostname()}-{os.getpid()}",
+        workers=workers if workers > 0 else cores,
+        max_message=max_message,
+        token=os.environ.pop(TOKEN_ENV, ""),
+        embedded=embedded,
+    )
+    code = asyncio.run(AgentDaemon(opts, mp).run())
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

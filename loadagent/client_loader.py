@@ -1,0 +1,60 @@
+"""Imports the user's client file and picks the ClientProtocol subclass to run."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from protocol.client import ClientProtocol
+
+
+class ClientLoadError(Exception):
+    """The client file cannot be used; the message says why (and may hold a traceback)."""
+
+
+def load_client_class(path: Path, class_name: str = "") -> type[ClientProtocol]:
+    """Import ``path`` as a module and return the ClientProtocol subclass it defines.
+
+    With ``class_name`` empty the file must define exactly one subclass.
+    Import errors propagate with their own traceback.
+    """
+    module_name = path.stem if path.stem.isidentifier() else "benchmark_client"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ClientLoadError(f"{path}: not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    found = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, ClientProtocol) and obj is not ClientProtocol
+        and obj.__module__ == module_name
+    ]
+    if class_name:
+        for cls in found:
+            if cls.__name__ == class_name:
+                return cls
+        names = ", ".join(c.__name__ for c in found) or "none"
+        raise ClientLoadError(
+            f"{path}: benchmark_class {class_name!r} is not a ClientProtocol subclass "
+            f"defined there (found: {names})")
+    if not found:
+        raise ClientLoadError(
+            f"{path}: defines no ClientProtocol subclass (write `from protocol import "
+            f"ClientProtocol` and subclass it)")
+    if len(found) > 1:
+        names = ", ".join(c.__name__ for c in found)
+        raise ClientLoadError(
+            f"{path}: defines several ClientProtocol subclasses ({names}); "
+            f"choose one with benchmark_class")
+    return found[0]
+
+
+async def run_global_init(cls: type[ClientProtocol], custom_conf: dict[str, Any]) -> None:
+    """``cls.global_init(custom_conf)``, awaited when it is a coroutine function."""
+    result = cls.global_init(custom_conf)
+    if inspect.isawaitable(result):
+        await result

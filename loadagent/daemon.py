@@ -1,0 +1,330 @@
+"""The agent daemon: dials a master, registers, heartbeats, runs one job at a time.
+
+States: CONNECTING (REGISTER resent with back-off until a WELCOME), IDLE (heartbeats),
+RUNNING (a JobRun). The master is lost after ``MISSED_BEATS`` heartbeats without an
+answer: any job is aborted and cleaned up within a few seconds, then the agent goes
+back to CONNECTING (an embedded agent exits instead).
+
+Signal handlers only record the signal; the serve loop acts on it. The first SIGTERM
+or SIGINT stops the current job gracefully (totals still sent) and leaves; a second
+one aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.asyncio
+
+from loadagent.job import JobRun
+from protocol import __version__
+from protocol.bundle import BundleError
+from protocol.codec import (
+    PROTOCOL_VERSION,
+    Message,
+    Refused,
+    VersionMismatch,
+    WireError,
+    decode,
+    encode,
+)
+from protocol.messages import (
+    Abort,
+    FinalAck,
+    Heartbeat,
+    Job,
+    JobFailed,
+    Leaving,
+    Register,
+    RunDone,
+    Start,
+    Stop,
+    Welcome,
+)
+
+log = logging.getLogger("loadagent")
+HEARTBEAT = 1.0
+MISSED_BEATS = 3
+BACKOFF_MAX = 10.0
+NOT_ACCEPTED_RETRY = 5.0
+
+
+class AgentExit(Exception):
+    """The agent must stop; ``code`` is its exit status."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    master: str
+    name: str
+    workers: int
+    max_message: int
+    token: str = ""
+    embedded: bool = False
+
+
+class ClockOffset:
+    """master clock - our clock, from the heartbeat with the shortest round trip."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.rtt = float("inf")
+
+    def sample(self, sent: float, master_time: float, received: float) -> None:
+        rtt = received - sent
+        if 0 <= rtt <= self.rtt:
+            self.rtt = rtt
+            self.offset = master_time - (sent + received) / 2
+
+
+class AgentDaemon:
+    def __init__(self, opts: AgentOptions, mp: BaseContext) -> None:
+        self._opts = opts
+        self._mp = mp
+        self._signals = 0
+        self._wake = asyncio.Event()
+        self._job: JobRun | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
+        self._clock = ClockOffset()
+        self._leaving = False
+
+    # -- signals and the embedding master -----------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        log.info("got %s (%d)", signal.Signals(signum).name, self._signals)
+        self._wake.set()
+
+    def _on_stdin(self) -> None:
+        # The embedding master holds our stdin: EOF means it is gone.
+        try:
+            data = os.read(sys.stdin.fileno(), 4096)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            log.info("master process gone (stdin closed)")
+            self._signals = max(self._signals, 2)
+            self._wake.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        if self._opts.embedded:
+            loop.add_reader(sys.stdin.fileno(), self._on_stdin)
+        ctx = zmq.asyncio.Context()
+        try:
+            while True:
+                welcome = await self._connect(ctx)
+                if welcome is None:
+                    return 0
+                lost = await self._serve(welcome)
+                if not lost or self._opts.embedded:
+                    return 0 if not lost else 5
+        except AgentExit as e:
+            log.error("%s", e)
+            return e.code
+        finally:
+            if self._job is not None:
+                await self._job.close()
+            self._close_socket()
+            ctx.term()
+
+    # -- connection ---------------------------------------------------------------------
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = self._sender = None
+
+    def _send(self, msg: Message) -> None:
+        if self._sender is None:
+            return
+        try:
+            self._sender.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("master not reading: dropped %s", type(msg).__name__)
+
+    async def _recv(self, timeout: float) -> Message | None:
+        assert self._sock is not None
+        if not await self._sock.poll(max(0, int(timeout * 1000))):
+            return None
+        frames = await self._sock.recv_multipart()
+        try:
+            return decode(frames, self._opts.max_message)
+        except VersionMismatch as e:
+            raise AgentExit(2, f"master at {self._opts.master} speaks protocol version "
+                               f"{e.theirs}, this agent speaks {e.ours}: upgrade one of them "
+                               f"(agent {__version__})") from None
+        except Refused as e:
+            raise AgentExit(2, f"master at {self._opts.master} refused this agent: {e}") from None
+        except WireError as e:
+            log.warning("dropped a bad message from the master: %s", e)
+            return None
+
+    async def _connect(self, ctx: zmq.asyncio.Context) -> Welcome | None:
+        """Register with the master, retrying with back-off; None when told to stop."""
+        backoff = 0.5
+        announced = False
+        while self._signals == 0:
+            self._close_socket()
+            sock = self._sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + 1024 * 1024)
+            sock.connect(self._opts.master)
+            self._sender = zmq.Socket.shadow(sock.underlying)
+            if not announced:
+                log.info("dialing master %s", self._opts.master)
+                announced = True
+            deadline = time.monotonic() + backoff
+            register = Register(
+                name=self._opts.name, hostname=socket.gethostname(),
+                cores=os.cpu_count() or 1, workers=self._opts.workers, version=__version__,
+                pid=os.getpid(), max_message=self._opts.max_message, token=self._opts.token)
+            while time.monotonic() < deadline and self._signals == 0:
+                self._send(register)
+                msg = await self._recv_or_wake(min(0.25, deadline - time.monotonic()))
+                if isinstance(msg, Welcome):
+                    self._clock.sample(time.time(), msg.master_time, time.time())
+                    if msg.accepted:
+                        log.info("registered with master %s as %r (protocol %d)",
+                                 self._opts.master, self._opts.name, PROTOCOL_VERSION)
+                        return msg
+                    log.info("master %s keeps this agent idle: %s", self._opts.master,
+                             msg.reason)
+                    if self._opts.embedded:
+                        raise AgentExit(2, f"embedded agent not accepted: {msg.reason}")
+                    deadline = time.monotonic() + NOT_ACCEPTED_RETRY
+                    await self._sleep_or_wake(NOT_ACCEPTED_RETRY)
+                    break
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        return None
+
+    async def _recv_or_wake(self, timeout: float) -> Message | None:
+        self._wake.clear()
+        if self._signals:
+            return None
+        return await self._recv(max(timeout, 0.0))
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    # -- registered ---------------------------------------------------------------------
+    async def _serve(self, welcome: Welcome) -> bool:
+        """Heartbeat and run jobs until we leave (False) or lose the master (True)."""
+        host = urlsplit(self._opts.master).hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        stats_endpoint = f"tcp://{host}:{welcome.stats_port}"
+        loop = asyncio.get_running_loop()
+        last_heard = loop.time()
+        next_beat = loop.time()
+        handled_signals = 0
+        while True:
+            now = loop.time()
+            if now >= next_beat:
+                self._send(Heartbeat(sent_at=time.time(), echo=0.0))
+                if self._job is not None:
+                    self._job.resend_unacked()
+                next_beat = now + HEARTBEAT
+            if now - last_heard > HEARTBEAT * MISSED_BEATS:
+                log.error("master %s lost (no heartbeat for %.1fs)", self._opts.master,
+                          now - last_heard)
+                await self._drop_job(Abort("master lost"))
+                self._close_socket()
+                return True
+            if self._signals != handled_signals:
+                handled_signals = self._signals
+                if await self._on_leave_request(handled_signals):
+                    return False
+            if self._leaving and (self._job is None or self._job.settled):
+                await self._leave()
+                return False
+            wait = max(0.0, min(next_beat, last_heard + HEARTBEAT * MISSED_BEATS) - loop.time())
+            msg = await self._recv_or_wake(wait + 0.01)
+            if msg is None:
+                continue
+            last_heard = loop.time()
+            await self._handle(msg, stats_endpoint)
+
+    async def _on_leave_request(self, count: int) -> bool:
+        """First signal: graceful stop, then leave. Second: abort now. True = leave now."""
+        if count >= 2 or self._job is None:
+            if self._job is not None:
+                await self._drop_job(Abort("the agent was told to stop at once"))
+            await self._leave()
+            return True
+        log.info("stopping the current run gracefully, then leaving")
+        self._leaving = True
+        self._job.forward(Stop("the agent is shutting down"))
+        return False
+
+    async def _leave(self) -> None:
+        self._send(Leaving(reason="agent shut down by a signal" if self._signals
+                           else "agent shutting down"))
+        # give the message a moment on the wire; the socket is closed with linger 0
+        await asyncio.sleep(0.1)
+
+    async def _drop_job(self, abort: Abort) -> None:
+        if self._job is not None:
+            job, self._job = self._job, None
+            job.forward(abort)
+            await job.close()
+
+    async def _handle(self, msg: Message, stats_endpoint: str) -> None:
+        if isinstance(msg, Heartbeat):
+            self._clock.sample(msg.echo, msg.sent_at, time.time())
+        elif isinstance(msg, Job):
+            await self._on_job(msg, stats_endpoint)
+        elif isinstance(msg, Start):
+            if self._job is not None:
+                self._job.forward(Start(t0=msg.t0 - self._clock.offset))
+        elif isinstance(msg, Stop | Abort):
+            if self._job is not None:
+                self._job.forward(msg)
+        elif isinstance(msg, FinalAck):
+            if self._job is not None:
+                self._job.ack(msg.worker)
+        elif isinstance(msg, RunDone):
+            if self._job is not None and self._job.run_id == msg.run_id:
+                log.info("run %s done; back to idle", msg.run_id)
+                await self._drop_job(Abort("run over"))
+        elif isinstance(msg, Welcome):
+            pass  # a late answer to a resent REGISTER
+        else:
+            log.warning("unexpected %s from the master", type(msg).__name__)
+
+    async def _on_job(self, job: Job, stats_endpoint: str) -> None:
+        if self._job is not None:
+            if self._job.run_id != job.run_id:
+                self._send(JobFailed(worker=-1, error=f"agent {self._opts.name} is busy with "
+                                                      f"run {self._job.run_id}"))
+            return
+        log.info("run %s: job received (%d worker(s), %d bundle file(s))", job.run_id,
+                 len(job.worker_ids), len(job.bundle))
+        run = JobRun(job, self._opts.name, stats_endpoint, self._mp, self._send)
+        try:
+            run.start()
+        except BundleError as e:
+            log.error("run %s: bundle refused: %s", job.run_id, e)
+            self._send(JobFailed(worker=-1, error=f"agent {self._opts.name}: bundle refused: {e}"))
+            return
+        self._job = run

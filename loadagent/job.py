@@ -1,0 +1,191 @@
+"""One job on an agent: its run directory, its worker processes, and the messages
+between them and the master.
+
+Workers are started from the agent's forkserver (never forked from a process with a
+running loop or a ZeroMQ context). Each is watched through its pipe and its process
+sentinel; a worker that exits without sending its totals is reported as lost, never
+restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from loadagent.rundir import RunDir, write_bundle
+from loadagent.worker import PIPE_LIMIT, worker_main
+from protocol.codec import Message, WireError, decode_joined, encode_joined
+from protocol.messages import (
+    Abort,
+    Final,
+    Job,
+    JobFailed,
+    Ready,
+    Start,
+    Stop,
+    WorkerJob,
+    WorkerLost,
+)
+
+log = logging.getLogger("loadagent")
+EXIT_WAIT = 3.0
+
+
+@dataclass
+class WorkerHandle:
+    index: int  # global worker id in the run
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    final: Final | None = None
+    acked: bool = False
+    exited: bool = False
+    failed: bool = False
+    pending: list[Message] = field(default_factory=list)
+
+
+class JobRun:
+    def __init__(self, job: Job, agent: str, stats_endpoint: str, mp: BaseContext,
+                 send: Callable[[Message], None]) -> None:
+        self.job = job
+        self._agent = agent
+        self._stats_endpoint = stats_endpoint
+        self._mp = mp
+        self._send = send
+        self._rundir: RunDir | None = None
+        self._workers: dict[int, WorkerHandle] = {}
+        self._ready_sent = False
+        self.all_exited = asyncio.Event()
+
+    @property
+    def run_id(self) -> str:
+        return self.job.run_id
+
+    def start(self) -> None:
+        """Write the bundle and start one worker per worker id. Raises BundleError."""
+        self._rundir = RunDir(self.job.run_id)
+        try:
+            write_bundle(self.job.bundle, self._rundir.path)
+        except Exception:
+            self._rundir.remove()
+            raise
+        loop = asyncio.get_running_loop()
+        worker_job = replace(self.job, bundle=[])
+        for index in self.job.worker_ids:
+            ours, theirs = self._mp.Pipe(duplex=True)
+            proc = self._mp.Process(target=worker_main, args=(theirs,),
+                                    name=f"loadworker-{index}", daemon=False)
+            proc.start()
+            theirs.close()
+            handle = WorkerHandle(index, proc, ours)
+            self._workers[index] = handle
+            ours.send_bytes(encode_joined(WorkerJob(
+                job=worker_job, worker=index, agent=self._agent,
+                stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
+            loop.add_reader(ours.fileno(), self._on_pipe, handle)
+            loop.add_reader(proc.sentinel, self._on_exit, handle)
+        log.info("run %s: started %d worker(s) in %s", self.run_id, len(self._workers),
+                 self._rundir.path)
+
+    # -- from workers -----------------------------------------------------------------
+    def _on_pipe(self, h: WorkerHandle) -> None:
+        try:
+            while h.conn.poll():
+                data = h.conn.recv_bytes(PIPE_LIMIT * 64)
+                try:
+                    self._from_worker(h, decode_joined(data))
+                except WireError as e:
+                    log.warning("worker %d sent a bad message: %s", h.index, e)
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(h.conn.fileno())
+
+    def _from_worker(self, h: WorkerHandle, msg: Message) -> None:
+        if isinstance(msg, Ready):
+            h.ready = True
+            if not self._ready_sent and all(w.ready for w in self._workers.values()):
+                self._ready_sent = True
+                self._send(Ready(len(self._workers)))
+                log.info("run %s: all %d worker(s) ready", self.run_id, len(self._workers))
+        elif isinstance(msg, JobFailed):
+            h.failed = True
+            log.error("run %s: worker %d failed before load", self.run_id, h.index)
+            self._send(msg)
+        elif isinstance(msg, Final) and msg.worker == h.index:
+            h.final = msg
+            self._send(msg)
+
+    def _on_exit(self, h: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(h.process.sentinel)
+        self._on_pipe(h)  # what it wrote before exiting
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(h.conn.fileno())
+        h.process.join(0)
+        h.exited = True
+        code = h.process.exitcode if h.process.exitcode is not None else -1
+        if h.final is None and not h.failed:
+            log.error("run %s: worker %d exited (code %s) without its totals",
+                      self.run_id, h.index, code)
+            self._send(WorkerLost(worker=h.index, exitcode=code,
+                                  detail=f"worker exited with code {code} before its totals"))
+        else:
+            log.info("run %s: worker %d finished (code %s)", self.run_id, h.index, code)
+        if all(w.exited for w in self._workers.values()):
+            self.all_exited.set()
+
+    # -- from the master --------------------------------------------------------------
+    def forward(self, msg: Start | Stop | Abort) -> None:
+        data = encode_joined(msg)
+        for h in self._workers.values():
+            if not h.exited:
+                with contextlib.suppress(OSError):
+                    h.conn.send_bytes(data)
+
+    def ack(self, worker: int) -> None:
+        h = self._workers.get(worker)
+        if h is not None:
+            h.acked = True
+
+    def resend_unacked(self) -> None:
+        for h in self._workers.values():
+            if h.final is not None and not h.acked:
+                self._send(h.final)
+
+    @property
+    def settled(self) -> bool:
+        """Every worker has exited and each one's totals were acknowledged (or lost)."""
+        return all(h.exited and (h.final is None or h.acked) for h in self._workers.values())
+
+    async def close(self) -> None:
+        """Abort what still runs, wait briefly, kill the rest, remove the run directory."""
+        alive = [h for h in self._workers.values() if not h.exited]
+        if alive:
+            self.forward(Abort("the agent is closing the run"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_exited.wait(), EXIT_WAIT)
+        loop = asyncio.get_running_loop()
+        for h in self._workers.values():
+            if h.process.is_alive() and h.process.pid is not None:
+                log.warning("run %s: killing worker %d", self.run_id, h.index)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(h.process.pid, signal.SIGKILL)
+                h.process.join(2)
+            for fd in (h.conn.fileno() if not h.conn.closed else -1, h.process.sentinel):
+                with contextlib.suppress(OSError, ValueError):
+                    if fd >= 0:
+                        loop.remove_reader(fd)
+            h.conn.close()
+            h.process.join(0)
+            with contextlib.suppress(ValueError):
+                h.process.close()
+        if self._rundir is not None:
+            self._rundir.remove()
+            log.info("run %s: run directory removed", self.run_id)

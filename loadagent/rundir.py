@@ -1,0 +1,49 @@
+"""A fresh run directory per job, holding the shipped bundle; removed after the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from protocol.bundle import BundleError, check_bundle_path
+from protocol.messages import BundleFile
+
+
+def write_bundle(files: list[BundleFile], root: Path) -> None:
+    """Write every file under ``root``, keeping relative paths.
+
+    Refuses absolute paths, ``..``, and anything that is not a regular file; files are
+    created with O_NOFOLLOW | O_EXCL, so no link can redirect a write outside ``root``.
+    """
+    root = root.resolve()
+    for f in files:
+        rel = check_bundle_path(f.path)
+        if stat.S_IFMT(f.mode) not in (0, stat.S_IFREG):
+            raise BundleError(f"bundle path {f.path!r}: only regular files are accepted")
+        target = root.joinpath(*rel.parts)
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if parent.resolve() != parent or not parent.is_relative_to(root):
+            raise BundleError(f"bundle path {f.path!r}: leaves the run directory")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            fd = os.open(target, flags, (f.mode & 0o755) | 0o600)
+        except FileExistsError:
+            raise BundleError(f"bundle path {f.path!r}: listed twice") from None
+        except OSError as e:
+            raise BundleError(f"bundle path {f.path!r}: cannot be written: {e}") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(f.data)
+
+
+class RunDir:
+    """A temporary directory for one run; ``remove()`` is safe to call twice."""
+
+    def __init__(self, run_id: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"loadagent-{run_id}-"))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

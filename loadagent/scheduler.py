@@ -1,0 +1,194 @@
+"""Runs one worker's simulated clients: hatching, the timed call loop, stop and shutdown.
+
+Glossary
+--------
+- *client*: one instance of the user's ``ClientProtocol`` subclass, driven by one task.
+- *interval totals*: what happened since the last published delta; the call loop
+  writes into them directly and the publisher drains them in place once a second.
+- *grace*: after STOP, how long calls already running may take before they are
+  cancelled (and counted as failures).
+
+The call loop is the hot path of the whole project: it touches only locals and the
+slots of one ``OpStats``, reuses the end time of a call as the start of the next one
+when nothing waits between them, and yields to the event loop every
+``YIELD_EVERY`` calls so that a client whose ``execute()`` never suspends cannot
+starve the publisher or the other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Sequence
+
+from protocol.client import ClientProtocol
+from protocol.stats import Totals, error_key
+
+YIELD_EVERY = 32
+RETURNED_FALSE = ("Failure", "execute() returned False")
+CANCELLED_AT_STOP = ("Cancelled", "call still running when the stop grace ran out")
+
+
+class ClientScheduler:
+    def __init__(
+        self,
+        cls: type[ClientProtocol],
+        host: str,
+        wait_time: float,
+        interval: Totals,
+    ) -> None:
+        self._cls = cls
+        self._host = host
+        self._wait = wait_time
+        self._interval = interval
+        self._name = cls.name or cls.__name__
+        self._stopping = False
+        self._clients: list[ClientProtocol] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        # tasks not inside execute(): cancelled at once on stop
+        self._idle: set[asyncio.Task[None]] = set()
+        self._hatcher: asyncio.Task[None] | None = None
+        self.running = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def start(self, t0_loop: float, offsets: Sequence[float]) -> None:
+        """Start one client at each loop time ``t0_loop + offset`` (offsets ascending)."""
+        self._hatcher = asyncio.get_running_loop().create_task(self._hatch(t0_loop, offsets))
+
+    async def _hatch(self, t0_loop: float, offsets: Sequence[float]) -> None:
+        loop = asyncio.get_running_loop()
+        for offset in offsets:
+            delay = t0_loop + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            task = loop.create_task(self._client_main())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _client_main(self) -> None:
+        client = self._cls()
+        self._clients.append(client)
+        try:
+            r = client.init_before_use(self._host)
+            if inspect.isawaitable(r):
+                await r
+        except Exception as e:
+            st = self._interval.op(self._name)
+            st.fail += 1
+            self._interval.add_error(error_key(self._name, e))
+            return
+        self.running += 1
+        try:
+            await self._call_loop(client)
+        finally:
+            self.running -= 1
+
+    async def _call_loop(self, client: ClientProtocol) -> None:
+        execute = client.execute
+        totals = self._interval
+        name = self._name
+        st = totals.op(name)
+        counts = st.hist.counts
+        clock = time.perf_counter_ns
+        sleep = asyncio.sleep
+        wait = self._wait
+        task = asyncio.current_task()
+        assert task is not None
+        idle = self._idle
+        n = 0
+        t0 = clock()
+        while not self._stopping:
+            try:
+                r = await execute()
+            except asyncio.CancelledError:
+                st.fail += 1
+                totals.add_error((name, *CANCELLED_AT_STOP))
+                raise
+            except Exception as e:
+                t0 = clock()
+                st.fail += 1
+                totals.add_error(error_key(name, e))
+            else:
+                t1 = clock()
+                if r is False:
+                    st.fail += 1
+                    totals.add_error((name, *RETURNED_FALSE))
+                else:
+                    dt = t1 - t0
+                    st.ok += 1
+                    st.sum_ns += dt
+                    if dt > st.max_ns:
+                        st.max_ns = dt
+                    if dt < st.min_ns:
+                        st.min_ns = dt
+                    s = dt.bit_length() - 8
+                    i = dt if s <= 0 else (s << 7) + (dt >> s)
+                    counts[i] = counts.get(i, 0) + 1
+                t0 = t1
+            if wait > 0:
+                idle.add(task)
+                try:
+                    await sleep(wait)
+                finally:
+                    idle.discard(task)
+                t0 = clock()
+            else:
+                n += 1
+                if n & (YIELD_EVERY - 1) == 0:
+                    idle.add(task)
+                    try:
+                        await sleep(0)
+                    finally:
+                        idle.discard(task)
+                    t0 = clock()
+
+    async def stop(self, grace: float) -> None:
+        """No new calls; running calls get ``grace`` seconds, then are cancelled."""
+        self._stopping = True
+        if self._hatcher is not None:
+            self._hatcher.cancel()
+        for task in list(self._idle):
+            task.cancel()
+        pending = set(self._tasks)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+
+    def abort(self) -> None:
+        """Cancel every call at once."""
+        self._stopping = True
+        if self._hatcher is not None:
+            self._hatcher.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def shutdown_clients(self, timeout: float) -> None:
+        """``shutdown()`` on every client, concurrently, within ``timeout``."""
+        if not self._clients:
+            return
+        clients, self._clients = self._clients, []
+        results = asyncio.gather(*(self._shutdown_one(c) for c in clients))
+        try:
+            await asyncio.wait_for(results, timeout)
+        except TimeoutError:
+            self._interval.add_error((self._name, "ShutdownTimeout",
+                                      f"shutdown() still running after {timeout:g}s"))
+
+    async def _shutdown_one(self, client: ClientProtocol) -> None:
+        try:
+            await client.shutdown()
+        except Exception as e:
+            self._interval.add_error(error_key(f"{self._name}.shutdown", e))

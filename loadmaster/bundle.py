@@ -1,0 +1,114 @@
+"""Collects what a job ships to agents: the client file, `files:`, data files named in custom keys.
+
+Paths are kept relative to the master's current directory, so the client code finds its
+data at the same relative path in the agent's run directory. Links are followed only
+while they stay inside that directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.bundle import BundleError, check_bundle_path
+from protocol.messages import BundleFile
+
+
+@dataclass
+class Bundle:
+    files: list[BundleFile] = field(default_factory=list)
+    class_file: str = ""  # the client file's path inside the bundle
+
+    @property
+    def size(self) -> int:
+        return sum(len(f.data) + len(f.path) + 16 for f in self.files)
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.path} ({len(f.data)} B)" for f in self.files)
+
+
+def _relative(path: Path, base: Path, what: str) -> str:
+    """``path`` relative to ``base`` as a checked bundle path; links may not leave ``base``."""
+    absolute = path if path.is_absolute() else base / path
+    real = absolute.resolve()
+    if not real.is_relative_to(base):
+        if absolute.is_symlink() or any(p.is_symlink() for p in absolute.parents):
+            raise BundleError(f"{what} {str(path)!r}: a link that leaves {base} is refused")
+        raise BundleError(f"{what} {str(path)!r}: outside {base}; only files under the "
+                          f"current directory can be shipped with their relative path")
+    rel = os.path.relpath(absolute, base) if absolute.is_relative_to(base) \
+        else os.path.relpath(real, base)
+    return str(check_bundle_path(Path(rel).as_posix()))
+
+
+class BundleBuilder:
+    def __init__(self, base: Path) -> None:
+        self.base = base.resolve()
+        self._bundle = Bundle()
+        self._seen: set[str] = set()
+
+    def add_file(self, path: Path, what: str) -> str:
+        rel = _relative(path, self.base, what)
+        if rel in self._seen:
+            return rel
+        real = (self.base / rel).resolve()
+        if not real.is_file():
+            raise BundleError(f"{what} {str(path)!r}: not a regular file")
+        self.add_bytes(rel, real.read_bytes(), stat.S_IMODE(real.stat().st_mode))
+        return rel
+
+    def add_bytes(self, rel: str, data: bytes, mode: int = 0o644) -> None:
+        self._seen.add(rel)
+        self._bundle.files.append(BundleFile(path=rel, mode=mode, data=data))
+
+    def add_tree(self, path: Path, what: str) -> None:
+        absolute = path if path.is_absolute() else self.base / path
+        if absolute.is_dir() and not absolute.is_symlink():
+            _relative(absolute, self.base, what)  # the folder itself must be inside
+            for root, dirs, names in os.walk(absolute, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for d in dirs:
+                    sub = Path(root) / d
+                    if sub.is_symlink():
+                        _relative(sub, self.base, what)  # refuse links that leave
+                for name in sorted(names):
+                    self.add_file(Path(root) / name, what)
+        elif absolute.exists() or absolute.is_symlink():
+            self.add_file(path, what)
+        else:
+            raise BundleError(f"{what} {str(path)!r}: no such file or folder")
+
+    def build(self) -> Bundle:
+        return self._bundle
+
+
+def build_bundle(base: Path, class_file: Path, files: list[str],
+                 custom: dict[str, Any]) -> Bundle:
+    """The job's bundle. A client file outside ``base`` is shipped under its own name."""
+    builder = BundleBuilder(base)
+    try:
+        class_rel = builder.add_file(class_file, "benchmark_class_file")
+    except BundleError:
+        if class_file.is_symlink() and not class_file.resolve().is_relative_to(builder.base):
+            raise
+        class_rel = str(check_bundle_path(class_file.name))
+        builder.add_bytes(class_rel, class_file.read_bytes())
+    for entry in files:
+        builder.add_tree(Path(entry), "files:")
+    for key, value in custom.items():
+        # the seed's `test_data_file: ./data/data2.json`: relative paths to existing files
+        if isinstance(value, str) and value and not os.path.isabs(value) \
+                and len(value) < 4096 and "\n" not in value:
+            candidate = builder.base / value
+            try:
+                is_file = candidate.is_file()
+            except OSError:
+                is_file = False
+            if is_file and candidate.resolve().is_relative_to(builder.base):
+                builder.add_file(Path(value), f"custom key {key!r}:")
+    bundle = builder.build()
+    bundle.class_file = class_rel
+    return bundle

@@ -1,0 +1,133 @@
+"""`loadmaster run -f conf.yml` and `loadmaster demo`: the only place that picks exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from loadmaster.bundle import build_bundle
+from loadmaster.config import ConfigError, load_config
+from loadmaster.run import ExitCode, Run, RunFailed, RunOptions
+from protocol.bundle import BundleError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distributed load tester: drives loadagent workers and reports.")
+DEFAULT_PORT = 5556
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    print(f"loadmaster: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """HOST, HOST:PORT, [V6]:PORT or :PORT; port 0 takes any free one."""
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"--bind {text!r}: unclosed '['")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    host = host or "127.0.0.1"
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--bind {text!r}: port out of range")
+    return host, port
+
+
+def _check_client_compiles(path: Path) -> None:
+    """The client file must compile here, before any agent is contacted."""
+    try:
+        compile(path.read_bytes(), str(path), "exec")
+    except SyntaxError:
+        print(traceback.format_exc(), file=sys.stderr, end="")
+        raise _fail(ExitCode.CLIENT_FAILED, f"{path}: the client file does not compile; "
+                                            f"no load was started") from None
+
+
+def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
+               log_level: str = "") -> int:
+    try:
+        cfg = load_config(conf, overrides)
+    except ConfigError as e:
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    logging.basicConfig(level=(log_level or ("warning" if cfg.agents == 0 else "info")).upper(),
+                        stream=sys.stderr, format="%(asctime)s loadmaster %(levelname)s %(message)s")
+    for warning in cfg.warnings:
+        print(f"loadmaster: warning: {warning}", file=sys.stderr)
+    _check_client_compiles(cfg.benchmark_class_file)
+    try:
+        bundle = build_bundle(Path.cwd(), cfg.benchmark_class_file, cfg.files, cfg.custom)
+    except BundleError as e:
+        raise _fail(ExitCode.USAGE, f"{conf}: {e}") from None
+    print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
+    if cfg.enable_dash:
+        print("loadmaster: enable_dash: the live dashboard is not available yet; "
+              "statistics are printed here", file=sys.stderr)
+    try:
+        return asyncio.run(Run(cfg, bundle, opts, sys.stdout).execute())
+    except RunFailed as e:
+        raise _fail(e.code, str(e)) from None
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Option("-f", "--file", help="The YAML config.")],
+    users: Annotated[int | None, typer.Option(help="Override `users`.")] = None,
+    hatch_rate: Annotated[float | None, typer.Option(help="Override `hatch_rate`.")] = None,
+    run_time: Annotated[str | None, typer.Option(help="Override `run_time` (90, 90s, 2m).")]
+    = None,
+    worker: Annotated[str | None, typer.Option(help="Override `worker` (auto or a number).")]
+    = None,
+    host: Annotated[str | None, typer.Option(help="Override `host`.")] = None,
+    agents: Annotated[int | None, typer.Option(
+        help="Wait for this many `loadagent start` daemons (0 = a local embedded one).")] = None,
+    bind: Annotated[str, typer.Option(
+        help="Control address HOST[:PORT] agents dial (default 127.0.0.1:5556).")]
+    = "127.0.0.1",
+    cpu_list: Annotated[str, typer.Option(
+        help="Pin the embedded agent and its workers to these CPUs, e.g. 1 or 0,2-3.")] = "",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "",
+) -> None:
+    """Run a load test described by a YAML config."""
+    overrides: dict[str, Any] = {}
+    for key, value in (("users", users), ("hatch_rate", hatch_rate), ("run_time", run_time),
+                       ("host", host), ("agents", agents)):
+        if value is not None:
+            overrides[key] = value
+    if worker is not None:
+        overrides["worker"] = int(worker) if worker.isdigit() else worker
+    try:
+        bind_host, bind_port = parse_bind(bind)
+    except ValueError as e:
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    code = run_config(file, overrides, RunOptions(bind_host, bind_port, cpu_list), log_level)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    run_time: Annotated[str, typer.Option(help="How long the demo runs.")] = "10s",
+    users: Annotated[int, typer.Option(help="Simulated clients.")] = 50,
+) -> None:
+    """Start the example target server and run the seed's example against it."""
+    from loadmaster.demo import run_demo
+
+    raise typer.Exit(run_demo(run_time, users))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(ExitCode.INTERRUPTED)

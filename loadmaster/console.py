@@ -1,0 +1,124 @@
+"""The live and final console blocks, in the seed's layout (``label<padding>:value``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from protocol.stats import OpStats, Totals
+
+RULE = "=" * 40
+LABEL_WIDTH = 30
+
+
+@dataclass
+class AgentLine:
+    name: str
+    workers: int
+    clients: int
+    rps: float  # current rps live; rps over the run in the final block
+    ok: int = 0
+    fail: int = 0
+    state: str = "ok"
+
+
+@dataclass
+class LiveView:
+    run_time: float
+    users: int
+    totals: Totals
+    current_rps: float
+    agents: Sequence[AgentLine] = ()
+    missed_deltas: int = 0
+
+
+@dataclass
+class FinalView:
+    run_time: float
+    users: int
+    totals: Totals
+    agents: Sequence[AgentLine] = ()
+    missed_deltas: int = 0
+    notes: list[str] = field(default_factory=list)
+    incomplete: bool = False
+
+
+def _field(label: str, value: object) -> str:
+    return f"{label:<{LABEL_WIDTH}}:{value}"
+
+
+def _ms(ns: float | None) -> str:
+    if ns is None:
+        return "-"
+    ms = ns / 1e6
+    return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
+
+
+def _headline(run_time: float, users: int, total: OpStats) -> tuple[list[str], list[str]]:
+    """The seed's fields before and after where the live block puts current rps."""
+    done = total.ok + total.fail
+    accuracy = 100.0 * total.ok / done if done else 0.0
+    rps = total.ok / run_time if run_time > 0 else 0.0
+    return [
+        _field("run time", f"{run_time:.3f}"),
+        _field("users", users),
+        _field("success count", total.ok),
+        _field("fail count", total.fail),
+        _field("rps", f"{rps:.2f}"),
+    ], [
+        _field("accuracy", f"{accuracy:.2f}%" if done else "-"),
+        _field("average response time", _ms(total.mean_ns)),
+        _field("min response time", _ms(total.min_value)),
+        _field("max response time", _ms(total.max_ns if total.ok else None)),
+        _field("90% response time", _ms(total.percentile(0.90))),
+        _field("Median response time", _ms(total.percentile(0.50))),
+    ]
+
+
+def format_live(view: LiveView) -> str:
+    total = view.totals.combined()
+    head, tail = _headline(view.run_time, view.users, total)
+    lines = [RULE, *head, _field("current rps", f"{view.current_rps:.2f}"), *tail]
+    if len(view.agents) > 1:
+        for a in view.agents:
+            lines.append(_field(f"agent {a.name}",
+                                f"{a.workers} workers, {a.clients} clients, "
+                                f"{a.rps:.1f} rps{'' if a.state == 'ok' else ' [' + a.state + ']'}"))
+    if view.missed_deltas:
+        lines.append(_field("live deltas lost", view.missed_deltas))
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def format_final(view: FinalView) -> str:
+    total = view.totals.combined()
+    head, tail = _headline(view.run_time, view.users, total)
+    title = "final benchmark:" + (" (INCOMPLETE)" if view.incomplete else "")
+    lines = [RULE, title, *head, *tail,
+             _field("95% response time", _ms(total.percentile(0.95))),
+             _field("99% response time", _ms(total.percentile(0.99))),
+             _field("99.9% response time", _ms(total.percentile(0.999))),
+             RULE]
+    if len(view.totals.ops) > 1:
+        lines.append("operations:")
+        lines.append(f"  {'name':<24} {'success':>10} {'fail':>8} {'avg':>10} {'p90':>10} {'p99':>10}")
+        for name, st in sorted(view.totals.ops.items()):
+            lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
+                         f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
+    if view.totals.errors:
+        lines.append("errors:")
+        lines.append(f"  {'count':>8}  {'name':<20} {'type':<20} message")
+        for (name, etype, message), count in view.totals.iter_errors():
+            lines.append(f"  {count:>8}  {name[:20]:<20} {etype[:20]:<20} {message}")
+    if view.agents and (len(view.agents) > 1 or any(a.state != "ok" for a in view.agents)):
+        lines.append("agents:")
+        lines.append(f"  {'name':<24} {'workers':>7} {'clients':>8} {'success':>10} {'fail':>8} "
+                     f"{'rps':>10}  state")
+        for a in view.agents:
+            lines.append(f"  {a.name[:24]:<24} {a.workers:>7} {a.clients:>8} {a.ok:>10} "
+                         f"{a.fail:>8} {a.rps:>10.1f}  {a.state}")
+    if view.missed_deltas:
+        lines.append(f"live deltas lost on the stats channel: {view.missed_deltas} "
+                     f"(the totals above come from final totals and are exact)")
+    lines.extend(view.notes)
+    return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""The master's control channel: a ROUTER socket, one record per agent, liveness.
+
+Each agent dials in, REGISTERs, and heartbeats every second; the master answers every
+heartbeat at once with its own clock (agents estimate their offset from it). An agent
+not heard from for ``MISSED_BEATS`` seconds, or one the ROUTER cannot reach
+(EHOSTUNREACH, or EAGAIN from a peer that stopped reading), is lost.
+
+The socket has ROUTER_MANDATORY set and every send is NOBLOCK: a blocking send to a
+dead peer would stall every later send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import zmq
+import zmq.asyncio
+
+from protocol.codec import (
+    Message,
+    VersionMismatch,
+    WireError,
+    decode,
+    encode,
+    encode_refused,
+)
+from protocol.messages import (
+    Final,
+    FinalAck,
+    Heartbeat,
+    JobFailed,
+    Leaving,
+    Ready,
+    Register,
+    Welcome,
+    WorkerLost,
+)
+
+log = logging.getLogger("loadmaster")
+HEARTBEAT = 1.0
+MISSED_BEATS = 3
+CONTROL_LIMIT = 64 * 1024 * 1024  # finals can be large; MAXMSGSIZE guards the socket
+
+
+class AgentState(Enum):
+    REGISTERED = "registered"
+    READY = "ready"
+    LOST = "lost"
+    LEFT = "left"
+
+
+@dataclass
+class AgentRecord:
+    identity: bytes
+    info: Register
+    order: int
+    state: AgentState = AgentState.REGISTERED
+    last_heard: float = 0.0
+    lost_at: float | None = None  # wall clock
+    lost_reason: str = ""
+    worker_ids: list[int] = field(default_factory=list)
+    finals: dict[int, Final] = field(default_factory=dict)
+    lost_workers: dict[int, str] = field(default_factory=dict)
+    rtt: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def gone(self) -> bool:
+        return self.state in (AgentState.LOST, AgentState.LEFT)
+
+    def settled(self) -> bool:
+        """Nothing more to wait for from this agent."""
+        return self.gone or all(w in self.finals or w in self.lost_workers
+                                for w in self.worker_ids)
+
+
+class NotEnoughAgents(Exception):
+    pass
+
+
+class Coordinator:
+    def __init__(self, ctx: zmq.asyncio.Context, host: str, port: int, wanted: int,
+                 token: str | None, on_change: Callable[[], None]) -> None:
+        self._ctx = ctx
+        self._host = host
+        self._port = port
+        self._wanted = wanted
+        self._token = token
+        self._on_change = on_change
+        self._sock: zmq.asyncio.Socket | None = None
+        self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
+        self.agents: dict[bytes, AgentRecord] = {}
+        self.stats_port = 0
+        self.job_failures: list[tuple[str, JobFailed]] = []
+
+    # -- socket -------------------------------------------------------------------------
+    def bind(self) -> str:
+        sock = self._sock = self._ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_LIMIT)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        if ":" in self._host:
+            sock.setsockopt(zmq.IPV6, 1)
+        if self._port:
+            sock.bind(f"tcp://{host}:{self._port}")
+        else:
+            self._port = sock.bind_to_random_port(f"tcp://{host}")
+        self._sender = zmq.Socket.shadow(sock.underlying)
+        return f"tcp://{host}:{self._port}"
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = self._sender = None
+
+    def send(self, agent: AgentRecord, msg: Message) -> bool:
+        """Send without blocking; an unreachable or stalled agent is marked lost."""
+        if self._sender is None or agent.gone:
+            return False
+        try:
+            self._sender.send_multipart([agent.identity, *encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as e:
+            if e.errno in (errno.EHOSTUNREACH, zmq.EAGAIN):
+                self._mark_lost(agent, "unreachable" if e.errno == errno.EHOSTUNREACH
+                                else "not reading its messages")
+                return False
+            raise
+
+    def broadcast(self, msg: Message, agents: list[AgentRecord]) -> None:
+        for agent in agents:
+            self.send(agent, msg)
+
+    # -- agents -------------------------------------------------------------------------
+    @property
+    def accepted(self) -> list[AgentRecord]:
+        return sorted(self.agents.values(), key=lambda a: a.order)
+
+    def _mark_lost(self, agent: AgentRecord, why: str) -> None:
+        if agent.gone:
+            return
+        agent.state = AgentState.LOST
+        agent.lost_at = time.time()
+        agent.lost_reason = why
+        log.warning("agent %s lost: %s", agent.name, why)
+        self._on_change()
+
+    def check_liveness(self) -> None:
+        now = time.monotonic()
+        for agent in self.agents.values():
+            if not agent.gone and now - agent.last_heard > HEARTBEAT * MISSED_BEATS:
+                self._mark_lost(agent, f"no heartbeat for {now - agent.last_heard:.1f}s")
+
+    async def serve(self) -> None:
+        """Receive and handle control messages until cancelled."""
+        assert self._sock is not None
+        while True:
+            if await self._sock.poll(int(HEARTBEAT * 500)):
+                frames = await self._sock.recv_multipart()
+                self._dispatch(frames)
+            self.check_liveness()
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            log.warning("dropped a control message of %d frames", len(frames))
+            return
+        identity = frames[0]
+        agent = self.agents.get(identity)
+        try:
+            msg = decode(frames[1:], CONTROL_LIMIT)
+        except VersionMismatch as e:
+            who = agent.name if agent else f"peer {identity.hex()}"
+            text = (f"agent speaks protocol version {e.theirs}, master speaks {e.ours}: "
+                    f"upgrade one of them")
+            log.error("refused %s: %s", who, text)
+            self._raw_send(identity, encode_refused(text))
+            return
+        except WireError as e:
+            who = agent.name if agent else f"peer {identity.hex()}"
+            log.warning("dropped a bad control message from %s: %s", who, e)
+            return
+        if isinstance(msg, Register):
+            self._on_register(identity, msg)
+            return
+        if agent is None:
+            return  # not registered (e.g. an agent of a previous master): ignore
+        if agent.gone and agent.state is AgentState.LEFT:
+            return
+        agent.last_heard = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            self.send(agent, Heartbeat(sent_at=time.time(), echo=msg.sent_at))
+        elif isinstance(msg, Ready):
+            agent.state = AgentState.READY
+            self._on_change()
+        elif isinstance(msg, JobFailed):
+            self.job_failures.append((agent.name, msg))
+            self._on_change()
+        elif isinstance(msg, Final):
+            if msg.worker in agent.worker_ids:
+                agent.finals.setdefault(msg.worker, msg)  # de-duplicated by (agent, worker)
+                self.send(agent, FinalAck(worker=msg.worker))
+                self._on_change()
+        elif isinstance(msg, WorkerLost):
+            if msg.worker in agent.worker_ids and msg.worker not in agent.finals:
+                agent.lost_workers[msg.worker] = msg.detail
+                log.warning("agent %s: worker %d lost: %s", agent.name, msg.worker, msg.detail)
+                self._on_change()
+        elif isinstance(msg, Leaving):
+            log.warning("agent %s left: %s", agent.name, msg.reason)
+            agent.state = AgentState.LEFT
+            agent.lost_at = time.time()
+            agent.lost_reason = f"left: {msg.reason}"
+            self._on_change()
+
+    def _raw_send(self, identity: bytes, frames: list[bytes]) -> None:
+        assert self._sender is not None
+        try:
+            self._sender.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _on_register(self, identity: bytes, reg: Register) -> None:
+        known = self.agents.get(identity)
+        if known is not None:  # a resent REGISTER
+            self.send(known, self._welcome(True, ""))
+            return
+        reason = ""
+        if self._token is not None and reg.token != self._token:
+            reason = "this master only accepts its own embedded agent"
+        elif len(self.agents) >= self._wanted:
+            reason = f"the master already has the {self._wanted} agent(s) it asked for"
+        elif any(a.name == reg.name for a in self.agents.values()):
+            reason = f"an agent named {reg.name!r} is already registered"
+        if reason:
+            log.info("agent %s (%s) told to stay idle: %s", reg.name, reg.hostname, reason)
+            self._raw_send(identity, encode(self._welcome(False, reason)))
+            return
+        agent = AgentRecord(identity=identity, info=reg, order=len(self.agents),
+                            last_heard=time.monotonic())
+        self.agents[identity] = agent
+        log.info("agent %s registered (host %s, %d worker(s), version %s, pid %d)",
+                 reg.name, reg.hostname, reg.workers, reg.version, reg.pid)
+        self.send(agent, self._welcome(True, ""))
+        self._on_change()
+
+    def _welcome(self, accepted: bool, reason: str) -> Welcome:
+        return Welcome(accepted=accepted, reason=reason, stats_port=self.stats_port,
+                       master_time=time.time())
+

@@ -1,0 +1,30 @@
+"""The rules for paths inside a job's bundle, shared by the master (building) and agents (writing)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+RESERVED_TOP_LEVEL = ("protocol", "protocol.py")
+
+
+class BundleError(ValueError):
+    """A bundle entry that must not be shipped or written; the message names it."""
+
+
+def check_bundle_path(path: str) -> PurePosixPath:
+    """``path`` as a safe relative POSIX path, or BundleError saying what is wrong."""
+    if not path or "\x00" in path or "\\" in path:
+        raise BundleError(f"bundle path {path!r}: empty or holds a NUL or backslash")
+    p = PurePosixPath(path)
+    if p.is_absolute():
+        raise BundleError(f"bundle path {path!r}: absolute paths are refused")
+    if any(part == ".." for part in p.parts):
+        raise BundleError(f"bundle path {path!r}: '..' is refused")
+    parts = [part for part in p.parts if part != "."]
+    if not parts:
+        raise BundleError(f"bundle path {path!r}: names no file")
+    if parts[0] in RESERVED_TOP_LEVEL:
+        raise BundleError(
+            f"bundle path {path!r}: a top-level {parts[0]} would shadow the project's "
+            f"`protocol` package; rename it")
+    return PurePosixPath(*parts)

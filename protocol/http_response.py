@@ -1,0 +1,82 @@
+"""The response returned by `HttpClient.request()`."""
+
+from __future__ import annotations
+
+import json as _json
+from typing import Any
+
+from protocol.http_errors import HttpStatusError
+
+
+class HttpResponse:
+    """A complete HTTP response, body included.
+
+    `headers` is the raw list of `(name, value)` byte pairs in the order the
+    server sent them, names in their original case; it is not a mapping
+    because building one would cost time on every request. Use `header()`
+    for a case-insensitive lookup.
+    """
+
+    __slots__ = ("body", "headers", "method", "status", "url")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        method: str,
+        url: str,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.method = method
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<HttpResponse {self.status} {self.method} {self.url} ({len(self.body)} bytes)>"
+
+    @property
+    def ok(self) -> bool:
+        """True unless the status is 4xx or 5xx."""
+        return self.status < 400
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first header called `name` (any case), decoded as latin-1."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return default
+
+    def header_all(self, name: str) -> list[str]:
+        """Every header called `name` (any case), in order."""
+        wanted = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == wanted]
+
+    def text(self, encoding: str | None = None, errors: str = "strict") -> str:
+        """The body decoded with `encoding`, else the Content-Type charset, else UTF-8."""
+        if encoding is None:
+            encoding = "utf-8"
+            content_type = self.header("content-type")
+            if content_type is not None:
+                for param in content_type.split(";")[1:]:
+                    key, _, value = param.partition("=")
+                    if key.strip().lower() == "charset" and value.strip():
+                        encoding = value.strip().strip('"')
+        return self.body.decode(encoding, errors)
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises `json.JSONDecodeError` if it is not)."""
+        return _json.loads(self.body)
+
+    def raise_for_status(self) -> HttpResponse:
+        """Raise `HttpStatusError` for a 4xx or 5xx status; else return self."""
+        if self.status >= 400:
+            kind = "client error" if self.status < 500 else "server error"
+            raise HttpStatusError(
+                f"{self.method} {self.url} returned {self.status} ({kind})",
+                url=self.url,
+                response=self,
+            )
+        return self

@@ -1,0 +1,238 @@
+"""Every message of the control channel, the stats channel and the agent-worker pipe.
+
+Direction is in each docstring (M = master, A = agent, W = worker). The field order
+is the wire order of this protocol version: change it only with PROTOCOL_VERSION.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.codec import DEFAULT_MAX_MESSAGE, Message, WireError
+from protocol.stats import Totals
+
+RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
+DELTA_MAX = 4 * 1024 * 1024
+FINAL_MAX = 16 * 1024 * 1024
+
+
+def _nonneg(cls: str, **values: float) -> None:
+    for name, v in values.items():
+        if v < 0:
+            raise WireError(f"{cls}.{name} must not be negative, got {v}")
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    """A -> M: who the agent is and what it can run."""
+
+    TYPE = 1
+    name: str
+    hostname: str
+    cores: int
+    workers: int
+    version: str
+    pid: int
+    max_message: int
+    token: str
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 200:
+            raise WireError("Register.name must be 1-200 characters")
+        if self.workers < 1 or self.workers > 4096:
+            raise WireError(f"Register.workers out of range: {self.workers}")
+        _nonneg("Register", cores=self.cores, pid=self.pid, max_message=self.max_message)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """M -> A: registered (or told to stay idle), where to publish stats, the master's clock."""
+
+    TYPE = 2
+    accepted: bool
+    reason: str
+    stats_port: int
+    master_time: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stats_port <= 65535:
+            raise WireError(f"Welcome.stats_port out of range: {self.stats_port}")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """A -> M every second with echo 0; M answers at once with its clock and the echo."""
+
+    TYPE = 3
+    sent_at: float
+    echo: float
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFile(Message):
+    """One file of a job's bundle: a relative POSIX path, its mode bits and contents."""
+
+    TYPE = 4
+    path: str
+    mode: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Job(Message):
+    """M -> A: everything a run needs. Workers get it with an empty bundle."""
+
+    TYPE = 5
+    MAX_SIZE = DEFAULT_MAX_MESSAGE
+    run_id: str
+    host: str
+    class_file: str
+    class_name: str
+    custom_conf: dict[str, Any]
+    users: int
+    hatch_rate: float
+    run_time: float
+    wait_time: float
+    stop_grace: float
+    total_workers: int
+    worker_ids: list[int]
+    bundle: list[BundleFile]
+
+    def __post_init__(self) -> None:
+        if len(self.run_id) != RUN_ID_LEN or not self.run_id.isascii():
+            raise WireError(f"Job.run_id must be {RUN_ID_LEN} ASCII characters")
+        _nonneg("Job", users=self.users, run_time=self.run_time, wait_time=self.wait_time,
+                stop_grace=self.stop_grace)
+        if self.hatch_rate <= 0:
+            raise WireError("Job.hatch_rate must be positive")
+        if self.total_workers < 1 or any(not 0 <= w < self.total_workers for w in self.worker_ids):
+            raise WireError("Job.worker_ids must lie in [0, total_workers)")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """A -> M: every worker of the agent imported the client and ran global_init."""
+
+    TYPE = 6
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed(Message):
+    """W -> A -> M: the client code failed before load (import, global_init)."""
+
+    TYPE = 7
+    worker: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start(Message):
+    """M -> A -> W: load begins at ``t0`` (wall clock of the receiver's side)."""
+
+    TYPE = 8
+    t0: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Message):
+    """M -> A -> W: no new calls; in-flight ones get the stop grace; then FINAL."""
+
+    TYPE = 9
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort(Message):
+    """M -> A -> W: cancel every call now, shut down, send what you have."""
+
+    TYPE = 10
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Final(Message):
+    """W -> A -> M: a worker's cumulative totals; the final report is built from these."""
+
+    TYPE = 11
+    MAX_SIZE = FINAL_MAX
+    worker: int
+    totals: Totals
+    last_end: float  # seconds from T0 to the end of the worker's last call
+    clients: int
+    aborted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FinalAck(Message):
+    """M -> A: that worker's totals are in; stop resending them."""
+
+    TYPE = 12
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost(Message):
+    """A -> M: a worker died without sending its totals."""
+
+    TYPE = 13
+    worker: int
+    exitcode: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leaving(Message):
+    """A -> M: the agent is shutting down (its totals, if any, were sent before)."""
+
+    TYPE = 14
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunDone(Message):
+    """M -> A: the run is over; go idle and remove the run directory."""
+
+    TYPE = 15
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJob(Message):
+    """A -> W over the pipe: the job, which worker this is, where to publish."""
+
+    TYPE = 16
+    job: Job
+    worker: int
+    agent: str
+    stats_endpoint: str
+    run_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """W -> M on the stats socket until START: proves the subscription is live."""
+
+    TYPE = 17
+    agent: str
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta(Message):
+    """W -> M on the stats socket every second: what happened since the previous one."""
+
+    TYPE = 18
+    MAX_SIZE = DELTA_MAX
+    agent: str
+    worker: int
+    seq: int
+    interval: int
+    clients: int
+    totals: Totals
+    cpu_seconds: float
+    loop_lag: float
+
+    def __post_init__(self) -> None:
+        _nonneg("Delta", seq=self.seq, clients=self.clients)
