@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 from urllib.parse import urlsplit
 
 import zmq
@@ -93,7 +93,7 @@ class ClockOffset:
 
 
 class AgentDaemon:
-    def __init__(self, opts: AgentOptions, mp: BaseContext) -> None:
+    def __init__(self, opts: AgentOptions, mp: ForkServerContext) -> None:
         self._opts = opts
         self._mp = mp
         self._signals = 0

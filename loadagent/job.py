@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from loadagent.rundir import RunDir, write_bundle
@@ -53,7 +53,7 @@ class WorkerHandle:
 
 
 class JobRun:
-    def __init__(self, job: Job, agent: str, stats_endpoint: str, mp: BaseContext,
+    def __init__(self, job: Job, agent: str, stats_endpoint: str, mp: ForkServerContext,
                  send: Callable[[Message], None]) -> None:
         self.job = job
         self._agent = agent

@@ -9,6 +9,7 @@ keeps firing without its supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -37,10 +38,8 @@ PIPE_LIMIT = 1024 * 1024
 def worker_main(conn: Connection) -> None:
     """Entry point of a worker process (started by the agent's forkserver)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    except OSError:
-        pass
     try:
         job = expect(decode_joined(conn.recv_bytes(PIPE_LIMIT)), WorkerJob)
     except (EOFError, OSError, WireError) as e:

@@ -71,7 +71,8 @@ class Aggregator:
     async def serve(self) -> None:
         assert self._sock is not None
         sock = self._sock
-        drain = zmq.Socket.shadow(sock.underlying)  # a blocking view: NOBLOCK raises at once
+        # a blocking view of the same socket: a NOBLOCK receive raises Again at once
+        drain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
             self.handle(await sock.recv_multipart())
             # take what is already queued without a trip through the event loop each time

@@ -61,8 +61,9 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         cfg = load_config(conf, overrides)
     except ConfigError as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
-    logging.basicConfig(level=(log_level or ("warning" if cfg.agents == 0 else "info")).upper(),
-                        stream=sys.stderr, format="%(asctime)s loadmaster %(levelname)s %(message)s")
+    level = log_level or ("warning" if cfg.agents == 0 else "info")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s loadmaster %(levelname)s %(message)s")
     for warning in cfg.warnings:
         print(f"loadmaster: warning: {warning}", file=sys.stderr)
     _check_client_compiles(cfg.benchmark_class_file)

@@ -81,9 +81,9 @@ def format_live(view: LiveView) -> str:
     lines = [RULE, *head, _field("current rps", f"{view.current_rps:.2f}"), *tail]
     if len(view.agents) > 1:
         for a in view.agents:
-            lines.append(_field(f"agent {a.name}",
-                                f"{a.workers} workers, {a.clients} clients, "
-                                f"{a.rps:.1f} rps{'' if a.state == 'ok' else ' [' + a.state + ']'}"))
+            state = "" if a.state == "ok" else f" [{a.state}]"
+            lines.append(_field(f"agent {a.name}", f"{a.workers} workers, {a.clients} clients, "
+                                                   f"{a.rps:.1f} rps{state}"))
     if view.missed_deltas:
         lines.append(_field("live deltas lost", view.missed_deltas))
     lines.append(RULE)
@@ -101,7 +101,8 @@ def format_final(view: FinalView) -> str:
              RULE]
     if len(view.totals.ops) > 1:
         lines.append("operations:")
-        lines.append(f"  {'name':<24} {'success':>10} {'fail':>8} {'avg':>10} {'p90':>10} {'p99':>10}")
+        lines.append(f"  {'name':<24} {'success':>10} {'fail':>8} {'avg':>10} {'p90':>10} "
+                     f"{'p99':>10}")
         for name, st in sorted(view.totals.ops.items()):
             lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")

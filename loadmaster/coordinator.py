@@ -11,7 +11,7 @@ dead peer would stall every later send.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import errno
 import logging
 import time
@@ -224,10 +224,8 @@ class Coordinator:
 
     def _raw_send(self, identity: bytes, frames: list[bytes]) -> None:
         assert self._sender is not None
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self._sender.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
 
     def _on_register(self, identity: bytes, reg: Register) -> None:
         known = self.agents.get(identity)

@@ -1,4 +1,4 @@
-"""The rules for paths inside a job's bundle, shared by the master (building) and agents (writing)."""
+"""Rules for paths inside a job's bundle, shared by the master (building) and agents (writing)."""
 
 from __future__ import annotations
 

@@ -73,7 +73,9 @@ class Message:
         if code is not None:
             known = _REGISTRY.get(code)
             # dataclass(slots=True) builds the class twice under one name
-            if code == REFUSED_TYPE or (known is not None and known.__qualname__ != cls.__qualname__):
+            if code == REFUSED_TYPE or (
+                known is not None and known.__qualname__ != cls.__qualname__
+            ):
                 raise TypeError(f"message type {code} used twice")
             _REGISTRY[code] = cls
 
@@ -94,7 +96,10 @@ class Message:
         fields = cls._field_types()
         if not isinstance(obj, list) or len(obj) != len(fields):
             raise WireError(f"{cls.__name__}: expected an array of {len(fields)} fields")
-        values = {name: _check(tp, v, f"{cls.__name__}.{name}") for (name, tp), v in zip(fields, obj, strict=True)}
+        values = {
+            name: _check(tp, v, f"{cls.__name__}.{name}")
+            for (name, tp), v in zip(fields, obj, strict=True)
+        }
         try:
             return cls(**values)
         except (TypeError, ValueError) as e:
