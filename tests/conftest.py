@@ -1,0 +1,27 @@
+"""Shared fixtures: a process tag per test, and proof that nothing it started survives."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e_helpers import kill_tagged, new_tag, wait_no_tagged  # noqa: E402
+
+
+@pytest.fixture
+def tag() -> Iterator[str]:
+    """A tag in the environment of every process the test starts.
+
+    After the test, every tagged process (master, agents, forkservers, workers,
+    targets) must be gone; the fixture fails the test otherwise, then kills them.
+    """
+    t = new_tag()
+    yield t
+    leftover = wait_no_tagged(t, timeout=15)
+    kill_tagged(t)
+    assert not leftover, f"processes left running after the test: {leftover}"

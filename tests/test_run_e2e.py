@@ -1,0 +1,225 @@
+"""`loadmaster run` end to end: real master, embedded agent, workers and HTTP target on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    LineReader,
+    Result,
+    Target,
+    run_master,
+    started_master,
+    tagged_pids,
+    write_job,
+)
+
+
+@pytest.fixture
+def target(tag: str) -> Iterator[Target]:
+    t = Target(tag)
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def failing_target(tag: str) -> Iterator[Target]:
+    t = Target(tag, fail_every=4)
+    yield t
+    t.stop()
+
+
+def test_seed_client_success_count_equals_what_the_server_answered(
+        tmp_path: Path, tag: str, target: Target) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 12, "hatch_rate": 12,
+                                "run_time": 3, "worker": 2})
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 0, r.stderr
+    served = target.counts()
+    assert served["ok"] > 100
+    assert r.final_int("success count") == served["ok"]
+    assert r.final_int("fail count") == 0 == served["fail"]
+    assert r.final_int("users") == 12
+    assert r.final()["accuracy"] == "100.00%"
+    # live blocks came before the final one, with the seed's fields
+    assert r.stdout.count("success count") >= 3
+    assert "current rps" in r.stdout
+    for field in ("95% response time", "99% response time", "99.9% response time"):
+        assert r.final()[field].endswith("ms")
+
+
+def test_failing_share_gives_that_fail_count_and_error_table(
+        tmp_path: Path, tag: str, failing_target: Target) -> None:
+    conf = write_job(tmp_path, {"host": failing_target.url, "users": 8, "run_time": 2,
+                                "worker": 2})
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 0, r.stderr  # failed calls alone do not change the exit code
+    served = failing_target.counts()
+    assert served["fail"] > 0
+    assert r.final_int("success count") == served["ok"]
+    assert r.final_int("fail count") == served["fail"]
+    errors = r.section("errors:")
+    assert len(errors) == 1
+    count, name, etype, *message = errors[0].split()
+    assert int(count) == served["fail"]
+    assert (name, etype) == ("HttpClient", "ValueError")
+    assert " ".join(message) == "response with err http status code:500"
+    accuracy = float(r.final()["accuracy"].rstrip("%"))
+    assert accuracy == pytest.approx(100 * served["ok"] / (served["ok"] + served["fail"]), abs=0.01)
+
+
+CUSTOM_CLIENT = '''
+import json
+from protocol import ClientProtocol
+
+class Recorder(ClientProtocol):
+    @staticmethod
+    async def global_init(custom_conf=None):
+        # async global_init is accepted; the data file was shipped with the job
+        with open(custom_conf["test_data_file"]) as f:
+            data = f.read()
+        with open(custom_conf["report_to"] + f".{id(custom_conf)}", "w") as f:
+            json.dump({"conf": custom_conf, "data": data}, f)
+
+    async def execute(self):
+        return None
+'''
+
+
+def test_custom_keys_reach_global_init_and_system_keys_do_not(tmp_path: Path, tag: str) -> None:
+    report = tmp_path / "seen"
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 2, "run_time": 1,
+                                "worker": 2, "report_to": str(report),
+                                "nested": {"a": [1, 2.5, "x"]}, "run_tme": 3},
+                     client=CUSTOM_CLIENT, client_path="clients/recorder.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 0, r.stderr
+    assert "did you mean 'run_time'" in r.stderr
+    seen = [json.loads(p.read_text()) for p in tmp_path.glob("seen.*")]
+    assert len(seen) == 2  # once per worker process
+    for s in seen:
+        assert s["data"] == '{"hello": "world"}'
+        assert s["conf"]["nested"] == {"a": [1, 2.5, "x"]}
+        assert s["conf"]["run_tme"] == 3
+        assert s["conf"]["report_to"] == str(report)
+        for system_key in ("host", "users", "run_time", "worker", "wait_time", "enable_dash",
+                           "benchmark_class_file", "print_interval"):
+            assert system_key not in s["conf"]
+
+
+@pytest.mark.parametrize("body, expect", [
+    ("from protocol import ClientProtocol\nclass C(ClientProtocol):\n    async def execute(self)\n",
+     "SyntaxError"),
+    ("import no_such_module_for_the_test\n", "ModuleNotFoundError: No module named "
+                                             "'no_such_module_for_the_test'"),
+    ("from protocol import ClientProtocol\nclass C(ClientProtocol):\n"
+     "    @staticmethod\n    def global_init(custom_conf=None):\n"
+     "        raise RuntimeError('global_init broke on purpose')\n"
+     "    async def execute(self):\n        return None\n", "global_init broke on purpose"),
+])
+def test_broken_client_file_exits_non_zero_with_traceback_and_no_load(
+        tmp_path: Path, tag: str, target: Target, body: str, expect: str) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 2},
+                     client=body, client_path="broken.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 3, (r.stdout, r.stderr)
+    assert "Traceback" in r.stderr
+    assert expect in r.stderr
+    assert "broken.py" in r.stderr
+    assert "final benchmark" not in r.stdout
+    assert target.counts() == {"ok": 0, "fail": 0}
+
+
+SLOW_CLIENT = '''
+import asyncio
+from protocol import ClientProtocol
+
+class Slow(ClientProtocol):
+    async def execute(self):
+        await asyncio.sleep(0.7)
+'''
+
+
+def test_run_time_is_honoured_and_in_flight_calls_finish(tmp_path: Path, tag: str) -> None:
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 10, "hatch_rate": 1000,
+                                "run_time": 2,
+                                "worker": 2, "stop_grace": 3},
+                     client=SLOW_CLIENT, client_path="slow.py")
+    started = time.monotonic()
+    r = run_master(tmp_path, conf, tag)
+    wall = time.monotonic() - started
+    assert r.code == 0, r.stderr
+    run_time = r.final_float("run time")
+    assert 2.0 <= run_time <= 2.0 + 1.0 + 0.7  # the last call started before run_time ends
+    # every call that started ran to completion: 10 clients x 3 calls each (0, .7, 1.4)
+    assert r.final_int("success count") == 30
+    assert r.final_int("fail count") == 0
+    assert wall < 20
+
+
+def test_calls_still_running_after_the_grace_are_cancelled_as_failures(
+        tmp_path: Path, tag: str) -> None:
+    client = SLOW_CLIENT.replace("0.7", "30")
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 3, "run_time": 1,
+                                "worker": 1, "stop_grace": 1},
+                     client=client, client_path="slow.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 0, r.stderr
+    assert r.final_int("fail count") == 3
+    assert r.final_float("run time") < 1 + 1 + 1
+    (line,) = r.section("errors:")
+    assert "Cancelled" in line and line.split()[0] == "3"
+
+
+def test_sigint_prints_the_final_block_and_leaves_no_process(
+        tmp_path: Path, tag: str, target: Target) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 6, "run_time": 60, "worker": 2})
+    with started_master(tmp_path, conf, tag) as proc:
+        out = LineReader(proc.stdout)
+        err = LineReader(proc.stderr)
+        out.wait_for("current rps", timeout=30)
+        assert len(tagged_pids(tag)) >= 5  # master, agent, forkserver, 2 workers (+ target)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        result = Result(code, out.text(), err.text())
+    assert result.code == 130, result.stderr
+    assert "interrupted" in result.stderr
+    served = target.counts()
+    assert result.final_int("success count") == served["ok"] > 0
+    assert result.final_float("run time") < 30
+    # only the target is left of what this test started
+    assert tagged_pids(tag) == [target.proc.pid]
+
+
+def test_second_sigint_aborts_at_once(tmp_path: Path, tag: str) -> None:
+    client = SLOW_CLIENT.replace("0.7", "30")
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 4, "run_time": 60,
+                                "worker": 1, "stop_grace": 30},
+                     client=client, client_path="slow.py")
+    with started_master(tmp_path, conf, tag) as proc:
+        out = LineReader(proc.stdout)
+        err = LineReader(proc.stderr)
+        out.wait_for("current rps", timeout=30)
+        proc.send_signal(signal.SIGINT)
+        err.wait_for("stopping gracefully", timeout=10)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        took = time.monotonic() - started
+        result = Result(code, out.text(), err.text())
+    assert code == 130
+    assert took < 10  # not the 30 s grace
+    assert "final benchmark: (INCOMPLETE)" in result.stdout or "final benchmark:" in result.stdout
+    assert result.final_int("fail count") == 4  # the four calls were cancelled
+
+
+def test_bad_config_names_file_and_key(tmp_path: Path, tag: str) -> None:
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": "ten", "run_time": 1})
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 2
+    assert str(conf) in r.stderr and "'users'" in r.stderr and "ten" in r.stderr
