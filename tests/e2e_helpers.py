@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,8 @@ def wait_no_tagged(tag: str, timeout: float = 10.0) -> list[int]:
 
 def kill_tagged(tag: str) -> None:
     for pid in tagged_pids(tag):
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Target:
@@ -200,7 +198,8 @@ def run_master(workdir: Path, conf: Path, tag: str, *args: str, timeout: float =
 
 
 @contextmanager
-def started_master(workdir: Path, conf: Path, tag: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+def started_master(workdir: Path, conf: Path, tag: str,
+                   *args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(master_cmd(conf, *args), cwd=workdir, env=tagged_env(tag),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
