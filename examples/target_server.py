@@ -2,8 +2,10 @@
 
     python examples/target_server.py --port 6301 [--fail-every K] [--delay-ms N]
 
-POST (or GET) /test answers 200 "ok" after reading the body; with --fail-every K every
-K-th request gets a 500. GET /__count returns {"ok": N, "fail": M}. Needs aiohttp.
+POST (or GET) /test, and any path below it, answers 200 "ok" after reading the body;
+with --fail-every K every K-th request gets a 500. GET /__count returns
+{"ok": N, "fail": M, "by_path": {...}, "by_peer": {...}}: answers in all, per request
+path and per client address. Needs aiohttp.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import Counter
 
 from aiohttp import web
 
 
 def make_app(fail_every: int = 0, delay_ms: float = 0.0) -> web.Application:
     counts = {"ok": 0, "fail": 0}
+    by_path: Counter[str] = Counter()
+    by_peer: Counter[str] = Counter()
 
     async def test(request: web.Request) -> web.Response:
         await request.read()
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
+        by_path[request.path] += 1
+        by_peer[request.remote or "?"] += 1
         n = counts["ok"] + counts["fail"] + 1
         if fail_every and n % fail_every == 0:
             counts["fail"] += 1
@@ -30,10 +37,11 @@ def make_app(fail_every: int = 0, delay_ms: float = 0.0) -> web.Application:
         return web.Response(text="ok")
 
     async def count(request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(counts), content_type="application/json")
+        body = {**counts, "by_path": by_path, "by_peer": by_peer}
+        return web.Response(text=json.dumps(body), content_type="application/json")
 
     app = web.Application()
-    app.router.add_route("*", "/test", test)
+    app.router.add_route("*", "/test{tail:(/.*)?}", test)
     app.router.add_get("/__count", count)
     return app
 

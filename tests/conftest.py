@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_helpers import kill_tagged, new_tag, wait_no_tagged  # noqa: E402
+from e2e_helpers import kill_tagged, new_tag, wait_no_tagged
 
 
 @pytest.fixture

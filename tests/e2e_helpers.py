@@ -107,7 +107,7 @@ class Target:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/test"
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         if self.netns is not None:
             out = subprocess.run(
                 ["ip", "netns", "exec", self.netns, sys.executable, "-c",
@@ -116,7 +116,7 @@ class Target:
                 capture_output=True, text=True, timeout=10)
             if out.returncode != 0:
                 raise OSError(out.stderr)
-            data: dict[str, int] = json.loads(out.stdout)
+            data: dict[str, Any] = json.loads(out.stdout)
             return data
         with urllib.request.urlopen(f"http://{self.host}:{self.port}/__count", timeout=2) as r:
             data = json.loads(r.read())
