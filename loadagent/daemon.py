@@ -57,6 +57,8 @@ log = logging.getLogger("loadagent")
 HEARTBEAT = 1.0
 MISSED_BEATS = 3
 BACKOFF_MAX = 10.0
+REGISTER_EVERY = 0.5
+SIGNAL_LATENCY = 0.2
 NOT_ACCEPTED_RETRY = 5.0
 
 
@@ -135,8 +137,10 @@ class AgentDaemon:
                 if welcome is None:
                     return 0
                 lost = await self._serve(welcome)
-                if not lost or self._opts.embedded:
-                    return 0 if not lost else 5
+                if not lost:
+                    return 0
+                if self._opts.embedded or self._signals:
+                    return 5  # no next master for an embedded or departing agent
         except AgentExit as e:
             log.error("%s", e)
             return e.code
@@ -178,52 +182,47 @@ class AgentDaemon:
             return None
 
     async def _connect(self, ctx: zmq.asyncio.Context) -> Welcome | None:
-        """Register with the master, retrying with back-off; None when told to stop."""
-        backoff = 0.5
-        announced = False
+        """Register with the master, retrying quietly; None when told to stop.
+
+        One socket: libzmq redials with back-off (RECONNECT_IVL up to RECONNECT_IVL_MAX)
+        and, with IMMEDIATE, a REGISTER is only queued on a live connection, so a
+        master that comes up later gets one from a socket that still exists.
+        """
+        self._close_socket()
+        sock = self._sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(BACKOFF_MAX * 1000))
+        sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + 1024 * 1024)
+        sock.connect(self._opts.master)
+        self._sender = zmq.Socket.shadow(sock.underlying)
+        log.info("dialing master %s", self._opts.master)
+        register = Register(
+            name=self._opts.name, hostname=socket.gethostname(),
+            cores=os.cpu_count() or 1, workers=self._opts.workers, version=__version__,
+            pid=os.getpid(), max_message=self._opts.max_message, token=self._opts.token)
         while self._signals == 0:
-            self._close_socket()
-            sock = self._sock = ctx.socket(zmq.DEALER)
-            sock.linger = 0
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + 1024 * 1024)
-            sock.connect(self._opts.master)
-            self._sender = zmq.Socket.shadow(sock.underlying)
-            if not announced:
-                log.info("dialing master %s", self._opts.master)
-                announced = True
-            deadline = time.monotonic() + backoff
-            register = Register(
-                name=self._opts.name, hostname=socket.gethostname(),
-                cores=os.cpu_count() or 1, workers=self._opts.workers, version=__version__,
-                pid=os.getpid(), max_message=self._opts.max_message, token=self._opts.token)
-            while time.monotonic() < deadline and self._signals == 0:
-                self._send(register)
-                msg = await self._recv_or_wake(min(0.25, deadline - time.monotonic()))
-                if isinstance(msg, Welcome):
-                    self._clock.sample(time.time(), msg.master_time, time.time())
-                    if msg.accepted:
-                        log.info("registered with master %s as %r (protocol %d)",
-                                 self._opts.master, self._opts.name, PROTOCOL_VERSION)
-                        return msg
-                    log.info("master %s keeps this agent idle: %s", self._opts.master,
-                             msg.reason)
-                    if self._opts.embedded:
-                        raise AgentExit(2, f"embedded agent not accepted: {msg.reason}")
-                    deadline = time.monotonic() + NOT_ACCEPTED_RETRY
-                    await self._sleep_or_wake(NOT_ACCEPTED_RETRY)
-                    break
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._send(register)
+            msg = await self._recv(REGISTER_EVERY)
+            if not isinstance(msg, Welcome):
+                continue
+            self._clock.sample(time.time(), msg.master_time, time.time())
+            if msg.accepted:
+                log.info("registered with master %s as %r (protocol %d)",
+                         self._opts.master, self._opts.name, PROTOCOL_VERSION)
+                return msg
+            log.info("master %s keeps this agent idle: %s", self._opts.master, msg.reason)
+            if self._opts.embedded:
+                raise AgentExit(2, f"embedded agent not accepted: {msg.reason}")
+            await self._sleep_or_wake(NOT_ACCEPTED_RETRY)
         return None
 
-    async def _recv_or_wake(self, timeout: float) -> Message | None:
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        """Sleep, cut short by a signal."""
         self._wake.clear()
         if self._signals:
-            return None
-        return await self._recv(max(timeout, 0.0))
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        self._wake.clear()
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
@@ -258,8 +257,9 @@ class AgentDaemon:
             if self._leaving and (self._job is None or self._job.settled):
                 await self._leave()
                 return False
-            wait = max(0.0, min(next_beat, last_heard + HEARTBEAT * MISSED_BEATS) - loop.time())
-            msg = await self._recv_or_wake(wait + 0.01)
+            wait = min(next_beat, last_heard + HEARTBEAT * MISSED_BEATS) - loop.time()
+            # short polls: a signal is acted on within SIGNAL_LATENCY
+            msg = await self._recv(min(max(wait, 0.0) + 0.01, SIGNAL_LATENCY))
             if msg is None:
                 continue
             last_heard = loop.time()

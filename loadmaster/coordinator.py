@@ -11,7 +11,6 @@ dead peer would stall every later send.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import time
@@ -144,7 +143,8 @@ class Coordinator:
     # -- agents -------------------------------------------------------------------------
     @property
     def accepted(self) -> list[AgentRecord]:
-        return sorted(self.agents.values(), key=lambda a: a.order)
+        """Registered agents not lost or gone, in registration order."""
+        return sorted((a for a in self.agents.values() if not a.gone), key=lambda a: a.order)
 
     def _mark_lost(self, agent: AgentRecord, why: str) -> None:
         if agent.gone:
@@ -222,10 +222,14 @@ class Coordinator:
             agent.lost_reason = f"left: {msg.reason}"
             self._on_change()
 
-    def _raw_send(self, identity: bytes, frames: list[bytes]) -> None:
+    def _raw_send(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Send to a peer that may not be an agent (yet); False when it is unreachable."""
         assert self._sender is not None
-        with contextlib.suppress(zmq.ZMQError):
+        try:
             self._sender.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
 
     def _on_register(self, identity: bytes, reg: Register) -> None:
         known = self.agents.get(identity)
@@ -235,20 +239,21 @@ class Coordinator:
         reason = ""
         if self._token is not None and reg.token != self._token:
             reason = "this master only accepts its own embedded agent"
-        elif len(self.agents) >= self._wanted:
+        elif len(self.accepted) >= self._wanted:
             reason = f"the master already has the {self._wanted} agent(s) it asked for"
-        elif any(a.name == reg.name for a in self.agents.values()):
+        elif any(a.name == reg.name for a in self.accepted):
             reason = f"an agent named {reg.name!r} is already registered"
         if reason:
             log.info("agent %s (%s) told to stay idle: %s", reg.name, reg.hostname, reason)
             self._raw_send(identity, encode(self._welcome(False, reason)))
             return
+        if not self._raw_send(identity, encode(self._welcome(True, ""))):
+            return  # its socket is already gone (a REGISTER resent from a closed socket)
         agent = AgentRecord(identity=identity, info=reg, order=len(self.agents),
                             last_heard=time.monotonic())
         self.agents[identity] = agent
         log.info("agent %s registered (host %s, %d worker(s), version %s, pid %d)",
                  reg.name, reg.hostname, reg.workers, reg.version, reg.pid)
-        self.send(agent, self._welcome(True, ""))
         self._on_change()
 
     def _welcome(self, accepted: bool, reason: str) -> Welcome:

@@ -244,13 +244,15 @@ class LineReader:
 
 
 def start_agent(tag: str, master: str, name: str, *args: str,
-                netns: str | None = None) -> subprocess.Popen[str]:
+                netns: str | None = None, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "loadagent", "start", "--master", master, "--name", name,
            *args]
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    return subprocess.Popen(cmd, env=tagged_env(tag), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, env=tagged_env(tag, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            cwd=cwd)
 
 
 def new_tag() -> str:
