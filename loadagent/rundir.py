@@ -6,7 +6,7 @@ import os
 import shutil
 import stat
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from protocol.bundle import BundleError, check_bundle_path
 from protocol.messages import BundleFile
@@ -21,11 +21,10 @@ def write_bundle(files: list[BundleFile], root: Path) -> None:
     root = root.resolve()
     for f in files:
         rel = check_bundle_path(f.path)
-        if stat.S_IFMT(f.mode) not in (0, stat.S_IFREG):
+        if not 0 <= f.mode <= 0o177777 or stat.S_IFMT(f.mode) not in (0, stat.S_IFREG):
             raise BundleError(f"bundle path {f.path!r}: only regular files are accepted")
         target = root.joinpath(*rel.parts)
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        parent = _make_folders(root, rel, f.path)
         if parent.resolve() != parent or not parent.is_relative_to(root):
             raise BundleError(f"bundle path {f.path!r}: leaves the run directory")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -37,6 +36,22 @@ def write_bundle(files: list[BundleFile], root: Path) -> None:
             raise BundleError(f"bundle path {f.path!r}: cannot be written: {e}") from None
         with os.fdopen(fd, "wb") as out:
             out.write(f.data)
+
+
+def _make_folders(root: Path, rel: PurePosixPath, shown: str) -> Path:
+    """Create the folders of ``rel`` under ``root`` one at a time, never through a link."""
+    folder = root
+    for part in rel.parts[:-1]:
+        folder = folder / part
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if folder.is_symlink() or not folder.is_dir():
+                raise BundleError(f"bundle path {shown!r}: {part!r} is already a file or a "
+                                  f"link in the run directory") from None
+        except OSError as e:
+            raise BundleError(f"bundle path {shown!r}: cannot be written: {e}") from None
+    return folder
 
 
 class RunDir:

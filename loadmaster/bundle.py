@@ -67,7 +67,7 @@ class BundleBuilder:
     def add_tree(self, path: Path, what: str) -> None:
         absolute = path if path.is_absolute() else self.base / path
         if absolute.is_dir() and not absolute.is_symlink():
-            _relative(absolute, self.base, what)  # the folder itself must be inside
+            _relative(path, self.base, what)  # the folder itself must be inside
             for root, dirs, names in os.walk(absolute, followlinks=False):
                 dirs[:] = sorted(d for d in dirs if d != "__pycache__")
                 for d in dirs:

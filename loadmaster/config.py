@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -65,7 +66,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration, not true/false")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range
+            seconds = math.inf
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         try:
@@ -101,7 +105,7 @@ def _non_negative_int(value: Any) -> int:
 
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not math.isfinite(value):
+            or not value <= sys.float_info.max:  # inf, nan, and ints float() cannot hold
         raise ValueError("expected a number above 0")
     return float(value)
 
@@ -171,6 +175,9 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None,
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read the config: not UTF-8 text ({e.reason} at "
+                          f"byte {e.start})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -191,7 +198,9 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
         if raw.get(key) is None:
             raise ConfigError(f"{path}: key {key!r} is missing; it is required")
     for key, check in _CHECKS.items():
-        value = raw.get(key, DEFAULTS.get(key))
+        value = raw.get(key)
+        if value is None:  # absent, or present with no value (`files:`)
+            value = DEFAULTS.get(key)
         if value is None:
             values[key] = None
             continue

@@ -138,8 +138,10 @@ def _check(tp: Any, v: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(v, dict):
             raise WireError(f"{where}: expected a map, got {type(v).__name__}")
-        _, value_tp = typing.get_args(tp)
-        return {k: _check(value_tp, x, f"{where}.{k}") for k, x in v.items()}
+        key_tp, value_tp = typing.get_args(tp)
+        # strict_map_key still lets bytes keys through
+        return {_check(key_tp, k, f"{where} key"): _check(value_tp, x, f"{where}.{k}")
+                for k, x in v.items()}
     if origin in (Union, types.UnionType):
         errors = []
         for option in typing.get_args(tp):

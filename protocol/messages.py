@@ -19,7 +19,7 @@ FINAL_MAX = 16 * 1024 * 1024
 
 def _nonneg(cls: str, **values: float) -> None:
     for name, v in values.items():
-        if v < 0:
+        if not v >= 0:  # NaN too
             raise WireError(f"{cls}.{name} must not be negative, got {v}")
 
 
@@ -104,7 +104,7 @@ class Job(Message):
             raise WireError(f"Job.run_id must be {RUN_ID_LEN} ASCII characters")
         _nonneg("Job", users=self.users, run_time=self.run_time, wait_time=self.wait_time,
                 stop_grace=self.stop_grace)
-        if self.hatch_rate <= 0:
+        if not self.hatch_rate > 0:  # NaN too
             raise WireError("Job.hatch_rate must be positive")
         if self.total_workers < 1 or any(not 0 <= w < self.total_workers for w in self.worker_ids):
             raise WireError("Job.worker_ids must lie in [0, total_workers)")
