@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import yaml
 
 DEFAULTS: dict[str, Any] = {
@@ -219,7 +220,14 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
     values["benchmark_class_file"] = class_file
     custom = {k: v for k, v in raw.items() if k not in SYSTEM_KEYS}
     warnings = []
-    for key in custom:
+    for key, value in custom.items():
+        try:
+            msgpack.packb(value)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError(
+                f"{path}: key {key!r}: this value cannot be sent to the workers ({e}); "
+                f"custom keys hold strings, numbers, booleans, null, lists and mappings "
+                f"with string keys (quote a date as a string)") from None
         close = difflib.get_close_matches(key, SYSTEM_KEYS, n=1, cutoff=0.8)
         if close:
             warnings.append(f"{path}: key {key!r} is not a system key (did you mean "

@@ -273,3 +273,15 @@ def test_a_key_left_empty_takes_its_default(base: Path, key: str) -> None:
     default = load(base, with_key(key, ""))
     assert getattr(cfg, key) == getattr(default, key)
     assert getattr(cfg, key) is not None
+
+
+def test_custom_value_that_cannot_travel_to_workers_is_a_clear_error(tmp_path: Path) -> None:
+    client = tmp_path / "c.py"
+    client.write_text("")
+    conf = tmp_path / "conf.yml"
+    conf.write_text(f"host: h\nusers: 1\nrun_time: 1\nbenchmark_class_file: {client}\n"
+                    f"start_day: 2026-11-25\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(conf)
+    assert str(conf) in str(e.value) and "'start_day'" in str(e.value)
+    assert "quote a date as a string" in str(e.value)
