@@ -224,3 +224,26 @@ def test_bad_config_names_file_and_key(tmp_path: Path, tag: str) -> None:
     r = run_master(tmp_path, conf, tag)
     assert r.code == 2
     assert str(conf) in r.stderr and "'users'" in r.stderr and "ten" in r.stderr
+
+
+def test_kill9_master_stops_embedded_load_within_5s_and_leaves_no_process(
+        tmp_path: Path, tag: str, target: Target) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 6, "run_time": 60, "worker": 2})
+    with started_master(tmp_path, conf, tag) as proc:
+        out = LineReader(proc.stdout)
+        LineReader(proc.stderr)
+        out.wait_for("current rps", timeout=30)
+        proc.kill()
+        killed = time.monotonic()
+        # the embedded agent sees its stdin close, its workers see their pipe close
+        last, last_change = target.counts()["ok"], time.monotonic()
+        while time.monotonic() < killed + 8:
+            now_count = target.counts()["ok"]
+            if now_count != last:
+                last, last_change = now_count, time.monotonic()
+            time.sleep(0.1)
+    assert last_change - killed < 5, f"load went on {last_change - killed:.1f}s"
+    deadline = time.monotonic() + 10
+    while tagged_pids(tag) != [target.proc.pid]:
+        assert time.monotonic() < deadline, f"left running: {tagged_pids(tag)}"
+        time.sleep(0.1)
