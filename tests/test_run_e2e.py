@@ -247,3 +247,45 @@ def test_kill9_master_stops_embedded_load_within_5s_and_leaves_no_process(
     while tagged_pids(tag) != [target.proc.pid]:
         assert time.monotonic() < deadline, f"left running: {tagged_pids(tag)}"
         time.sleep(0.1)
+
+
+DYING_CLIENT = '''
+import os
+import aiohttp
+from protocol import ClientProtocol
+
+class Dying(ClientProtocol):
+    calls = 0
+
+    def init_before_use(self, host):
+        self._session = aiohttp.ClientSession()
+        self._url = host
+
+    async def shutdown(self):
+        await self._session.close()
+
+    async def execute(self):
+        async with self._session.post(self._url, data=b"x") as response:
+            await response.read()
+        Dying.calls += 1
+        if Dying.calls == 300:
+            try:  # the first worker of the run directory to get here dies
+                os.close(os.open("died", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(7)
+'''
+
+
+def test_a_worker_that_dies_is_reported_with_its_exit_code(
+        tmp_path: Path, tag: str, target: Target) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 4, "worker": 2},
+                     client=DYING_CLIENT, client_path="dying.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 5, (r.stdout, r.stderr)
+    notes = [line for line in r.stdout.splitlines() if line.startswith("worker ")]
+    assert len(notes) == 1
+    assert "worker exited with code 7 before its totals" in notes[0]
+    assert "counted up to its last live delta" in notes[0]
+    # the survivor's totals are exact; the dead one's count stops at its last delta
+    assert 0 < r.final_int("success count") <= target.counts()["ok"]
