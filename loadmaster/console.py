@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from protocol.stats import OpStats, Totals
 
@@ -123,3 +124,36 @@ def format_final(view: FinalView) -> str:
                      f"(the totals above come from final totals and are exact)")
     lines.extend(view.notes)
     return "\n".join(lines)
+
+
+class BlockPrinter:
+    """Prints blocks; on a terminal each live block replaces the previous one in place.
+
+    When stdout is not a terminal (a file, a pipe, CI) every block is appended as plain
+    text, so logs keep the whole history.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        try:
+            self._tty = out.isatty()
+        except (AttributeError, ValueError):
+            self._tty = False
+        self._live_lines = 0
+
+    def live(self, text: str) -> None:
+        self._write(text, replace=True)
+
+    def final(self, text: str) -> None:
+        self._write(text, replace=False)
+
+    def message(self, text: str) -> None:
+        self._write(text, replace=False)
+
+    def _write(self, text: str, replace: bool) -> None:
+        if self._tty and self._live_lines:
+            # up to the first line of the previous live block, then clear to the end
+            self._out.write(f"\x1b[{self._live_lines}F\x1b[J")
+        self._live_lines = text.count("\n") + 1 if (replace and self._tty) else 0
+        self._out.write(text + "\n")
+        self._out.flush()

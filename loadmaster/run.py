@@ -24,7 +24,14 @@ import zmq.asyncio
 from loadmaster.aggregator import Aggregator
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
-from loadmaster.console import AgentLine, FinalView, LiveView, format_final, format_live
+from loadmaster.console import (
+    AgentLine,
+    BlockPrinter,
+    FinalView,
+    LiveView,
+    format_final,
+    format_live,
+)
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
 from loadmaster.local_agent import LocalAgent
 from protocol.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
@@ -65,7 +72,7 @@ class Run:
         self.cfg = cfg
         self.bundle = bundle
         self.opts = opts
-        self.out = out
+        self._printer = BlockPrinter(out)
         self.run_id = secrets.token_hex(RUN_ID_LEN // 2)
         self._changed = asyncio.Event()
         self._interrupts = 0
@@ -83,8 +90,6 @@ class Run:
         self._t0 = 0.0
 
     # -- helpers ------------------------------------------------------------------------
-    def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
 
     def _on_sigint(self) -> None:
         self._interrupts += 1
@@ -129,7 +134,7 @@ class Run:
             if self._local is not None:
                 self._local.start(endpoint)
             else:
-                self._print(f"waiting for {self.cfg.agents} agent(s) on {endpoint} "
+                self._printer.message(f"waiting for {self.cfg.agents} agent(s) on {endpoint} "
                             f"(up to {self.cfg.agent_timeout:g}s)")
             await self._gather_agents()
             await self._send_jobs()
@@ -248,7 +253,7 @@ class Run:
                 self.coord.broadcast(Stop("run_time reached"), self._live_agents)
                 stop_sent = True
             if now >= next_print:
-                self._print(format_live(self._live_view(now)))
+                self._printer.live(format_live(self._live_view(now)))
                 next_print += cfg.print_interval * max(1, int((now - next_print)
                                                              / cfg.print_interval) + 1)
             if now >= deadline:
@@ -315,7 +320,7 @@ class Run:
             run_time = max(0.0, time.time() - self._t0)
         for line in lines:
             line.rps = line.ok / run_time if run_time else 0.0
-        self._print(format_final(FinalView(
+        self._printer.final(format_final(FinalView(
             run_time=run_time, users=self.cfg.users, totals=total, agents=lines,
             missed_deltas=self.agg.missed_deltas, notes=notes, incomplete=incomplete)))
         if self._interrupts:
