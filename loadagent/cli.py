@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import socket
 import sys
+from multiprocessing import forkserver
 from typing import Annotated
 
 import typer
@@ -67,6 +68,7 @@ def start(
     # Before any socket or loop exists: workers come from this clean forkserver.
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["protocol", "uvloop", "zmq", "loadagent.worker"])
+    forkserver.ensure_running()  # now, not at the first job: its imports take a while
     opts = AgentOptions(
         master=master,
         name=name or f"{socket.gethostname()}-{os.getpid()}",

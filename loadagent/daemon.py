@@ -29,7 +29,6 @@ import zmq.asyncio
 
 from loadagent.job import JobRun
 from protocol import __version__
-from protocol.bundle import BundleError
 from protocol.codec import (
     PROTOCOL_VERSION,
     Message,
@@ -85,12 +84,13 @@ class ClockOffset:
 
     def __init__(self) -> None:
         self.offset = 0.0
-        self.rtt = float("inf")
+        self.rtt = 0.0
+        self._best = float("inf")
 
     def sample(self, sent: float, master_time: float, received: float) -> None:
         rtt = received - sent
-        if 0 <= rtt <= self.rtt:
-            self.rtt = rtt
+        if 0 <= rtt <= self._best:
+            self._best = self.rtt = rtt
             self.offset = master_time - (sent + received) / 2
 
 
@@ -105,6 +105,7 @@ class AgentDaemon:
         self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
         self._clock = ClockOffset()
         self._leaving = False
+        self._run_over = False  # the master said its run is done: its going away is normal
 
     # -- signals and the embedding master -----------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -137,10 +138,10 @@ class AgentDaemon:
                 if welcome is None:
                     return 0
                 lost = await self._serve(welcome)
-                if not lost:
-                    return 0
-                if self._opts.embedded or self._signals:
-                    return 5  # no next master for an embedded or departing agent
+                if not lost or self._signals:
+                    return 0  # done, or told to stop: no next master for a departing agent
+                if self._opts.embedded:
+                    return 5  # an embedded agent serves one master only
         except AgentExit as e:
             log.error("%s", e)
             return e.code
@@ -207,7 +208,6 @@ class AgentDaemon:
             msg = await self._recv(REGISTER_EVERY)
             if not isinstance(msg, Welcome):
                 continue
-            self._clock.sample(time.time(), msg.master_time, time.time())
             if msg.accepted:
                 log.info("registered with master %s as %r (protocol %d)",
                          self._opts.master, self._opts.name, PROTOCOL_VERSION)
@@ -233,6 +233,7 @@ class AgentDaemon:
         if ":" in host:
             host = f"[{host}]"
         stats_endpoint = f"tcp://{host}:{welcome.stats_port}"
+        self._run_over = False
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         next_beat = loop.time()
@@ -245,8 +246,11 @@ class AgentDaemon:
                     self._job.resend_unacked()
                 next_beat = now + HEARTBEAT
             if now - last_heard > HEARTBEAT * MISSED_BEATS:
-                log.error("master %s lost (no heartbeat for %.1fs)", self._opts.master,
-                          now - last_heard)
+                if self._run_over and self._job is None:
+                    log.info("master %s gone after its run", self._opts.master)
+                else:
+                    log.error("master %s lost (no heartbeat for %.1fs)", self._opts.master,
+                              now - last_heard)
                 await self._drop_job(Abort("master lost"))
                 self._close_socket()
                 return True
@@ -306,6 +310,7 @@ class AgentDaemon:
         elif isinstance(msg, RunDone):
             if self._job is not None and self._job.run_id == msg.run_id:
                 log.info("run %s done; back to idle", msg.run_id)
+                self._run_over = True
                 await self._drop_job(Abort("run over"))
         elif isinstance(msg, Welcome):
             pass  # a late answer to a resent REGISTER
@@ -313,6 +318,8 @@ class AgentDaemon:
             log.warning("unexpected %s from the master", type(msg).__name__)
 
     async def _on_job(self, job: Job, stats_endpoint: str) -> None:
+        if self._job is not None and self._job.refused:
+            await self._drop_job(Abort("its bundle was refused"))
         if self._job is not None:
             if self._job.run_id != job.run_id:
                 self._send(JobFailed(worker=-1, error=f"agent {self._opts.name} is busy with "
@@ -320,11 +327,6 @@ class AgentDaemon:
             return
         log.info("run %s: job received (%d worker(s), %d bundle file(s))", job.run_id,
                  len(job.worker_ids), len(job.bundle))
-        run = JobRun(job, self._opts.name, stats_endpoint, self._mp, self._send)
-        try:
-            run.start()
-        except BundleError as e:
-            log.error("run %s: bundle refused: %s", job.run_id, e)
-            self._send(JobFailed(worker=-1, error=f"agent {self._opts.name}: bundle refused: {e}"))
-            return
-        self._job = run
+        self._job = JobRun(job, self._opts.name, stats_endpoint, self._mp, self._send,
+                           lambda: (self._clock.offset, self._clock.rtt))
+        self._job.begin()

@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 
 from loadagent.rundir import RunDir, write_bundle
 from loadagent.worker import PIPE_LIMIT, worker_main
+from protocol.bundle import BundleError
 from protocol.codec import Message, WireError, decode_joined, encode_joined
 from protocol.messages import (
     Abort,
@@ -54,46 +55,72 @@ class WorkerHandle:
 
 class JobRun:
     def __init__(self, job: Job, agent: str, stats_endpoint: str, mp: ForkServerContext,
-                 send: Callable[[Message], None]) -> None:
+                 send: Callable[[Message], None], clock: Callable[[], tuple[float, float]]) -> None:
         self.job = job
         self._agent = agent
         self._stats_endpoint = stats_endpoint
         self._mp = mp
         self._send = send
+        self._clock = clock  # (offset, rtt) of the agent's clock estimate
         self._rundir: RunDir | None = None
         self._workers: dict[int, WorkerHandle] = {}
         self._ready_sent = False
-        self.all_exited = asyncio.Event()
+        self._starting: asyncio.Task[None] | None = None
+        self._closing = False
+        self.refused = False  # the bundle was refused: nothing runs
 
     @property
     def run_id(self) -> str:
         return self.job.run_id
 
-    def start(self) -> None:
-        """Write the bundle and start one worker per worker id. Raises BundleError."""
-        self._rundir = RunDir(self.job.run_id)
+    def begin(self) -> None:
+        """Start the job in the background: the agent keeps heartbeating meanwhile."""
+        self._starting = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        # Writing files and starting processes block: off the event loop, so heartbeats
+        # go on even on a loaded machine.
         try:
-            write_bundle(self.job.bundle, self._rundir.path)
-        except Exception:
-            self._rundir.remove()
-            raise
-        loop = asyncio.get_running_loop()
-        worker_job = replace(self.job, bundle=[])
+            self._rundir = await asyncio.to_thread(self._write_rundir)
+        except BundleError as e:
+            log.error("run %s: bundle refused: %s", self.run_id, e)
+            self._send(JobFailed(worker=-1, error=f"agent {self._agent}: bundle refused: {e}"))
+            self.refused = True
+            return
         for index in self.job.worker_ids:
-            ours, theirs = self._mp.Pipe(duplex=True)
-            proc = self._mp.Process(target=worker_main, args=(theirs,),
-                                    name=f"loadworker-{index}", daemon=False)
-            proc.start()
-            theirs.close()
-            handle = WorkerHandle(index, proc, ours)
-            self._workers[index] = handle
-            ours.send_bytes(encode_joined(WorkerJob(
-                job=worker_job, worker=index, agent=self._agent,
-                stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
-            loop.add_reader(ours.fileno(), self._on_pipe, handle)
-            loop.add_reader(proc.sentinel, self._on_exit, handle)
+            if self._closing:
+                return
+            handle = await asyncio.to_thread(self._spawn, index)
+            self._watch(handle)
         log.info("run %s: started %d worker(s) in %s", self.run_id, len(self._workers),
                  self._rundir.path)
+
+    def _write_rundir(self) -> RunDir:
+        rundir = RunDir(self.job.run_id)
+        try:
+            write_bundle(self.job.bundle, rundir.path)
+        except BaseException:
+            rundir.remove()
+            raise
+        return rundir
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        assert self._rundir is not None
+        ours, theirs = self._mp.Pipe(duplex=True)
+        proc = self._mp.Process(target=worker_main, args=(theirs,),
+                                name=f"loadworker-{index}", daemon=False)
+        proc.start()
+        theirs.close()
+        ours.send_bytes(encode_joined(WorkerJob(
+            job=replace(self.job, bundle=[]), worker=index, agent=self._agent,
+            stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
+        return WorkerHandle(index, proc, ours)
+
+    def _watch(self, h: WorkerHandle) -> None:
+        self._workers[h.index] = h
+        loop = asyncio.get_running_loop()
+        loop.add_reader(h.conn.fileno(), self._on_pipe, h)
+        loop.add_reader(h.process.sentinel, self._on_exit, h)
 
     # -- from workers -----------------------------------------------------------------
     def _on_pipe(self, h: WorkerHandle) -> None:
@@ -112,7 +139,8 @@ class JobRun:
             h.ready = True
             if not self._ready_sent and all(w.ready for w in self._workers.values()):
                 self._ready_sent = True
-                self._send(Ready(len(self._workers)))
+                offset, rtt = self._clock()
+                self._send(Ready(workers=len(self._workers), clock_offset=offset, rtt=rtt))
                 log.info("run %s: all %d worker(s) ready", self.run_id, len(self._workers))
         elif isinstance(msg, JobFailed):
             h.failed = True
@@ -138,8 +166,10 @@ class JobRun:
                                   detail=f"worker exited with code {code} before its totals"))
         else:
             log.info("run %s: worker %d finished (code %s)", self.run_id, h.index, code)
-        if all(w.exited for w in self._workers.values()):
-            self.all_exited.set()
+
+    async def _all_watched_exited(self) -> None:
+        while not all(h.exited for h in self._workers.values()):
+            await asyncio.sleep(0.05)
 
     # -- from the master --------------------------------------------------------------
     def forward(self, msg: Start | Stop | Abort) -> None:
@@ -166,11 +196,14 @@ class JobRun:
 
     async def close(self) -> None:
         """Abort what still runs, wait briefly, kill the rest, remove the run directory."""
+        self._closing = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
         alive = [h for h in self._workers.values() if not h.exited]
         if alive:
             self.forward(Abort("the agent is closing the run"))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.all_exited.wait(), EXIT_WAIT)
+                await asyncio.wait_for(self._all_watched_exited(), EXIT_WAIT)
         loop = asyncio.get_running_loop()
         for h in self._workers.values():
             if h.process.is_alive() and h.process.pid is not None:

@@ -63,6 +63,7 @@ class Worker:
         self._cumulative = Totals()
         self._seq = 0
         self._next_interval = 1
+        self._start_lag = 0.0
         self._lag_max = 0.0
         self._cpu_mark = time.process_time()
 
@@ -128,7 +129,7 @@ class Worker:
             pub.linger = 2000
             pub.connect(self._wj.stats_endpoint)
             try:
-                self._send(Ready(1))
+                self._send(Ready(workers=1, clock_offset=0.0, rtt=0.0))
                 t0 = await self._hello_until_start(pub)
                 last_end = 0.0
                 if t0 is not None:
@@ -137,7 +138,7 @@ class Worker:
                 self._send(Final(
                     worker=self._wj.worker, totals=self._cumulative, last_end=last_end,
                     clients=users_of(self._wj.worker, self._job.total_workers, self._job.users),
-                    aborted=self._aborted))
+                    aborted=self._aborted, start_lag=self._start_lag))
             finally:
                 pub.close()
                 ctx.term()
@@ -180,6 +181,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         job = self._job
         loop_t0 = loop.time() + (t0 - time.time())
+        self._start_lag = max(0.0, time.time() - t0)
         sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._interval)
         sched.start(loop_t0, user_offsets(self._wj.worker, job.total_workers, job.users,
                                           job.hatch_rate))

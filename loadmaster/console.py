@@ -21,6 +21,8 @@ class AgentLine:
     ok: int = 0
     fail: int = 0
     state: str = "ok"
+    clock_offset: float = 0.0  # seconds, master - agent
+    start_skew: float = 0.0  # seconds the agent's latest worker started after T0
 
 
 @dataclass
@@ -115,10 +117,11 @@ def format_final(view: FinalView) -> str:
     if view.agents and (len(view.agents) > 1 or any(a.state != "ok" for a in view.agents)):
         lines.append("agents:")
         lines.append(f"  {'name':<24} {'workers':>7} {'clients':>8} {'success':>10} {'fail':>8} "
-                     f"{'rps':>10}  state")
+                     f"{'rps':>10} {'offset ms':>10} {'skew ms':>8}  state")
         for a in view.agents:
             lines.append(f"  {a.name[:24]:<24} {a.workers:>7} {a.clients:>8} {a.ok:>10} "
-                         f"{a.fail:>8} {a.rps:>10.1f}  {a.state}")
+                         f"{a.fail:>8} {a.rps:>10.1f} {1000 * a.clock_offset:>10.1f} "
+                         f"{1000 * a.start_skew:>8.1f}  {a.state}")
     if view.missed_deltas:
         lines.append(f"live deltas lost on the stats channel: {view.missed_deltas} "
                      f"(the totals above come from final totals and are exact)")

@@ -66,6 +66,7 @@ class AgentRecord:
     worker_ids: list[int] = field(default_factory=list)
     finals: dict[int, Final] = field(default_factory=dict)
     lost_workers: dict[int, str] = field(default_factory=dict)
+    clock_offset: float = 0.0  # master clock - agent clock, the agent's estimate
     rtt: float = 0.0
 
     @property
@@ -201,6 +202,7 @@ class Coordinator:
             self.send(agent, Heartbeat(sent_at=time.time(), echo=msg.sent_at))
         elif isinstance(msg, Ready):
             agent.state = AgentState.READY
+            agent.clock_offset, agent.rtt = msg.clock_offset, msg.rtt
             self._on_change()
         elif isinstance(msg, JobFailed):
             self.job_failures.append((agent.name, msg))

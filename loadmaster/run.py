@@ -315,7 +315,8 @@ class Run:
                 clients=sum(users_of(w, sum(len(a.worker_ids) for a in self._agents),
                                      self.cfg.users) for w in agent.worker_ids),
                 rps=combined.ok / run_time if run_time else 0.0,
-                ok=combined.ok, fail=combined.fail, state=state))
+                ok=combined.ok, fail=combined.fail, state=state, clock_offset=agent.clock_offset,
+                start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))
         if run_time == 0.0:
             run_time = max(0.0, time.time() - self._t0)
         for line in lines:

@@ -112,10 +112,16 @@ class Job(Message):
 
 @dataclass(frozen=True, slots=True)
 class Ready(Message):
-    """A -> M: every worker of the agent imported the client and ran global_init."""
+    """A -> M: every worker of the agent imported the client and ran global_init.
+
+    Also the agent's estimate of (master clock - its clock), from the heartbeat with the
+    shortest round trip, and that round trip; workers on W -> A pipes send zeros.
+    """
 
     TYPE = 6
     workers: int
+    clock_offset: float
+    rtt: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,7 @@ class Final(Message):
     last_end: float  # seconds from T0 to the end of the worker's last call
     clients: int
     aborted: bool
+    start_lag: float  # how late after T0 (its own clock) the worker could start load
 
 
 @dataclass(frozen=True, slots=True)
