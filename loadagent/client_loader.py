@@ -22,6 +22,8 @@ def load_client_class(path: Path, class_name: str = "") -> type[ClientProtocol]:
     Import errors propagate with their own traceback.
     """
     module_name = path.stem if path.stem.isidentifier() else "benchmark_client"
+    if module_name in sys.modules:  # never replace a loaded module (a client named json.py)
+        module_name = f"benchmark_client_{module_name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ClientLoadError(f"{path}: not an importable Python file")
