@@ -300,9 +300,14 @@ class AgentDaemon:
             await self._on_job(msg, stats_endpoint)
         elif isinstance(msg, Start):
             if self._job is not None:
-                self._job.forward(Start(t0=msg.t0 - self._clock.offset))
+                t0 = msg.t0 - self._clock.offset
+                log.info("run %s: load starts in %.2fs (clock offset %+.1f ms)",
+                         self._job.run_id, t0 - time.time(), 1000 * self._clock.offset)
+                self._job.forward(Start(t0=t0))
         elif isinstance(msg, Stop | Abort):
             if self._job is not None:
+                log.info("run %s: %s from the master (%s)", self._job.run_id,
+                         type(msg).__name__.upper(), msg.reason)
                 self._job.forward(msg)
         elif isinstance(msg, FinalAck):
             if self._job is not None:
