@@ -49,6 +49,8 @@ class ClientScheduler:
         # tasks not inside execute(): cancelled at once on stop
         self._idle: set[asyncio.Task[None]] = set()
         self._hatcher: asyncio.Task[None] | None = None
+        # what a call cancelled now is counted as: the grace ran out, or an abort
+        self._cancelled_as = CANCELLED_AT_STOP
         self.running = 0
 
     @property
@@ -112,7 +114,7 @@ class ClientScheduler:
                 r = await execute()
             except asyncio.CancelledError:
                 st.fail += 1
-                totals.add_error((name, *CANCELLED_AT_STOP))
+                totals.add_error((name, *self._cancelled_as))
                 raise
             except Exception as e:
                 t0 = clock()
@@ -167,8 +169,9 @@ class ClientScheduler:
             if still:
                 await asyncio.wait(still)
 
-    def abort(self) -> None:
+    def abort(self, reason: str) -> None:
         """Cancel every call at once."""
+        self._cancelled_as = ("Cancelled", f"call cancelled by an abort: {reason}"[:300])
         self._stopping = True
         if self._hatcher is not None:
             self._hatcher.cancel()

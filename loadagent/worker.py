@@ -58,6 +58,7 @@ class Worker:
         self._start: asyncio.Future[float] | None = None
         self._done: asyncio.Event | None = None
         self._aborted = False
+        self._abort_reason = ""
         self._sched: ClientScheduler | None = None
         self._interval = Totals()
         self._cumulative = Totals()
@@ -94,13 +95,13 @@ class Worker:
         elif isinstance(msg, Stop):
             self._request_stop()
         elif isinstance(msg, Abort):
-            self._abort()
+            self._abort(msg.reason)
 
     def _agent_gone(self) -> None:
         if self._agent_alive:
             self._agent_alive = False
             asyncio.get_running_loop().remove_reader(self._conn.fileno())
-            self._abort()
+            self._abort("the agent is gone")
 
     def _request_stop(self) -> None:
         if self._start is not None and not self._start.done():
@@ -108,10 +109,11 @@ class Worker:
         if self._done is not None:
             self._done.set()
 
-    def _abort(self) -> None:
+    def _abort(self, reason: str) -> None:
         self._aborted = True
+        self._abort_reason = reason
         if self._sched is not None:
-            self._sched.abort()
+            self._sched.abort(reason)
         self._request_stop()
 
     # -- the run ----------------------------------------------------------------------
@@ -186,14 +188,14 @@ class Worker:
         sched.start(loop_t0, user_offsets(self._wj.worker, job.total_workers, job.users,
                                           job.hatch_rate))
         if self._aborted:
-            sched.abort()
+            sched.abort(self._abort_reason)
         stop_timer = loop.call_at(loop_t0 + job.run_time, self._request_stop)
         helpers = [loop.create_task(self._publish_every_second(pub, loop_t0)),
                    loop.create_task(self._probe_lag())]
         try:
             await self._done.wait()
             if self._aborted:
-                sched.abort()
+                sched.abort(self._abort_reason)
             await sched.stop(0.0 if self._aborted else job.stop_grace)
             last_end = max(0.0, time.time() - t0)
             await sched.shutdown_clients(

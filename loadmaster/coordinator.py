@@ -100,6 +100,7 @@ class Coordinator:
         self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
         self.agents: dict[bytes, AgentRecord] = {}
         self.stats_port = 0
+        self.run_planned = False  # from then on no agent joins this master
         self.job_failures: list[tuple[str, JobFailed]] = []
 
     # -- socket -------------------------------------------------------------------------
@@ -118,9 +119,10 @@ class Coordinator:
         self._sender = zmq.Socket.shadow(sock.underlying)
         return f"tcp://{host}:{self._port}"
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` lets queued messages (RUN_DONE, acks) leave first."""
         if self._sock is not None:
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger_ms)
             self._sock = self._sender = None
 
     def send(self, agent: AgentRecord, msg: Message) -> bool:
@@ -195,8 +197,8 @@ class Coordinator:
             return
         if agent is None:
             return  # not registered (e.g. an agent of a previous master): ignore
-        if agent.gone and agent.state is AgentState.LEFT:
-            return
+        if agent.gone:
+            return  # a lost agent counts up to its last live delta, whatever it sends later
         agent.last_heard = time.monotonic()
         if isinstance(msg, Heartbeat):
             self.send(agent, Heartbeat(sent_at=time.time(), echo=msg.sent_at))
@@ -239,7 +241,9 @@ class Coordinator:
             self.send(known, self._welcome(True, ""))
             return
         reason = ""
-        if self._token is not None and reg.token != self._token:
+        if self.run_planned:
+            reason = "a run is in progress"
+        elif self._token is not None and reg.token != self._token:
             reason = "this master only accepts its own embedded agent"
         elif len(self.accepted) >= self._wanted:
             reason = f"the master already has the {self._wanted} agent(s) it asked for"

@@ -41,6 +41,7 @@ from protocol.stats import Totals
 log = logging.getLogger("loadmaster")
 START_DELAY = 0.5
 ABORT_WAIT = 2.0
+CLOSE_LINGER_MS = 1000
 FINAL_MARGIN = 10.0  # beyond run_time + grace + shutdown, before missing totals count as lost
 
 
@@ -146,10 +147,9 @@ class Run:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.coord.broadcast(RunDone(self.run_id), self._live_agents)
-            await asyncio.sleep(0.05)  # let RunDone leave before closing with linger 0
+            self.coord.close(linger_ms=CLOSE_LINGER_MS)  # RunDone and acks still leave
             if self._local is not None:
                 await loop.run_in_executor(None, self._local.stop)
-            self.coord.close()
             self.agg.close()
             self._ctx.term()
 
@@ -172,6 +172,7 @@ class Run:
                             f"only {got} of {wanted} agent(s) registered within "
                             f"{timeout:g}s (agent_timeout); registered: {names}")
         self._agents = self.coord.accepted[:wanted]
+        self.coord.run_planned = True
 
     def _plan(self) -> int:
         """Give every agent its global worker ids, in registration order."""

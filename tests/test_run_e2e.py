@@ -217,6 +217,9 @@ def test_second_sigint_aborts_at_once(tmp_path: Path, tag: str) -> None:
     assert took < 10  # not the 30 s grace
     assert "final benchmark: (INCOMPLETE)" in result.stdout or "final benchmark:" in result.stdout
     assert result.final_int("fail count") == 4  # the four calls were cancelled
+    (line,) = result.section("errors:")
+    assert line.split()[0] == "4"
+    assert "call cancelled by an abort: interrupted twice" in line
 
 
 def test_bad_config_names_file_and_key(tmp_path: Path, tag: str) -> None:
