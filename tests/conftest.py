@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_helpers import kill_tagged, new_tag, wait_no_tagged
+from e2e_helpers import Target, kill_tagged, new_tag, wait_no_tagged
 
 
 @pytest.fixture
@@ -25,3 +25,11 @@ def tag() -> Iterator[str]:
     leftover = wait_no_tagged(t, timeout=15)
     kill_tagged(t)
     assert not leftover, f"processes left running after the test: {leftover}"
+
+
+@pytest.fixture
+def target(tag: str) -> Iterator[Target]:
+    """examples/target_server.py on a free loopback port, counting what it answers."""
+    t = Target(tag)
+    yield t
+    t.stop()

@@ -82,13 +82,6 @@ class Agents:
 
 
 @pytest.fixture
-def target(tag: str) -> Iterator[Target]:
-    t = Target(tag)
-    yield t
-    t.stop()
-
-
-@pytest.fixture
 def agents(tag: str, tmp_path: Path) -> Iterator[Agents]:
     a = Agents(tag, free_port(), tmp_path)
     yield a

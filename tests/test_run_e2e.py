@@ -21,13 +21,6 @@ from e2e_helpers import (
 
 
 @pytest.fixture
-def target(tag: str) -> Iterator[Target]:
-    t = Target(tag)
-    yield t
-    t.stop()
-
-
-@pytest.fixture
 def failing_target(tag: str) -> Iterator[Target]:
     t = Target(tag, fail_every=4)
     yield t
