@@ -88,6 +88,7 @@ class Run:
                                  wanted=cfg.agents or 1, token=token, on_change=self._changed.set)
         self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id)
         self._agents: list[AgentRecord] = []
+        self._total_workers = 0
         self._t0 = 0.0
 
     # -- helpers ------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class Run:
                 self._local.start(endpoint)
             else:
                 self._printer.message(f"waiting for {self.cfg.agents} agent(s) on {endpoint} "
-                            f"(up to {self.cfg.agent_timeout:g}s)")
+                                      f"(up to {self.cfg.agent_timeout:g}s)")
             await self._gather_agents()
             await self._send_jobs()
             await self._wait_ready()
@@ -181,6 +182,7 @@ class Run:
             n = self.cfg.worker or agent.info.workers
             agent.worker_ids = list(range(next_id, next_id + n))
             next_id += n
+        self._total_workers = next_id
         return next_id
 
     async def _send_jobs(self) -> None:
@@ -313,8 +315,8 @@ class Run:
                 state = "incomplete"
             lines.append(AgentLine(
                 name=agent.name, workers=len(agent.worker_ids),
-                clients=sum(users_of(w, sum(len(a.worker_ids) for a in self._agents),
-                                     self.cfg.users) for w in agent.worker_ids),
+                clients=sum(users_of(w, self._total_workers, self.cfg.users)
+                            for w in agent.worker_ids),
                 rps=combined.ok / run_time if run_time else 0.0,
                 ok=combined.ok, fail=combined.fail, state=state, clock_offset=agent.clock_offset,
                 start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))
