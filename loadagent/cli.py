@@ -13,26 +13,16 @@ from typing import Annotated
 import typer
 
 from protocol.codec import DEFAULT_MAX_MESSAGE
+from protocol.cpus import parse_cpu_list
+from protocol.messages import TOKEN_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Load-generating agent: dials a loadmaster and runs its jobs.")
-TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
 
 
 @app.callback()
 def _root() -> None:
     """Load-generating agent: dials a loadmaster and runs its jobs."""
-
-
-def _parse_cpu_list(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 @app.command()
@@ -61,9 +51,16 @@ def start(
         raise typer.BadParameter(f"--master {master!r}: expected tcp://HOST:PORT")
     if cpu_list:
         try:
-            os.sched_setaffinity(0, _parse_cpu_list(cpu_list))
-        except (ValueError, OSError) as e:
+            os.sched_setaffinity(0, parse_cpu_list(cpu_list))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        except OSError as e:
             raise typer.BadParameter(f"--cpu-list {cpu_list!r}: {e}") from None
+    token = os.environ.pop(TOKEN_ENV, "")  # before the forkserver copies the environment
+    if not 0 <= workers <= 4096:
+        raise typer.BadParameter(f"--workers {workers}: expected 1 to 4096 (0: one per core)")
+    if max_message < 64 * 1024:
+        raise typer.BadParameter(f"--max-message {max_message}: expected at least 65536")
     cores = len(os.sched_getaffinity(0))
     # Before any socket or loop exists: workers come from this clean forkserver.
     mp = multiprocessing.get_context("forkserver")
@@ -74,7 +71,7 @@ def start(
         name=name or f"{socket.gethostname()}-{os.getpid()}",
         workers=workers if workers > 0 else cores,
         max_message=max_message,
-        token=os.environ.pop(TOKEN_ENV, ""),
+        token=token,
         embedded=embedded,
     )
     code = asyncio.run(AgentDaemon(opts, mp).run())

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext
 from urllib.parse import urlsplit
@@ -37,8 +38,11 @@ from protocol.codec import (
     WireError,
     decode,
     encode,
+    read_header,
 )
 from protocol.messages import (
+    HEARTBEAT,
+    MISSED_BEATS,
     Abort,
     FinalAck,
     Heartbeat,
@@ -53,12 +57,18 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("loadagent")
-HEARTBEAT = 1.0
-MISSED_BEATS = 3
 BACKOFF_MAX = 10.0
 REGISTER_EVERY = 0.5
+CLOCK_WINDOW = 30  # heartbeats
 SIGNAL_LATENCY = 0.2
 NOT_ACCEPTED_RETRY = 5.0
+
+
+def _message_type(frames: list[bytes]) -> int | None:
+    try:
+        return read_header(frames[0])[1] if frames else None
+    except WireError:
+        return None
 
 
 class AgentExit(Exception):
@@ -80,18 +90,23 @@ class AgentOptions:
 
 
 class ClockOffset:
-    """master clock - our clock, from the heartbeat with the shortest round trip."""
+    """master clock - our clock, from the recent heartbeat with the shortest round trip.
+
+    One per master (a new master may run another clock); only the last CLOCK_WINDOW
+    samples count, so drift over a long session is followed.
+    """
 
     def __init__(self) -> None:
         self.offset = 0.0
         self.rtt = 0.0
-        self._best = float("inf")
+        self._samples: deque[tuple[float, float]] = deque(maxlen=CLOCK_WINDOW)
 
     def sample(self, sent: float, master_time: float, received: float) -> None:
         rtt = received - sent
-        if 0 <= rtt <= self._best:
-            self._best = self.rtt = rtt
-            self.offset = master_time - (sent + received) / 2
+        if rtt < 0:
+            return
+        self._samples.append((rtt, master_time - (sent + received) / 2))
+        self.rtt, self.offset = min(self._samples)
 
 
 class AgentDaemon:
@@ -180,6 +195,9 @@ class AgentDaemon:
             raise AgentExit(2, f"master at {self._opts.master} refused this agent: {e}") from None
         except WireError as e:
             log.warning("dropped a bad message from the master: %s", e)
+            if _message_type(frames) == Job.TYPE:  # say so, or the master waits for READY
+                self._send(JobFailed(worker=-1, error=f"agent {self._opts.name}: job "
+                                                      f"refused: {e}"[:2000]))
             return None
 
     async def _connect(self, ctx: zmq.asyncio.Context) -> Welcome | None:
@@ -196,6 +214,8 @@ class AgentDaemon:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(BACKOFF_MAX * 1000))
         sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + 1024 * 1024)
+        if ":" in (urlsplit(self._opts.master).hostname or ""):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(self._opts.master)
         self._sender = zmq.Socket.shadow(sock.underlying)
         log.info("dialing master %s", self._opts.master)
@@ -209,6 +229,7 @@ class AgentDaemon:
             if not isinstance(msg, Welcome):
                 continue
             if msg.accepted:
+                self._clock = ClockOffset()
                 log.info("registered with master %s as %r (protocol %d)",
                          self._opts.master, self._opts.name, PROTOCOL_VERSION)
                 return msg

@@ -67,7 +67,9 @@ class JobRun:
         self._ready_sent = False
         self._starting: asyncio.Task[None] | None = None
         self._closing = False
-        self.refused = False  # the bundle was refused: nothing runs
+        self._pending: Stop | Abort | None = None  # for workers spawned after it came
+        self._exits = asyncio.Event()  # set whenever a worker exits
+        self.refused = False  # the job could not start: nothing runs
 
     @property
     def run_id(self) -> str:
@@ -82,16 +84,19 @@ class JobRun:
         # go on even on a loaded machine.
         try:
             self._rundir = await asyncio.to_thread(self._write_rundir)
-        except BundleError as e:
-            log.error("run %s: bundle refused: %s", self.run_id, e)
-            self._send(JobFailed(worker=-1, error=f"agent {self._agent}: bundle refused: {e}"))
+            for index in self.job.worker_ids:
+                if self._closing:
+                    return
+                handle = await asyncio.to_thread(self._spawn, index)
+                self._watch(handle)
+                if self._pending is not None:
+                    self.forward(self._pending)
+        except Exception as e:  # the master must hear of it, or it waits for READY
+            what = "bundle refused" if isinstance(e, BundleError) else "job could not start"
+            log.error("run %s: %s: %s", self.run_id, what, e)
+            self._send(JobFailed(worker=-1, error=f"agent {self._agent}: {what}: {e}"))
             self.refused = True
             return
-        for index in self.job.worker_ids:
-            if self._closing:
-                return
-            handle = await asyncio.to_thread(self._spawn, index)
-            self._watch(handle)
         log.info("run %s: started %d worker(s) in %s", self.run_id, len(self._workers),
                  self._rundir.path)
 
@@ -111,10 +116,15 @@ class JobRun:
                                 name=f"loadworker-{index}", daemon=False)
         proc.start()
         theirs.close()
-        ours.send_bytes(encode_joined(WorkerJob(
-            job=replace(self.job, bundle=[]), worker=index, agent=self._agent,
-            stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
-        return WorkerHandle(index, proc, ours)
+        handle = WorkerHandle(index, proc, ours)
+        try:
+            ours.send_bytes(encode_joined(WorkerJob(
+                job=replace(self.job, bundle=[]), worker=index, agent=self._agent,
+                stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
+        except BaseException:
+            _kill(handle)
+            raise
+        return handle
 
     def _watch(self, h: WorkerHandle) -> None:
         self._workers[h.index] = h
@@ -137,7 +147,8 @@ class JobRun:
     def _from_worker(self, h: WorkerHandle, msg: Message) -> None:
         if isinstance(msg, Ready):
             h.ready = True
-            if not self._ready_sent and all(w.ready for w in self._workers.values()):
+            if not self._ready_sent and len(self._workers) == len(self.job.worker_ids) \
+                    and all(w.ready for w in self._workers.values()):
                 self._ready_sent = True
                 offset, rtt = self._clock()
                 self._send(Ready(workers=len(self._workers), clock_offset=offset, rtt=rtt))
@@ -166,13 +177,17 @@ class JobRun:
                                   detail=f"worker exited with code {code} before its totals"))
         else:
             log.info("run %s: worker %d finished (code %s)", self.run_id, h.index, code)
+        self._exits.set()
 
     async def _all_watched_exited(self) -> None:
         while not all(h.exited for h in self._workers.values()):
-            await asyncio.sleep(0.05)
+            self._exits.clear()
+            await self._exits.wait()
 
     # -- from the master --------------------------------------------------------------
     def forward(self, msg: Start | Stop | Abort) -> None:
+        if isinstance(msg, Stop | Abort):
+            self._pending = msg
         data = encode_joined(msg)
         for h in self._workers.values():
             if not h.exited:
@@ -206,11 +221,9 @@ class JobRun:
                 await asyncio.wait_for(self._all_watched_exited(), EXIT_WAIT)
         loop = asyncio.get_running_loop()
         for h in self._workers.values():
-            if h.process.is_alive() and h.process.pid is not None:
+            if h.process.is_alive():
                 log.warning("run %s: killing worker %d", self.run_id, h.index)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(h.process.pid, signal.SIGKILL)
-                h.process.join(2)
+                _kill(h)
             for fd in (h.conn.fileno() if not h.conn.closed else -1, h.process.sentinel):
                 with contextlib.suppress(OSError, ValueError):
                     if fd >= 0:
@@ -222,3 +235,17 @@ class JobRun:
         if self._rundir is not None:
             self._rundir.remove()
             log.info("run %s: run directory removed", self.run_id)
+
+
+def _kill(h: WorkerHandle) -> None:
+    """SIGKILL a worker's process group (what it started too), or the worker alone when
+    it has not made its group yet."""
+    pid = h.process.pid
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    h.process.join(2)

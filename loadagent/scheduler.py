@@ -23,9 +23,10 @@ import time
 from collections.abc import Sequence
 
 from protocol.client import ClientProtocol
-from protocol.stats import Totals, error_key
+from protocol.stats import SUB_BUCKET_BITS, Totals, error_key
 
 YIELD_EVERY = 32
+CANCEL_WAIT = 1.0
 RETURNED_FALSE = ("Failure", "execute() returned False")
 CANCELLED_AT_STOP = ("Cancelled", "call still running when the stop grace ran out")
 
@@ -53,14 +54,6 @@ class ClientScheduler:
         self._cancelled_as = CANCELLED_AT_STOP
         self.running = 0
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     def start(self, t0_loop: float, offsets: Sequence[float]) -> None:
         """Start one client at each loop time ``t0_loop + offset`` (offsets ascending)."""
         self._hatcher = asyncio.get_running_loop().create_task(self._hatch(t0_loop, offsets))
@@ -78,9 +71,9 @@ class ClientScheduler:
             task.add_done_callback(self._tasks.discard)
 
     async def _client_main(self) -> None:
-        client = self._cls()
-        self._clients.append(client)
         try:
+            client = self._cls()
+            self._clients.append(client)
             r = client.init_before_use(self._host)
             if inspect.isawaitable(r):
                 await r
@@ -133,8 +126,9 @@ class ClientScheduler:
                         st.max_ns = dt
                     if dt < st.min_ns:
                         st.min_ns = dt
+                    # stats.bucket_index, inlined (tests check they agree)
                     s = dt.bit_length() - 8
-                    i = dt if s <= 0 else (s << 7) + (dt >> s)
+                    i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
                     counts[i] = counts.get(i, 0) + 1
                 t0 = t1
             if wait > 0:
@@ -166,8 +160,8 @@ class ClientScheduler:
             _, still = await asyncio.wait(pending, timeout=grace)
             for task in still:
                 task.cancel()
-            if still:
-                await asyncio.wait(still)
+            if still:  # a client that swallows its cancellation must not hold the totals
+                await asyncio.wait(still, timeout=CANCEL_WAIT)
 
     def abort(self, reason: str) -> None:
         """Cancel every call at once."""

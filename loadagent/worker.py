@@ -31,7 +31,8 @@ from protocol.stats import Totals
 
 HELLO_EVERY = 0.1
 LAG_PROBE_EVERY = 0.1
-SHUTDOWN_TIMEOUT_ON_ABORT = 2.0
+# well inside the master's wait for totals after an abort (loadmaster ABORT_WAIT, 2 s)
+SHUTDOWN_TIMEOUT_ON_ABORT = 1.0
 PIPE_LIMIT = 1024 * 1024
 
 
@@ -59,6 +60,7 @@ class Worker:
         self._done: asyncio.Event | None = None
         self._aborted = False
         self._abort_reason = ""
+        self._abort_event = asyncio.Event()
         self._sched: ClientScheduler | None = None
         self._interval = Totals()
         self._cumulative = Totals()
@@ -112,6 +114,7 @@ class Worker:
     def _abort(self, reason: str) -> None:
         self._aborted = True
         self._abort_reason = reason
+        self._abort_event.set()
         if self._sched is not None:
             self._sched.abort(reason)
         self._request_stop()
@@ -129,6 +132,8 @@ class Worker:
             ctx = zmq.Context()
             pub = ctx.socket(zmq.PUB)
             pub.linger = 2000
+            if self._wj.stats_endpoint.startswith("tcp://["):
+                pub.setsockopt(zmq.IPV6, 1)
             pub.connect(self._wj.stats_endpoint)
             try:
                 self._send(Ready(workers=1, clock_offset=0.0, rtt=0.0))
@@ -198,14 +203,28 @@ class Worker:
                 sched.abort(self._abort_reason)
             await sched.stop(0.0 if self._aborted else job.stop_grace)
             last_end = max(0.0, time.time() - t0)
-            await sched.shutdown_clients(
-                SHUTDOWN_TIMEOUT_ON_ABORT if self._aborted else max(job.stop_grace, 1.0))
+            await self._shutdown_clients(sched)
         finally:
             stop_timer.cancel()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
         return last_end
+
+    async def _shutdown_clients(self, sched: ClientScheduler) -> None:
+        """shutdown() every client; an ABORT cuts it short, so the totals still go out."""
+        if self._aborted:
+            await sched.shutdown_clients(SHUTDOWN_TIMEOUT_ON_ABORT)
+            return
+        shutdown = asyncio.ensure_future(
+            sched.shutdown_clients(max(self._job.stop_grace, 1.0)))
+        aborted = asyncio.ensure_future(self._abort_event.wait())
+        await asyncio.wait({shutdown, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        aborted.cancel()
+        if not shutdown.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shutdown, SHUTDOWN_TIMEOUT_ON_ABORT)
+        await asyncio.gather(aborted, return_exceptions=True)
 
     async def _publish_every_second(self, pub: zmq.Socket[bytes], loop_t0: float) -> None:
         """Delta number k covers (T0 + k - 1, T0 + k]; a late loop skips indexes."""

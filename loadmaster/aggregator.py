@@ -8,6 +8,7 @@ deltas, except for a worker that was lost before it could send its final totals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ import zmq.asyncio
 
 from protocol.codec import WireError, decode_stats
 from protocol.messages import Delta, Hello
-from protocol.stats import Histogram, Totals
+from protocol.stats import Totals
 
 log = logging.getLogger("loadmaster")
 STATS_HWM = 100_000
+DRAIN_BATCH = 200
 RATE_WINDOW = 5  # seconds of complete intervals behind "current rps"
 
 
@@ -46,7 +48,6 @@ class Aggregator:
         self.hellos: set[tuple[str, int]] = set()
         self.workers: dict[tuple[str, int], WorkerLive] = {}
         self.totals = Totals()
-        self.per_second: dict[int, Histogram] = {}
         self._ok_per_second: dict[int, int] = defaultdict(int)
         self._agent_ok_per_second: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.bad_messages = 0
@@ -75,13 +76,15 @@ class Aggregator:
         drain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
             self.handle(await sock.recv_multipart())
-            # take what is already queued without a trip through the event loop each time
-            while True:
+            # take what is already queued without a trip through the event loop each
+            # time, but never so much that the control channel waits for its turn
+            for _ in range(DRAIN_BATCH):
                 try:
                     frames = drain.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self.handle(frames)
+            await asyncio.sleep(0)
 
     def handle(self, frames: list[bytes]) -> None:
         try:
@@ -116,11 +119,6 @@ class Aggregator:
         ok = d.totals.ok
         self._ok_per_second[d.interval] += ok
         self._agent_ok_per_second[d.agent][d.interval] += ok
-        hist = self.per_second.get(d.interval)
-        if hist is None:
-            hist = self.per_second[d.interval] = Histogram()
-        for st in d.totals.ops.values():
-            hist.merge(st.hist)
 
     # -- live figures -------------------------------------------------------------------
     @property

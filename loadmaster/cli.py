@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +16,7 @@ from loadmaster.bundle import build_bundle
 from loadmaster.config import ConfigError, load_config
 from loadmaster.run import ExitCode, Run, RunFailed, RunOptions
 from protocol.bundle import BundleError
+from protocol.cpus import parse_cpu_list
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed load tester: drives loadagent workers and reports.")
@@ -43,6 +45,15 @@ def parse_bind(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"--bind {text!r}: port out of range")
     return host, port
+
+
+def check_cpu_list(text: str) -> None:
+    """--cpu-list must name CPUs this machine has (the embedded agent pins to them)."""
+    cpus = parse_cpu_list(text)
+    have = os.sched_getaffinity(0)
+    if not cpus <= have:
+        raise ValueError(f"--cpu-list {text!r}: this machine has CPUs "
+                         f"{','.join(map(str, sorted(have)))}")
 
 
 def _check_client_compiles(path: Path) -> None:
@@ -79,6 +90,10 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         return asyncio.run(Run(cfg, bundle, opts, sys.stdout).execute())
     except RunFailed as e:
         raise _fail(e.code, str(e)) from None
+    except Exception:
+        print(traceback.format_exc(), file=sys.stderr, end="")
+        raise _fail(ExitCode.INTERNAL, "internal error (the traceback above is ours: "
+                                       "please report it)") from None
 
 
 @app.command()
@@ -110,6 +125,8 @@ def run(
         overrides["worker"] = int(worker) if worker.isdigit() else worker
     try:
         bind_host, bind_port = parse_bind(bind)
+        if cpu_list:
+            check_cpu_list(cpu_list)
     except ValueError as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
     code = run_config(file, overrides, RunOptions(bind_host, bind_port, cpu_list), log_level)

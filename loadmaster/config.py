@@ -221,8 +221,8 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
     custom = {k: v for k, v in raw.items() if k not in SYSTEM_KEYS}
     warnings = []
     for key, value in custom.items():
-        try:
-            msgpack.packb(value)
+        try:  # exactly what workers will decode
+            msgpack.unpackb(msgpack.packb(value), strict_map_key=True)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(
                 f"{path}: key {key!r}: this value cannot be sent to the workers ({e}); "

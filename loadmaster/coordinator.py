@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from protocol.codec import (
     encode_refused,
 )
 from protocol.messages import (
+    HEARTBEAT,
+    MISSED_BEATS,
     Final,
     FinalAck,
     Heartbeat,
@@ -42,8 +45,7 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("loadmaster")
-HEARTBEAT = 1.0
-MISSED_BEATS = 3
+DRAIN_BATCH = 1000
 CONTROL_LIMIT = 64 * 1024 * 1024  # finals can be large; MAXMSGSIZE guards the socket
 
 
@@ -81,10 +83,6 @@ class AgentRecord:
         """Nothing more to wait for from this agent."""
         return self.gone or all(w in self.finals or w in self.lost_workers
                                 for w in self.worker_ids)
-
-
-class NotEnoughAgents(Exception):
-    pass
 
 
 class Coordinator:
@@ -125,12 +123,14 @@ class Coordinator:
             self._sock.close(linger=linger_ms)
             self._sock = self._sender = None
 
-    def send(self, agent: AgentRecord, msg: Message) -> bool:
-        """Send without blocking; an unreachable or stalled agent is marked lost."""
+    def send(self, agent: AgentRecord, msg: Message | list[bytes]) -> bool:
+        """Send a message (or its encoded frames) without blocking; an unreachable or
+        stalled agent is marked lost."""
         if self._sender is None or agent.gone:
             return False
+        frames = msg if isinstance(msg, list) else encode(msg)
         try:
-            self._sender.send_multipart([agent.identity, *encode(msg)], flags=zmq.NOBLOCK)
+            self._sender.send_multipart([agent.identity, *frames], flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
             if e.errno in (errno.EHOSTUNREACH, zmq.EAGAIN):
@@ -167,10 +167,17 @@ class Coordinator:
     async def serve(self) -> None:
         """Receive and handle control messages until cancelled."""
         assert self._sock is not None
+        assert self._sender is not None
         while True:
             if await self._sock.poll(int(HEARTBEAT * 500)):
-                frames = await self._sock.recv_multipart()
-                self._dispatch(frames)
+                # everything queued first: after a stall, heartbeats waiting in the queue
+                # prove their agents alive before liveness is judged
+                for _ in range(DRAIN_BATCH):
+                    try:
+                        frames = self._sender.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._dispatch(frames)
             self.check_liveness()
 
     def _dispatch(self, frames: list[bytes]) -> None:
@@ -243,7 +250,7 @@ class Coordinator:
         reason = ""
         if self.run_planned:
             reason = "a run is in progress"
-        elif self._token is not None and reg.token != self._token:
+        elif self._token is not None and not secrets.compare_digest(reg.token, self._token):
             reason = "this master only accepts its own embedded agent"
         elif len(self.accepted) >= self._wanted:
             reason = f"the master already has the {self._wanted} agent(s) it asked for"

@@ -41,8 +41,9 @@ def run_demo(run_time: str, users: int) -> int:
               file=sys.stderr)
         return 2
     port = _free_port()
+    # its own session: the first Ctrl-C stops the run gracefully, not the target under it
     target = subprocess.Popen([sys.executable, str(TARGET), "--port", str(port)],
-                              stdout=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_port(port, target)
         print(f"demo: target server on http://127.0.0.1:{port}/test; running {CONFIG} "

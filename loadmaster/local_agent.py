@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 
-TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
+from protocol.messages import TOKEN_ENV
+
 EXIT_WAIT = 5.0
 
 

@@ -34,6 +34,7 @@ from loadmaster.console import (
 )
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
 from loadmaster.local_agent import LocalAgent
+from protocol.codec import encode
 from protocol.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
 from protocol.plan import users_of
 from protocol.stats import Totals
@@ -89,6 +90,7 @@ class Run:
         self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id)
         self._agents: list[AgentRecord] = []
         self._total_workers = 0
+        self._crashed: BaseException | None = None
         self._t0 = 0.0
 
     # -- helpers ------------------------------------------------------------------------
@@ -100,6 +102,16 @@ class Run:
                   file=sys.stderr, flush=True)
         self._changed.set()
 
+    def _on_channel_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed = task.exception()
+            self._changed.set()
+
+    def _check_channels(self) -> None:
+        """Our own error in a socket task is an internal error (exit 1), never a hang."""
+        if self._crashed is not None:
+            raise self._crashed
+
     async def _wait(self, done: Callable[[], bool], timeout: float | None,
                     tick: float = 0.5) -> bool:
         """Wait until ``done()`` (True), ``timeout`` (False), or an interrupt (False)."""
@@ -107,6 +119,7 @@ class Run:
         deadline = None if timeout is None else loop.time() + timeout
         seen = self._interrupts
         while not done():
+            self._check_channels()
             if self._interrupts != seen:
                 return False
             remaining = tick if deadline is None else min(tick, deadline - loop.time())
@@ -127,12 +140,18 @@ class Run:
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         tasks: list[asyncio.Task[None]] = []
         try:
-            endpoint = self.coord.bind()
-            self.coord.stats_port = self.agg.bind()
+            try:
+                endpoint = self.coord.bind()
+                self.coord.stats_port = self.agg.bind()
+            except zmq.ZMQError as e:
+                raise RunFailed(ExitCode.USAGE, f"--bind {self.opts.bind_host}:"
+                                                f"{self.opts.bind_port}: {e}") from None
             if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("control and stats channels on %s are unauthenticated: any host "
                             "that reaches them can join or read", self.opts.bind_host)
             tasks = [loop.create_task(self.coord.serve()), loop.create_task(self.agg.serve())]
+            for task in tasks:
+                task.add_done_callback(self._on_channel_done)
             if self._local is not None:
                 self._local.start(endpoint)
             else:
@@ -143,7 +162,6 @@ class Run:
             await self._wait_ready()
             return await self._load_phase()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -153,6 +171,7 @@ class Run:
                 await loop.run_in_executor(None, self._local.stop)
             self.agg.close()
             self._ctx.term()
+            loop.remove_signal_handler(signal.SIGINT)  # only now: cleanup is not interrupted
 
     async def _gather_agents(self) -> None:
         wanted = self.cfg.agents or 1
@@ -188,44 +207,69 @@ class Run:
     async def _send_jobs(self) -> None:
         total = self._plan()
         cfg = self.cfg
+        jobs = []
         for agent in self._agents:
-            if self.bundle.size > agent.info.max_message:
-                raise RunFailed(ExitCode.USAGE,
-                                f"the bundle is {self.bundle.size} bytes, over agent "
-                                f"{agent.name}'s limit of {agent.info.max_message} bytes: ship "
-                                f"fewer files (files:) or raise loadagent --max-message")
-        for agent in self._agents:
-            for w in agent.worker_ids:
-                self.agg.expect(agent.name, w)
-            self.coord.send(agent, Job(
+            frames = encode(Job(
                 run_id=self.run_id, host=cfg.host, class_file=self.bundle.class_file,
                 class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
                 hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
                 stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
                 bundle=self.bundle.files))
+            size = len(frames[1])
+            if size > agent.info.max_message:
+                raise RunFailed(ExitCode.USAGE,
+                                f"the job with its bundle is {size} bytes, over agent "
+                                f"{agent.name}'s limit of {agent.info.max_message} bytes: ship "
+                                f"fewer files (files:) or raise loadagent --max-message")
+            jobs.append((agent, frames))
+        for agent, frames in jobs:
+            for w in agent.worker_ids:
+                self.agg.expect(agent.name, w)
+            self.coord.send(agent, frames)
         log.info("run %s: %d user(s) over %d worker(s) on %d agent(s)", self.run_id,
                  cfg.users, total, len(self._agents))
 
-    async def _wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.coord.job_failures or any(a.gone for a in self._agents):
-                return True
-            return all(a.state is AgentState.READY for a in self._agents) and all(
-                (a.name, w) in self.agg.hellos for a in self._agents for w in a.worker_ids)
+    def _not_ready(self) -> list[str]:
+        """Who the run still waits for before START: READY from agents, HELLO from workers."""
+        missing = [f"agent {a.name}: no READY" for a in self._agents
+                   if a.state is not AgentState.READY]
+        for a in self._agents:
+            silent = [w for w in a.worker_ids if (a.name, w) not in self.agg.hellos]
+            if silent:
+                missing.append(f"agent {a.name}: worker(s) {', '.join(map(str, silent))} never "
+                               f"reached the stats socket (port {self.agg.port})")
+        return missing
 
-        await self._wait(ready, None)
+    async def _wait_ready(self) -> None:
+        def settled() -> bool:
+            if self.coord.job_failures or any(a.gone or a.lost_workers for a in self._agents):
+                return True
+            return not self._not_ready()
+
+        # agent_timeout also bounds the workers' start: import and global_init
+        await self._wait(settled, self.cfg.agent_timeout)
         problem: RunFailed | None = None
         if self._interrupts:
             problem = RunFailed(ExitCode.INTERRUPTED, "interrupted before the load started")
         elif self.coord.job_failures:
             agent, failure = self.coord.job_failures[0]
-            where = f"agent {agent}" + (f", worker {failure.worker}" if failure.worker >= 0 else "")
-            problem = RunFailed(ExitCode.CLIENT_FAILED,
-                                f"the client failed before load ({where}):\n{failure.error}")
-        elif any(a.gone for a in self._agents):
-            lost = [a for a in self._agents if a.gone]
-            problem = RunFailed(ExitCode.AGENT_LOST, "agent(s) lost before the load started: "
-                                + ", ".join(f"{a.name} ({a.lost_reason})" for a in lost))
+            if failure.worker < 0:  # the agent refused the job itself
+                problem = RunFailed(ExitCode.USAGE, f"agent {agent} refused the job: "
+                                                    f"{failure.error}")
+            else:
+                problem = RunFailed(ExitCode.CLIENT_FAILED,
+                                    f"the client failed before load (agent {agent}, worker "
+                                    f"{failure.worker}):\n{failure.error}")
+        elif any(a.gone or a.lost_workers for a in self._agents):
+            lost = [f"agent {a.name} ({a.lost_reason})" for a in self._agents if a.gone]
+            lost += [f"agent {a.name}, worker {w} ({why})" for a in self._agents
+                     for w, why in a.lost_workers.items()]
+            problem = RunFailed(ExitCode.AGENT_LOST, "lost before the load started: "
+                                + "; ".join(lost))
+        elif self._not_ready():
+            problem = RunFailed(ExitCode.AGENT_LOST,
+                                f"not ready within {self.cfg.agent_timeout:g}s (agent_timeout): "
+                                + "; ".join(self._not_ready()))
         if problem is not None:
             self.coord.broadcast(Abort("the run cannot start"), self._live_agents)
             raise problem
@@ -240,6 +284,7 @@ class Run:
         next_print = self._t0 + cfg.print_interval
         handled = 0
         while not all(a.settled() for a in self._agents):
+            self._check_channels()
             now = time.time()
             if self._interrupts != handled:
                 handled = self._interrupts

@@ -14,6 +14,7 @@ string. A master refuses an agent of another version with it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import types
 import typing
@@ -120,9 +121,9 @@ def _check(tp: Any, v: Any, where: str) -> Any:
     if tp is Any:
         return v
     if tp is float:
-        if type(v) in (float, int):
+        if type(v) in (float, int) and math.isfinite(float(v)):  # msgpack ints fit a float
             return float(v)
-        raise WireError(f"{where}: expected a number, got {type(v).__name__}")
+        raise WireError(f"{where}: expected a finite number, got {str(v)[:40]!r}")
     scalar = _SCALARS.get(tp)
     if scalar is not None:
         # bool is an int subclass: compare exact types.

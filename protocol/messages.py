@@ -13,6 +13,11 @@ from protocol.codec import DEFAULT_MAX_MESSAGE, Message, WireError
 from protocol.stats import Totals
 
 RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
+# Liveness, both sides: a heartbeat a second; a peer silent for MISSED_BEATS is lost.
+HEARTBEAT = 1.0
+MISSED_BEATS = 3
+# The embedded agent's one-time token travels in its environment, not its command line.
+TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
 DELTA_MAX = 4 * 1024 * 1024
 FINAL_MAX = 16 * 1024 * 1024
 
@@ -100,8 +105,10 @@ class Job(Message):
     bundle: list[BundleFile]
 
     def __post_init__(self) -> None:
-        if len(self.run_id) != RUN_ID_LEN or not self.run_id.isascii():
-            raise WireError(f"Job.run_id must be {RUN_ID_LEN} ASCII characters")
+        if len(self.run_id) != RUN_ID_LEN or self.run_id.strip("0123456789abcdef"):
+            raise WireError(f"Job.run_id must be {RUN_ID_LEN} lowercase hex digits")
+        if len(set(self.worker_ids)) != len(self.worker_ids):
+            raise WireError("Job.worker_ids lists a worker twice")
         _nonneg("Job", users=self.users, run_time=self.run_time, wait_time=self.wait_time,
                 stop_grace=self.stop_grace)
         if not self.hatch_rate > 0:  # NaN too
@@ -210,6 +217,7 @@ class WorkerJob(Message):
     """A -> W over the pipe: the job, which worker this is, where to publish."""
 
     TYPE = 16
+    MAX_SIZE = DEFAULT_MAX_MESSAGE
     job: Job
     worker: int
     agent: str

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Latencies are integer nanoseconds. Values below 128 have a bucket each; above that,
-each power of two is split into 128 equal buckets, chosen by the value's top 8 bits::
+Latencies are integer nanoseconds. Values below 256 have a bucket each (exact); above
+that, each power of two is split into 128 equal buckets, chosen by the value's top 8
+bits::
 
     s = v.bit_length() - 8          # how many low bits the bucket ignores
     index = v            if s <= 0

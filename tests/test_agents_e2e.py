@@ -86,7 +86,8 @@ def agents(tag: str, tmp_path: Path) -> Iterator[Agents]:
     a = Agents(tag, free_port(), tmp_path)
     yield a
     codes = a.stop_all()
-    assert all(code == 0 for code in codes.values()), codes
+    bad = {name: a.logs[name].text(1) for name, code in codes.items() if code != 0}
+    assert not bad, (codes, bad)
 
 
 def agent_rows(r: Result) -> dict[str, list[str]]:
@@ -276,14 +277,14 @@ def test_master_refuses_bundle_entries_that_leave_its_directory(
 
 def test_bundle_over_the_agents_limit_is_refused_before_sending(
         tmp_path: Path, tag: str, target: Target, agents: Agents) -> None:
-    agents.start("small", "--max-message", "4096")
+    agents.start("small", "--max-message", "65536")
     conf = write_job(tmp_path, {"host": target.url, "users": 1, "run_time": 1,
                                 "files": ["big.bin"], "agent_timeout": 20},
                      client=AGENT_CLIENT)
-    (tmp_path / "big.bin").write_bytes(b"x" * 10_000)
+    (tmp_path / "big.bin").write_bytes(b"x" * 70_000)
     r = run_master(tmp_path, conf, tag, "--agents", "1", "--bind", f"127.0.0.1:{agents.port}")
     assert r.code == 2, r.stderr
-    assert "over agent small's limit of 4096 bytes" in r.stderr
+    assert "over agent small's limit of 65536 bytes" in r.stderr
     assert target.counts()["ok"] == 0
 
 

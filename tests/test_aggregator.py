@@ -70,7 +70,7 @@ def test_deltas_merge_and_sequence_gaps_are_counted() -> None:
     assert agg.workers[("a", 0)].missed == 1
     assert agg.totals.ok == 4 * 10 + 3 * 5
     assert agg.clients() == 6
-    assert agg.per_second[1].total == 15  # interval 1: seq 0 of both workers
+    assert agg.current_rps(2.5) == 15  # interval 1: seq 0 of both workers
 
 
 def test_bad_messages_are_dropped_and_the_aggregator_keeps_going() -> None:

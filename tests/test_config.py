@@ -285,3 +285,14 @@ def test_custom_value_that_cannot_travel_to_workers_is_a_clear_error(tmp_path: P
         load_config(conf)
     assert str(conf) in str(e.value) and "'start_day'" in str(e.value)
     assert "quote a date as a string" in str(e.value)
+
+
+def test_custom_map_with_non_string_keys_is_a_clear_error(tmp_path: Path) -> None:
+    client = tmp_path / "c.py"
+    client.write_text("")
+    conf = tmp_path / "conf.yml"
+    conf.write_text(f"host: h\nusers: 1\nrun_time: 1\nbenchmark_class_file: {client}\n"
+                    f"mapping:\n  1: a\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(conf)
+    assert "'mapping'" in str(e.value) and "string keys" in str(e.value)

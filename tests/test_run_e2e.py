@@ -285,3 +285,80 @@ def test_a_worker_that_dies_is_reported_with_its_exit_code(
     assert "counted up to its last live delta" in notes[0]
     # the survivor's totals are exact; the dead one's count stops at its last delta
     assert 0 < r.final_int("success count") <= target.counts()["ok"]
+
+
+SLOW_SHUTDOWN_CLIENT = '''
+import asyncio
+from protocol import ClientProtocol
+
+class SlowShutdown(ClientProtocol):
+    async def execute(self):
+        await asyncio.sleep(0.01)
+
+    async def shutdown(self):
+        await asyncio.sleep(30)
+'''
+
+
+def test_second_sigint_during_client_shutdown_still_gets_every_workers_totals(
+        tmp_path: Path, tag: str) -> None:
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 4, "run_time": 60,
+                                "worker": 2, "stop_grace": 20},
+                     client=SLOW_SHUTDOWN_CLIENT, client_path="slow_shutdown.py")
+    with started_master(tmp_path, conf, tag) as proc:
+        out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+        out.wait_for("current rps", timeout=30)
+        proc.send_signal(signal.SIGINT)
+        err.wait_for("stopping gracefully", timeout=10)
+        time.sleep(0.5)  # the workers are now inside shutdown(), which takes 30 s
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        took = time.monotonic() - started
+        result = Result(code, out.text(), err.text())
+    assert code == 130
+    assert took < 5
+    # the totals came from both workers' finals, not from live deltas
+    assert "last live delta" not in result.stdout, result.stdout
+    assert result.final_int("success count") > 0
+
+
+def test_workers_not_ready_within_agent_timeout_is_an_error_not_a_hang(
+        tmp_path: Path, tag: str) -> None:
+    client = ('import time\nfrom protocol import ClientProtocol\n'
+              'class Sleepy(ClientProtocol):\n'
+              '    @staticmethod\n    def global_init(custom_conf=None):\n'
+              '        time.sleep(60)\n'
+              '    async def execute(self):\n        return None\n')
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 1, "run_time": 1,
+                                "worker": 1, "agent_timeout": 2},
+                     client=client, client_path="sleepy.py")
+    started = time.monotonic()
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 5, (r.stdout, r.stderr)
+    assert "not ready within 2s (agent_timeout): agent local: no READY" in r.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_large_custom_value_reaches_global_init(tmp_path: Path, tag: str) -> None:
+    report = tmp_path / "seen"
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 1, "run_time": 1,
+                                "worker": 1, "report_to": str(report), "big": "x" * 200_000},
+                     client=CUSTOM_CLIENT, client_path="clients/recorder.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 0, r.stderr
+    (seen,) = [json.loads(p.read_text()) for p in tmp_path.glob("seen.*")]
+    assert seen["conf"]["big"] == "x" * 200_000
+
+
+def test_a_busy_control_port_is_a_usage_error(tmp_path: Path, tag: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 1, "run_time": 1})
+        r = run_master(tmp_path, conf, tag, "--agents", "1", "--bind", f"127.0.0.1:{port}")
+    assert r.code == 2, r.stderr
+    assert f"--bind 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr

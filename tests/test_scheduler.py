@@ -1,0 +1,175 @@
+"""The worker's client scheduler: the timed call loop, failures, fairness, stop and abort."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from loadagent.scheduler import CANCELLED_AT_STOP, RETURNED_FALSE, ClientScheduler
+from protocol.client import ClientProtocol
+from protocol.stats import Totals, bucket_index
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(main(), 20))
+
+
+class Noop(ClientProtocol):
+    async def execute(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 255, 256, 257, 1000, 65_537,
+                                  123_456_789, 2**40 + 17])
+def test_the_inlined_bucket_formula_equals_bucket_index(
+        monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    # every read of the clock advances it by `step`, so every call lasts exactly `step`
+    ticks: Iterator[int] = itertools.count(0, step)
+    monkeypatch.setattr("loadagent.scheduler.time.perf_counter_ns", lambda: next(ticks))
+    totals = Totals()
+
+    async def main() -> None:
+        sched = ClientScheduler(Noop, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0])
+        await asyncio.sleep(0.05)
+        await sched.stop(1.0)
+
+    run(main)
+    st = totals.op("Noop")
+    assert st.ok > 100
+    assert st.hist.counts == {bucket_index(step): st.ok}
+    assert st.sum_ns == step * st.ok and st.min_ns == st.max_ns == step
+
+
+class Flaky(ClientProtocol):
+    n = 0
+
+    async def execute(self) -> bool | None:
+        Flaky.n += 1
+        if Flaky.n % 3 == 0:
+            raise ConnectionResetError("peer reset")
+        return Flaky.n % 3 != 1  # False (a failure) on every third call
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_raising_and_returning_false_are_failures_grouped_by_error(loop: str) -> None:
+    totals = Totals()
+    Flaky.n = 0
+
+    async def main() -> None:
+        sched = ClientScheduler(Flaky, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0])
+        await asyncio.sleep(0.05)
+        await sched.stop(1.0)
+
+    run(main, loop)
+    st = totals.op("Flaky")
+    assert st.ok + st.fail == Flaky.n
+    assert totals.errors[("Flaky", "ConnectionResetError", "peer reset")] == Flaky.n // 3
+    assert totals.errors[("Flaky", *RETURNED_FALSE)] == (Flaky.n + 2) // 3
+    assert st.ok == st.hist.total
+
+
+def test_a_client_that_never_suspends_does_not_starve_the_loop() -> None:
+    lateness: list[float] = []
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(10):
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lateness.append(loop.time() - before - 0.01)
+
+    async def main() -> None:
+        sched = ClientScheduler(Noop, "h", 0.0, Totals())
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 20)
+        await ticker()
+        await sched.stop(1.0)
+
+    run(main)
+    assert len(lateness) == 10
+    assert max(lateness) < 0.05  # yields every few calls, so timers still fire
+
+
+class Slow(ClientProtocol):
+    delay = 0.2
+
+    async def execute(self) -> None:
+        await asyncio.sleep(self.delay)
+
+
+def test_stop_lets_running_calls_finish_within_the_grace_then_cancels() -> None:
+    totals = Totals()
+
+    async def main() -> None:
+        Slow.delay = 0.2
+        sched = ClientScheduler(Slow, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 5)
+        await asyncio.sleep(0.1)
+        await sched.stop(1.0)  # the calls in flight end at 0.2 s
+        assert totals.op("Slow").ok == 5 and totals.op("Slow").fail == 0
+
+        Slow.delay = 30
+        sched = ClientScheduler(Slow, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 5)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await sched.stop(0.2)
+        assert time.monotonic() - started < 2
+
+    run(main)
+    assert totals.op("Slow").fail == 5
+    assert totals.errors[("Slow", *CANCELLED_AT_STOP)] == 5
+
+
+def test_abort_cancels_at_once_and_says_why() -> None:
+    totals = Totals()
+
+    async def main() -> None:
+        Slow.delay = 30
+        sched = ClientScheduler(Slow, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 3)
+        await asyncio.sleep(0.1)
+        sched.abort("master lost")
+        await sched.stop(0.0)
+
+    run(main)
+    assert totals.errors[("Slow", "Cancelled", "call cancelled by an abort: master lost")] == 3
+
+
+class BadInit(ClientProtocol):
+    def init_before_use(self, host: str) -> None:
+        raise ValueError(f"cannot reach {host}")
+
+
+class BadConstructor(ClientProtocol):
+    def __init__(self) -> None:
+        raise RuntimeError("constructor broke")
+
+
+@pytest.mark.parametrize("cls, error", [
+    (BadInit, ("BadInit", "ValueError", "cannot reach h")),
+    (BadConstructor, ("BadConstructor", "RuntimeError", "constructor broke")),
+])
+def test_a_client_that_cannot_start_is_a_counted_failure(
+        cls: type[ClientProtocol], error: tuple[str, str, str]) -> None:
+    totals = Totals()
+
+    async def main() -> None:
+        sched = ClientScheduler(cls, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 4)
+        await asyncio.sleep(0.05)
+        await sched.stop(1.0)
+        assert sched.running == 0
+
+    run(main)
+    assert totals.errors[error] == 4
+    assert totals.op(error[0]).fail == 4
