@@ -29,6 +29,7 @@ import zmq
 import zmq.asyncio
 
 from loadagent.job import JobRun
+from loadagent.rundir import sweep_stale_rundirs
 from protocol import __version__
 from protocol.codec import (
     PROTOCOL_VERSION,
@@ -60,6 +61,7 @@ log = logging.getLogger("loadagent")
 BACKOFF_MAX = 10.0
 REGISTER_EVERY = 0.5
 CLOCK_WINDOW = 30  # heartbeats
+LEAVE_LINGER_MS = 500
 SIGNAL_LATENCY = 0.2
 NOT_ACCEPTED_RETRY = 5.0
 
@@ -106,7 +108,9 @@ class ClockOffset:
         if rtt < 0:
             return
         self._samples.append((rtt, master_time - (sent + received) / 2))
-        self.rtt, self.offset = min(self._samples)
+        self.rtt, offset = min(self._samples)
+        # the estimate is only good to +-rtt/2: within that, the clocks agree
+        self.offset = offset if abs(offset) > self.rtt / 2 else 0.0
 
 
 class AgentDaemon:
@@ -117,7 +121,10 @@ class AgentDaemon:
         self._wake = asyncio.Event()
         self._job: JobRun | None = None
         self._sock: zmq.asyncio.Socket | None = None
-        self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
+        # A blocking view of the same socket, for every send and receive (NOBLOCK): the
+        # asyncio socket only polls, with a timeout. An asyncio recv could wait for an
+        # edge of ZMQ_FD that a send on the same socket already consumed, for ever.
+        self._sync: zmq.Socket[bytes] | None = None
         self._clock = ClockOffset()
         self._leaving = False
         self._run_over = False  # the master said its run is done: its going away is normal
@@ -146,6 +153,8 @@ class AgentDaemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         if self._opts.embedded:
             loop.add_reader(sys.stdin.fileno(), self._on_stdin)
+        for path in sweep_stale_rundirs():
+            log.info("removed %s, left by an agent that is gone", path)
         ctx = zmq.asyncio.Context()
         try:
             while True:
@@ -170,21 +179,25 @@ class AgentDaemon:
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
-            self._sock = self._sender = None
+            self._sock = self._sync = None
 
     def _send(self, msg: Message) -> None:
-        if self._sender is None:
+        if self._sync is None:
             return
         try:
-            self._sender.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+            self._sync.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             log.debug("master not reading: dropped %s", type(msg).__name__)
 
     async def _recv(self, timeout: float) -> Message | None:
         assert self._sock is not None
+        assert self._sync is not None
         if not await self._sock.poll(max(0, int(timeout * 1000))):
             return None
-        frames = await self._sock.recv_multipart()
+        try:
+            frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
         try:
             return decode(frames, self._opts.max_message)
         except VersionMismatch as e:
@@ -217,7 +230,7 @@ class AgentDaemon:
         if ":" in (urlsplit(self._opts.master).hostname or ""):
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(self._opts.master)
-        self._sender = zmq.Socket.shadow(sock.underlying)
+        self._sync = zmq.Socket.shadow(sock.underlying)
         log.info("dialing master %s", self._opts.master)
         register = Register(
             name=self._opts.name, hostname=socket.gethostname(),
@@ -305,8 +318,9 @@ class AgentDaemon:
     async def _leave(self) -> None:
         self._send(Leaving(reason="agent shut down by a signal" if self._signals
                            else "agent shutting down"))
-        # give the message a moment on the wire; the socket is closed with linger 0
-        await asyncio.sleep(0.1)
+        if self._sock is not None:  # LEAVING goes out before the socket closes
+            self._sock.close(linger=LEAVE_LINGER_MS)
+            self._sock = self._sync = None
 
     async def _drop_job(self, abort: Abort) -> None:
         if self._job is not None:

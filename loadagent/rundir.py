@@ -54,11 +54,37 @@ def _make_folders(root: Path, rel: PurePosixPath, shown: str) -> Path:
     return folder
 
 
+PREFIX = "loadagent-"
+
+
 class RunDir:
-    """A temporary directory for one run; ``remove()`` is safe to call twice."""
+    """A temporary directory for one run; ``remove()`` is safe to call twice.
+
+    Its name carries the agent's pid, so a later agent can tell the directory of one
+    that was killed before it could clean up (``sweep_stale_rundirs``).
+    """
 
     def __init__(self, run_id: str) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=f"loadagent-{run_id}-"))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{run_id}-"))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def sweep_stale_rundirs(parent: Path | None = None) -> list[Path]:
+    """Remove run directories whose agent process no longer exists; returns them."""
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{PREFIX}*-*-*"):
+        pid = path.name[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its agent still runs (or the pid is reused: leave it alone)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -34,6 +36,8 @@ LAG_PROBE_EVERY = 0.1
 # well inside the master's wait for totals after an abort (loadmaster ABORT_WAIT, 2 s)
 SHUTDOWN_TIMEOUT_ON_ABORT = 1.0
 PIPE_LIMIT = 1024 * 1024
+AGENT_GONE_GRACE = 2.0
+EXIT_AGENT_GONE = 70
 
 
 def worker_main(conn: Connection) -> None:
@@ -41,12 +45,34 @@ def worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    _exit_when_agent_gone(conn.fileno())
     try:
         job = expect(decode_joined(conn.recv_bytes(PIPE_LIMIT)), WorkerJob)
     except (EOFError, OSError, WireError) as e:
         print(f"worker: no usable job from the agent: {e}", file=sys.stderr)
         return
     uvloop.run(Worker(conn, job).run())
+
+
+def _exit_when_agent_gone(fd: int) -> None:
+    """A last resort, from a thread: exit soon after the agent's end of the pipe closes.
+
+    The event loop reads the pipe and aborts cleanly on EOF; this catches the worker
+    whose loop is stuck (a synchronous global_init or execute). PR_SET_PDEATHSIG
+    cannot do it: the parent is the forkserver, which every worker keeps alive.
+    """
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)
+        while True:
+            for _, events in poller.poll():
+                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR
+                             | select.POLLNVAL):
+                    time.sleep(AGENT_GONE_GRACE)  # the loop's clean abort comes first
+                    os._exit(EXIT_AGENT_GONE)
+
+    threading.Thread(target=watch, name="agent-watch", daemon=True).start()
 
 
 class Worker:

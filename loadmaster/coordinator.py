@@ -95,7 +95,9 @@ class Coordinator:
         self._token = token
         self._on_change = on_change
         self._sock: zmq.asyncio.Socket | None = None
-        self._sender: zmq.Socket[bytes] | None = None  # a blocking view: NOBLOCK raises at once
+        # a blocking view of the same socket for every send and receive (NOBLOCK); the
+        # asyncio socket only polls, with a timeout (see loadagent.daemon)
+        self._sync: zmq.Socket[bytes] | None = None
         self.agents: dict[bytes, AgentRecord] = {}
         self.stats_port = 0
         self.run_planned = False  # from then on no agent joins this master
@@ -114,23 +116,23 @@ class Coordinator:
             sock.bind(f"tcp://{host}:{self._port}")
         else:
             self._port = sock.bind_to_random_port(f"tcp://{host}")
-        self._sender = zmq.Socket.shadow(sock.underlying)
+        self._sync = zmq.Socket.shadow(sock.underlying)
         return f"tcp://{host}:{self._port}"
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` lets queued messages (RUN_DONE, acks) leave first."""
         if self._sock is not None:
             self._sock.close(linger=linger_ms)
-            self._sock = self._sender = None
+            self._sock = self._sync = None
 
     def send(self, agent: AgentRecord, msg: Message | list[bytes]) -> bool:
         """Send a message (or its encoded frames) without blocking; an unreachable or
         stalled agent is marked lost."""
-        if self._sender is None or agent.gone:
+        if self._sync is None or agent.gone:
             return False
         frames = msg if isinstance(msg, list) else encode(msg)
         try:
-            self._sender.send_multipart([agent.identity, *frames], flags=zmq.NOBLOCK)
+            self._sync.send_multipart([agent.identity, *frames], flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
             if e.errno in (errno.EHOSTUNREACH, zmq.EAGAIN):
@@ -167,14 +169,14 @@ class Coordinator:
     async def serve(self) -> None:
         """Receive and handle control messages until cancelled."""
         assert self._sock is not None
-        assert self._sender is not None
+        assert self._sync is not None
         while True:
             if await self._sock.poll(int(HEARTBEAT * 500)):
                 # everything queued first: after a stall, heartbeats waiting in the queue
                 # prove their agents alive before liveness is judged
                 for _ in range(DRAIN_BATCH):
                     try:
-                        frames = self._sender.recv_multipart(flags=zmq.NOBLOCK)
+                        frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self._dispatch(frames)
@@ -235,9 +237,9 @@ class Coordinator:
 
     def _raw_send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer that may not be an agent (yet); False when it is unreachable."""
-        assert self._sender is not None
+        assert self._sync is not None
         try:
-            self._sender.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            self._sync.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False

@@ -87,7 +87,9 @@ def agents(tag: str, tmp_path: Path) -> Iterator[Agents]:
     yield a
     codes = a.stop_all()
     bad = {name: a.logs[name].text(1) for name, code in codes.items() if code != 0}
-    assert not bad, (codes, bad)
+    for name, log in bad.items():
+        print(f"--- agent {name} (exit {codes[name]}) ---\n{log}")
+    assert not bad, codes
 
 
 def agent_rows(r: Result) -> dict[str, list[str]]:

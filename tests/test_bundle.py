@@ -347,3 +347,20 @@ def test_run_dir_is_fresh_and_removed() -> None:
     assert not a.path.exists() and not b.path.exists()
     a.remove()  # twice is fine
     b.remove()
+
+
+def test_stale_run_directories_of_dead_agents_are_swept(tmp_path: Path) -> None:
+    import subprocess
+
+    from loadagent.rundir import sweep_stale_rundirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"loadagent-{dead.pid}-0123456789abcdef-x1"
+    live = tmp_path / f"loadagent-{os.getpid()}-0123456789abcdef-x2"
+    other = tmp_path / "loadagent-notapid-x-y"
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "client.py").write_text("")
+    assert sweep_stale_rundirs(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()

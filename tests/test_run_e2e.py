@@ -362,3 +362,42 @@ def test_a_busy_control_port_is_a_usage_error(tmp_path: Path, tag: str) -> None:
         r = run_master(tmp_path, conf, tag, "--agents", "1", "--bind", f"127.0.0.1:{port}")
     assert r.code == 2, r.stderr
     assert f"--bind 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
+
+
+def test_a_worker_stuck_in_global_init_dies_with_its_killed_agent(
+        tmp_path: Path, tag: str) -> None:
+    import os
+
+    client = ('import time\nfrom protocol import ClientProtocol\n'
+              'class Stuck(ClientProtocol):\n'
+              '    @staticmethod\n    def global_init(custom_conf=None):\n'
+              '        open("in_global_init", "w").close()\n'
+              '        time.sleep(120)  # synchronous: the worker cannot read its pipe\n'
+              '    async def execute(self):\n        return None\n')
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 1, "run_time": 1,
+                                "worker": 1, "agent_timeout": 60},
+                     client=client, client_path="stuck.py")
+    with started_master(tmp_path, conf, tag) as proc:
+        LineReader(proc.stdout)
+        LineReader(proc.stderr)
+        deadline = time.monotonic() + 30
+        agent = None
+        while agent is None:
+            assert time.monotonic() < deadline, "no agent process"
+            for pid in tagged_pids(tag):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"loadagent\x00start" in f.read():
+                        agent = pid
+            time.sleep(0.1)
+        while len(tagged_pids(tag)) < 4:  # master, agent, forkserver, worker
+            assert time.monotonic() < deadline, tagged_pids(tag)
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside global_init by now
+        os.kill(agent, signal.SIGKILL)
+        code = proc.wait(30)
+    assert code == 5
+    # the forkserver exits with its agent, and the worker with its forkserver
+    deadline = time.monotonic() + 10
+    while tagged_pids(tag):
+        assert time.monotonic() < deadline, f"left running: {tagged_pids(tag)}"
+        time.sleep(0.1)
