@@ -3,14 +3,28 @@
 System keys are the seed's (host, users, hatch_rate, run_time, worker,
 benchmark_class_file, wait_time, enable_dash) and the ones the architecture adds;
 every other key reaches ``global_init`` as ``custom_conf``, with a warning when it
-looks like a misspelt system key.
+looks like a misspelt system key. The key ``custom`` is never a system key: a mapping
+under ``custom:`` reaches ``custom_conf["custom"]`` whole (the escape hatch for a user
+key whose name collides with a system key).
+
+Environment: ``${NAME}`` in any string value of the file (top level or nested in lists
+and mappings, system and custom keys alike; not in mapping keys, not in command-line
+overrides) is replaced by the environment variable NAME, which must be set (an unset
+name is a ConfigError naming the file and the key). NAME is ``[A-Za-z_][A-Za-z0-9_]*``;
+``$${`` is a literal ``${``; a lone ``$`` or ``$NAME`` without braces stays as it is.
+A substituted value is a string (``users: ${USERS}`` gives the string "5", not 5).
+
+Errors from the file read "<file>: key '<key>': <what is accepted> (got <value>)";
+errors from a command-line override name the option: "--users 0: <what is accepted>".
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -19,6 +33,8 @@ from typing import Any
 
 import msgpack
 import yaml
+
+from protocol.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 
 DEFAULTS: dict[str, Any] = {
     "hatch_rate": None,  # = users: every user in the first second
@@ -34,7 +50,19 @@ DEFAULTS: dict[str, Any] = {
 }
 REQUIRED = ("host", "users", "run_time", "benchmark_class_file")
 SYSTEM_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
+CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["custom"] whole
+assert CUSTOM_KEY not in SYSTEM_KEYS
+
+# Limits: a config file is at most MAX_CONFIG_BYTES; YAML aliases add at most MAX_ALIAS_VALUES;
+# custom values, packed, at most CUSTOM_CONF_MAX in all (protocol/limits.py).
+MAX_CONFIG_BYTES = CONFIG_FILE_MAX
+MAX_ALIAS_VALUES = 100_000
+LIMITS = (f"config file <= {MAX_CONFIG_BYTES // 2**20} MiB; "
+          f"YAML alias expansion <= {MAX_ALIAS_VALUES} values")
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_FORMS = 'a duration such as 90, 1.5, "90s", "2m", "1h30m" or "250ms"'
+_ENV = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(ValueError):
@@ -62,10 +90,11 @@ class Config:
     warnings: list[str] = field(default_factory=list)
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from 90, 1.5, "90", "90s", "2m", "1h30m" or "250ms"; ValueError otherwise."""
+def _seconds(value: Any) -> float:
+    """Seconds from a duration's form, possibly negative; ValueError naming the forms."""
+    bad = ValueError(f"expected {_DURATION_FORMS}")
     if isinstance(value, bool):
-        raise ValueError("a duration, not true/false")
+        raise bad
     if isinstance(value, int | float):
         try:
             seconds = float(value)
@@ -73,6 +102,8 @@ def parse_duration(value: Any) -> float:
             seconds = math.inf
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
+        sign = -1.0 if text.startswith("-") else 1.0
+        text = text.removeprefix("-")
         try:
             seconds = float(text)
         except ValueError:
@@ -84,11 +115,24 @@ def parse_duration(value: Any) -> float:
                 seconds += float(m.group(1)) * unit[m.group(2)]
                 pos = m.end()
             if pos != len(text) or not text:
-                raise ValueError(f"{value!r} is not a duration") from None
+                raise bad from None
+        seconds *= sign
     else:
-        raise ValueError(f"{type(value).__name__} is not a duration")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a non-negative duration")
+        raise bad
+    if not math.isfinite(seconds):
+        raise bad
+    return seconds
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 1.5, "90", "90s", "2m", "1h30m" or "250ms"; ValueError otherwise.
+
+    The ValueError's text says what is accepted ("expected a duration such as ...",
+    "expected a duration >= 0").
+    """
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError("expected a duration >= 0")
     return seconds
 
 
@@ -112,9 +156,9 @@ def _positive_number(value: Any) -> float:
 
 
 def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("expected a duration above 0")
+    seconds = _seconds(value)
+    if not seconds > 0:
+        raise ValueError("expected a duration > 0")
     return seconds
 
 
@@ -169,20 +213,132 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None,
-                cwd: Path | None = None) -> Config:
-    """Read and check ``path``; ``overrides`` (command-line options) win over the file."""
+def _option(key: str) -> str:
+    """The command-line option that overrides ``key``: run_time -> --run-time."""
+    return "--" + key.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """An override's value as the user typed it: 0, soon, '' (quoted only when needed)."""
+    if isinstance(value, str) and value and value.isprintable() and value.split() == [value]:
+        return value
+    return _short(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() cut to ``limit`` characters, so an error never prints a huge value."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = repr(value)
+    except ValueError:  # an int too long for str()
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _read(path: Path) -> str:
+    """The file's text, refused past MAX_CONFIG_BYTES without reading it whole."""
+    limit = f"over the {MAX_CONFIG_BYTES // 2**20} MiB limit for a config file"
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: {st.st_size / 2**20:.1f} MiB, {limit}")
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:  # not a regular file, or it grew
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES // 2**20} MiB, {limit}")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read the config: not UTF-8 text ({e.reason} at "
                           f"byte {e.start})") from None
+
+
+class _Cycle(Exception):
+    pass
+
+
+def _alias_values(root: yaml.Node) -> int:
+    """How many values aliases add: the expanded tree's size minus the distinct nodes.
+
+    The composed graph is a DAG (an alias is the anchored node object itself), so each
+    node's expanded size is computed once, memoised by id. A cycle raises _Cycle.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Cycle
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root) - len(sizes)
+
+
+def _parse(path: Path, text: str) -> Any:
+    """safe_load, but the alias expansion is measured on the node graph before building."""
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            extra = _alias_values(node)
+        except _Cycle:
+            raise ConfigError(f"{path}: a YAML alias refers to a value that contains it; "
+                              f"refused") from None
+        if extra > MAX_ALIAS_VALUES:
+            raise ConfigError(f"{path}: YAML aliases expand to more than {MAX_ALIAS_VALUES} "
+                              f"values; refused (a 'billion laughs' file?)")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as e:  # int() past Python's digit limit
+        raise ConfigError(f"{path}: cannot read a value: {str(e).split(';')[0]}") from None
+    finally:
+        loader.dispose()
+
+
+def _substitute(path: Path, where: str, value: Any) -> Any:
+    """``value`` with ``${NAME}`` in its strings taken from the environment."""
+    if isinstance(value, str):
+        def env(m: re.Match[str]) -> str:
+            if m.group(1):
+                return "${"
+            found = os.environ.get(m.group(2))
+            if found is None:
+                raise ConfigError(f"{path}: key {where!r}: ${{{m.group(2)}}} is not set in "
+                                  f"the environment")
+            return found
+        return _ENV.sub(env, value)
+    if isinstance(value, list):
+        return [_substitute(path, f"{where}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(path, f"{where}.{k}", v) for k, v in value.items()}
+    return value
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None,
+                cwd: Path | None = None) -> Config:
+    """Read and check ``path``; ``overrides`` (command-line options) win over the file."""
+    raw = _parse(path, _read(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -190,16 +346,28 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None,
     for key in raw:
         if not isinstance(key, str):
             raise ConfigError(f"{path}: key {key!r}: keys must be strings")
-    return build_config(path, {**raw, **(overrides or {})}, cwd or Path.cwd())
+    try:
+        raw = {key: _substitute(path, key, value) for key, value in raw.items()}
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    return build_config(path, raw, cwd or Path.cwd(), overrides=overrides)
 
 
-def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
-    values: dict[str, Any] = {}
+def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """Check ``raw`` (the file's keys) with ``overrides`` (command-line options) on top.
+
+    An error in an override names the option (``--users 0: ...``), not the file.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged = {**raw, **given}
     for key in REQUIRED:
-        if raw.get(key) is None:
-            raise ConfigError(f"{path}: key {key!r} is missing; it is required")
+        if merged.get(key) is None:
+            raise ConfigError(f"{path}: key {key!r} is missing; it is required"
+                              f"{_missing_hint(key, raw)}")
+    values: dict[str, Any] = {}
     for key, check in _CHECKS.items():
-        value = raw.get(key)
+        value = merged.get(key)
         if value is None:  # absent, or present with no value (`files:`)
             value = DEFAULTS.get(key)
         if value is None:
@@ -208,7 +376,9 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
         try:
             values[key] = check(value)
         except ValueError as e:
-            raise ConfigError(f"{path}: key {key!r}: {e} (got {value!r})") from None
+            if key in given:
+                raise ConfigError(f"{_option(key)} {_shown(value)}: {e}") from None
+            raise ConfigError(f"{path}: key {key!r}: {e} (got {_short(value)})") from None
     if values["hatch_rate"] is None:
         values["hatch_rate"] = float(values["users"])
     class_file = Path(values["benchmark_class_file"])
@@ -218,20 +388,51 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path) -> Config:
         raise ConfigError(f"{path}: key 'benchmark_class_file': {values['benchmark_class_file']!r} "
                           f"is not a file (relative paths start at {cwd})")
     values["benchmark_class_file"] = class_file
-    custom = {k: v for k, v in raw.items() if k not in SYSTEM_KEYS}
     warnings = []
+    if "://" not in values["host"]:
+        about = (f"{_option('host')} {_shown(merged['host'])}: no scheme" if "host" in given
+                 else f"{path}: key 'host': {values['host']!r} has no scheme")
+        warnings.append(f"{about} (http://...); the built-in and aiohttp clients will fail "
+                        f"every call")
+    custom = {k: v for k, v in merged.items() if k not in SYSTEM_KEYS}
+    packed: dict[str, int] = {}
     for key, value in custom.items():
         try:  # exactly what workers will decode
-            msgpack.unpackb(msgpack.packb(value), strict_map_key=True)
+            data = msgpack.packb(value)
+            msgpack.unpackb(data, strict_map_key=True)
+            packed[key] = len(data)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(
                 f"{path}: key {key!r}: this value cannot be sent to the workers ({e}); "
                 f"custom keys hold strings, numbers, booleans, null, lists and mappings "
                 f"with string keys (quote a date as a string)") from None
+        if key == CUSTOM_KEY:
+            continue
         close = difflib.get_close_matches(key, SYSTEM_KEYS, n=1, cutoff=0.8)
         if close:
             warnings.append(f"{path}: key {key!r} is not a system key (did you mean "
                             f"{close[0]!r}?); it is passed to global_init as a custom key")
+    if sum(packed.values()) > CUSTOM_CONF_MAX:
+        big = max(packed, key=packed.__getitem__)
+        raise ConfigError(
+            f"{path}: key {big!r}: {format_size(packed[big])} once packed; custom values "
+            f"may hold {format_size(CUSTOM_CONF_MAX)} in all ({format_size(sum(packed.values()))}"
+            f" here): ship large data as a file (files:, or a path in a custom key) and read "
+            f"it in global_init")
     names = {f.name for f in fields(Config)}
     return Config(path=path, custom=custom, warnings=warnings,
                   **{k: v for k, v in values.items() if k in names})
+
+
+def _missing_hint(key: str, raw: dict[str, Any]) -> str:
+    """A near-miss custom key for a missing required one, or the same key under custom:."""
+    candidates = [k for k in raw if isinstance(k, str) and k not in SYSTEM_KEYS
+                  and k != CUSTOM_KEY]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8)
+    if close:
+        return f" (did you mean {key}? the file has {close[0]!r})"
+    escape = raw.get(CUSTOM_KEY)
+    if isinstance(escape, dict) and key in escape:
+        return (f" (the file has it under {CUSTOM_KEY!r}, which only global_init reads; "
+                f"put it at the top level)")
+    return ""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadmaster import config as config_module
 from loadmaster.config import SYSTEM_KEYS, Config, ConfigError, load_config, parse_duration
 
 SEED = """\
@@ -151,9 +155,11 @@ BAD = {
     "files x": ("files", "x", "files", "list"),
     "files with a number": ("files", "[a, 3]", "files", "list"),
     "run_time soon": ("run_time", "soon", "run_time", "duration"),
-    "run_time 0": ("run_time", "0", "run_time", "above 0"),
-    "run_time -5": ("run_time", "-5", "run_time", "duration"),
-    "wait_time 5x": ("wait_time", "5x", "wait_time", "duration"),
+    "run_time 0": ("run_time", "0", "run_time", "expected a duration > 0"),
+    "run_time -5": ("run_time", "-5", "run_time", "expected a duration > 0"),
+    "wait_time 5x": ("wait_time", "5x", "wait_time", '"90s", "2m", "1h30m" or "250ms"'),
+    "wait_time -1": ("wait_time", "-1", "wait_time", "expected a duration >= 0"),
+    "wait_time -5s": ("wait_time", "-5s", "wait_time", "expected a duration >= 0"),
     "host empty": ("host", '""', "host", "non-empty"),
     "host number": ("host", "5", "host", "string"),
     "agents -1": ("agents", "-1", "agents", "at least 0"),
@@ -239,11 +245,27 @@ def test_overrides_win_over_the_file(base: Path) -> None:
     assert cfg.worker == 3
 
 
-def test_overrides_are_checked_like_the_file(base: Path) -> None:
-    with pytest.raises(ConfigError, match="'users'"):
-        load(base, SEED, {"users": 0})
-    with pytest.raises(ConfigError, match="'run_time'"):
-        load(base, SEED, {"run_time": "soon"})
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"users": 0}, "--users 0: expected a whole number of at least 1"),
+    ({"run_time": "soon"}, '--run-time soon: expected a duration such as 90, 1.5, "90s", '
+                           '"2m", "1h30m" or "250ms"'),
+    ({"run_time": "0"}, "--run-time 0: expected a duration > 0"),
+    ({"hatch_rate": -1.0}, "--hatch-rate -1.0: expected a number above 0"),
+    ({"worker": "many"}, "--worker many: expected `auto` or a whole number of at least 1"),
+    ({"host": ""}, "--host '': expected a non-empty string"),
+    ({"agents": -1}, "--agents -1: expected a whole number of at least 0"),
+])
+def test_a_bad_override_names_the_option_not_the_file(
+        base: Path, overrides: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(base, SEED, overrides)
+    assert str(info.value) == expected
+    # the same value from the file still names the file and the key
+    key, value = next(iter(overrides.items()))
+    path = write(base, with_key(key, repr(value) if isinstance(value, str) else str(value)))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value).startswith(f"{path}: key {key!r}: "), str(info.value)
 
 
 def test_overrides_can_supply_a_missing_key(base: Path) -> None:
@@ -296,3 +318,246 @@ def test_custom_map_with_non_string_keys_is_a_clear_error(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as e:
         load_config(conf)
     assert "'mapping'" in str(e.value) and "string keys" in str(e.value)
+
+
+# -- bounds: file size and YAML alias expansion ---------------------------------------------
+
+
+def laughs(levels: int = 9, width: int = 9) -> str:
+    """The classic 'billion laughs': each level a list of ``width`` aliases of the one before."""
+    names = "abcdefghijklmnopqrstuvwxyz"[:levels]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * width)}]"]
+    for prev, name in itertools.pairwise(names):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_refused_before_expansion(base: Path) -> None:
+    bomb = laughs()
+    assert len(bomb.encode()) < 600  # 9**9 = 387 million strings once expanded
+    path = write(base, SEED + bomb)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == (f"{path}: YAML aliases expand to more than 100000 values; "
+                               f"refused (a 'billion laughs' file?)")
+
+
+def test_alias_expansion_is_bounded_near_100000_values(base: Path) -> None:
+    item = "[" + ", ".join(["1"] * 999) + "]"  # 1000 values with the list itself
+    ok = SEED + f"base: &l {item}\nmany: [{', '.join(['*l'] * 90)}]\n"
+    assert len(load(base, ok).custom["many"]) == 90
+    with pytest.raises(ConfigError, match="more than 100000 values; refused"):
+        load(base, SEED + f"base: &l {item}\nmany: [{', '.join(['*l'] * 110)}]\n")
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(base: Path) -> None:
+    path = write(base, SEED + "loop: &loop [1, *loop]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: a YAML alias refers to a value that contains it; refused"
+
+
+def test_ordinary_anchors_aliases_and_merge_keys_still_work(base: Path) -> None:
+    text = SEED.replace("run_time: 30", "run_time: &rt 45") + (
+        "defaults: &defaults {timeout: 5, retries: 2}\n"
+        "primary:\n  <<: *defaults\n  retries: 3\n"
+        "ids: &ids [1, 2, 3]\n"
+        "again: *ids\n"
+        "stop_grace: *rt\n")
+    cfg = load(base, text)
+    assert cfg.run_time == 45.0 and cfg.stop_grace == 45.0
+    assert cfg.custom["primary"] == {"timeout": 5, "retries": 3}
+    assert cfg.custom["again"] == [1, 2, 3] == cfg.custom["ids"]
+
+
+def test_a_config_file_over_4_mib_is_refused_before_parsing(base: Path) -> None:
+    path = base / "conf.yml"
+    with path.open("wb") as f:  # sparse: 10 MiB of NUL bytes, not valid YAML anyway
+        f.truncate(10 * 2**20)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: 10.0 MiB, over the 4 MiB limit for a config file"
+
+
+def test_the_size_limit_is_the_named_constant(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(base, SEED)
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", len(SEED))
+    assert load_config(path, cwd=base).users == 10
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", len(SEED) - 1)
+    with pytest.raises(ConfigError, match=r"over the .* limit for a config file"):
+        load_config(path, cwd=base)
+
+
+def test_a_stream_is_read_only_up_to_the_limit(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO has no size to stat: the read stops one byte past the limit."""
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 1000)
+    fifo = base / "conf.yml"
+    os.mkfifo(fifo)
+    sent = []
+
+    def writer() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as f:
+            for _ in range(1000):
+                f.write(SEED.encode())  # valid YAML, far over the limit
+                f.flush()
+                sent.append(1)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with pytest.raises(ConfigError) as info:
+        load_config(fifo, cwd=base)
+    thread.join(10)
+    assert str(info.value).startswith(f"{fifo}: more than ")
+    assert "limit for a config file" in str(info.value)
+    assert len(sent) < 1000  # the reader closed the pipe early
+
+
+def test_nesting_too_deep_and_huge_numbers_are_config_errors(base: Path) -> None:
+    path = write(base, SEED + "deep: " + "[" * 700 + "]" * 700 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: not valid YAML: nested too deeply"
+    path = write(base, SEED + "big: " + "7" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value).startswith(f"{path}: cannot read a value: ")
+    assert "4300 digits" in str(info.value)
+
+
+# -- ${NAME} from the environment -----------------------------------------------------------
+
+
+def test_env_names_are_substituted_in_every_string_value(
+        base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_HOST", "http://10.0.0.7:8080")
+    monkeypatch.setenv("LT_TOKEN", "s3cret")
+    monkeypatch.setenv("LT_USER", "bob")
+    monkeypatch.setenv("LT_EMPTY", "")
+    text = with_key("host", '"${LT_HOST}/test"') + (
+        "api_token: ${LT_TOKEN}\n"
+        "login: '${LT_USER}:${LT_TOKEN}'\n"
+        "headers:\n  authorization: Bearer ${LT_TOKEN}\n  list: [a, '${LT_USER}']\n"
+        "custom: {users: '${LT_USER}'}\n"
+        "blank: 'x${LT_EMPTY}y'\n")
+    cfg = load(base, text)
+    assert cfg.host == "http://10.0.0.7:8080/test"
+    assert cfg.custom["api_token"] == "s3cret"
+    assert cfg.custom["login"] == "bob:s3cret"
+    assert cfg.custom["headers"] == {"authorization": "Bearer s3cret", "list": ["a", "bob"]}
+    assert cfg.custom["custom"] == {"users": "bob"}
+    assert cfg.custom["blank"] == "xy"
+
+
+@pytest.mark.parametrize(("yaml_text", "key"), [
+    ("api_token: ${LT_UNSET}\n", "api_token"),
+    ("db: {user: x, password: 'pw-${LT_UNSET}'}\n", "db.password"),
+    ("hosts: [a, '${LT_UNSET}']\n", "hosts[1]"),
+    ("custom: {run_time: '${LT_UNSET}'}\n", "custom.run_time"),
+])
+def test_an_unset_env_name_names_the_file_and_the_key(
+        base: Path, monkeypatch: pytest.MonkeyPatch, yaml_text: str, key: str) -> None:
+    monkeypatch.delenv("LT_UNSET", raising=False)
+    path = write(base, SEED + yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: key {key!r}: ${{LT_UNSET}} is not set in the environment"
+
+
+def test_an_unset_env_name_in_a_system_key(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LT_UNSET", raising=False)
+    path = write(base, with_key("host", "${LT_UNSET}"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: key 'host': ${{LT_UNSET}} is not set in the environment"
+
+
+def test_dollar_forms_that_are_not_substituted(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_X", "value")
+    text = SEED + (
+        "escaped: '$${LT_X}'\n"          # $${ is a literal ${
+        "bare: '$LT_X and $ alone'\n"    # no braces: left as is
+        "price: 5$\n"
+        "bad_name: '${1X} ${} ${LT-X}'\n"
+        "'${LT_X}': key\n")              # mapping keys are not substituted
+    cfg = load(base, text)
+    assert cfg.custom["escaped"] == "${LT_X}"
+    assert cfg.custom["bare"] == "$LT_X and $ alone"
+    assert cfg.custom["price"] == "5$"
+    assert cfg.custom["bad_name"] == "${1X} ${} ${LT-X}"
+    assert cfg.custom["${LT_X}"] == "key"
+
+
+def test_overrides_are_not_substituted(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_X", "value")
+    cfg = load(base, SEED + "from_file: ${LT_X}\n", {"host": "http://h/${LT_X}"})
+    assert cfg.custom["from_file"] == "value"
+    assert cfg.host == "http://h/${LT_X}"
+
+
+# -- exact texts of the errors and warnings a user sees --------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("run_time", "'2x'", 'expected a duration such as 90, 1.5, "90s", "2m", "1h30m" or '
+                         "\"250ms\" (got '2x')"),
+    ("wait_time", "-1", "expected a duration >= 0 (got -1)"),
+    ("run_time", "0", "expected a duration > 0 (got 0)"),
+    ("stop_grace", "'-2m'", "expected a duration >= 0 (got '-2m')"),
+])
+def test_duration_errors_say_what_is_accepted(base: Path, key: str, value: str, says: str) -> None:
+    path = write(base, with_key(key, value))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == f"{path}: key {key!r}: {says}"
+
+
+def test_parse_duration_errors_say_what_is_accepted() -> None:
+    with pytest.raises(ValueError, match=re.escape('such as 90, 1.5, "90s", "2m"')):
+        parse_duration("2x")
+    with pytest.raises(ValueError, match=re.escape(">= 0")):
+        parse_duration(-1)
+
+
+def test_a_long_bad_value_is_cut_in_the_error(base: Path) -> None:
+    path = write(base, with_key("run_time", "'" + "x" * 10000 + "'"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert len(str(info.value)) < len(str(path)) + 250 and str(info.value).endswith("...)")
+
+
+def test_a_missing_required_key_points_at_its_near_miss(base: Path) -> None:
+    path = write(base, with_key("run_time", "") + "run_tme: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == (f"{path}: key 'run_time' is missing; it is required "
+                               f"(did you mean run_time? the file has 'run_tme')")
+
+
+def test_a_missing_required_key_found_under_custom(base: Path) -> None:
+    path = write(base, with_key("users", "") + "custom: {users: 5}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=base)
+    assert str(info.value) == (f"{path}: key 'users' is missing; it is required (the file has "
+                               f"it under 'custom', which only global_init reads; put it at "
+                               f"the top level)")
+
+
+def test_a_host_without_a_scheme_warns(base: Path) -> None:
+    path = write(base, with_key("host", "notaurl"))
+    cfg = load_config(path, cwd=base)
+    assert cfg.host == "notaurl"  # not an error: non-HTTP clients use other forms
+    assert cfg.warnings == [f"{path}: key 'host': 'notaurl' has no scheme (http://...); "
+                            f"the built-in and aiohttp clients will fail every call"]
+    cfg = load(base, SEED, {"host": "10.0.0.1:80"})
+    assert cfg.warnings == ["--host 10.0.0.1:80: no scheme (http://...); the built-in and "
+                            "aiohttp clients will fail every call"]
+    assert load(base, SEED, {"host": "https://x/"}).warnings == []
+    assert load(base, with_key("host", "tcp://10.0.0.1:80")).warnings == []
+
+
+def test_custom_mapping_reaches_global_init_whole(base: Path) -> None:
+    cfg = load(base, SEED + "custom: {users: 5, run_time: x, host: [a], custm: 1}\n")
+    assert cfg.users == 10 and cfg.run_time == 30.0  # the top-level keys, read normally
+    assert cfg.custom["custom"] == {"users": 5, "run_time": "x", "host": ["a"], "custm": 1}
+    assert cfg.warnings == []
+    assert "custom" not in SYSTEM_KEYS
