@@ -47,11 +47,20 @@ def make_app(fail_every: int = 0, delay_ms: float = 0.0) -> web.Application:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=6301)
-    p.add_argument("--fail-every", type=int, default=0)
-    p.add_argument("--delay-ms", type=float, default=0.0)
+    p = argparse.ArgumentParser(
+        description="A small target for trying the load tester. POST (or GET) /test, and any "
+                    "path below it, answers 200 \"ok\" after reading the request body.",
+        epilog="GET /__count returns what was answered so far, as JSON: "
+               "{\"ok\": N, \"fail\": M, \"by_path\": {...}, \"by_peer\": {...}} (answers "
+               "in all, per request path and per client address). Needs aiohttp.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=6301, help="TCP port to listen on")
+    p.add_argument("--fail-every", type=int, default=0, metavar="K",
+                   help="every K-th request to /test answers 500 \"fail\" instead of 200; "
+                        "0 = never")
+    p.add_argument("--delay-ms", type=float, default=0.0, metavar="MS",
+                   help="wait this many milliseconds before answering each /test request")
     a = p.parse_args()
     print(f"target server on http://{a.host}:{a.port}/test", flush=True)
     web.run_app(make_app(a.fail_every, a.delay_ms), host=a.host, port=a.port, print=None,

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from protocol import __version__
 from protocol.codec import DEFAULT_MAX_MESSAGE
 from protocol.cpus import parse_cpu_list
 from protocol.messages import TOKEN_ENV
@@ -20,8 +21,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Load-generating agent: dials a loadmaster and runs its jobs.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"loadagent {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
     """Load-generating agent: dials a loadmaster and runs its jobs."""
 
 
@@ -29,13 +40,16 @@ def _root() -> None:
 def start(
     master: Annotated[str, typer.Option(help="The master's control address, tcp://HOST:PORT.")]
     = "tcp://127.0.0.1:5556",
-    name: Annotated[str, typer.Option(help="This agent's name in reports.")] = "",
+    name: Annotated[str, typer.Option(
+        help="This agent's name in reports.", show_default="HOSTNAME-PID")] = "",
     workers: Annotated[int, typer.Option(
-        help="Worker processes when the config says `worker: auto` (default: core count).")] = 0,
+        help="Worker processes for configs that say `worker: auto`; 0 = one per core.",
+        show_default="one per core")] = 0,
     cpu_list: Annotated[str, typer.Option(
-        help="Pin this agent and its workers to these CPUs, e.g. 0,2-3.")] = "",
+        help="Pin this agent and its workers to these CPUs, e.g. 0,2-3.",
+        show_default="all this process may use")] = "",
     max_message: Annotated[int, typer.Option(
-        help="Largest job (bundle included) this agent accepts, in bytes.")]
+        help="Largest job (bundle included) this agent accepts, in bytes; at least 65536.")]
     = DEFAULT_MAX_MESSAGE,
     embedded: Annotated[bool, typer.Option(hidden=True)] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
