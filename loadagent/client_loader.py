@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,24 @@ async def run_global_init(cls: type[ClientProtocol], custom_conf: dict[str, Any]
     result = cls.global_init(custom_conf)
     if inspect.isawaitable(result):
         await result
+
+
+def describe_failure(exc: BaseException, run_dir: str) -> str:
+    """What the user reads when their client fails before load.
+
+    A ClientLoadError is one line. Anything else is the traceback from the user's own
+    first frame on (the loader's and importlib's frames cut), with paths relative to the
+    run directory, as they are on the master.
+    """
+    prefix = os.path.join(run_dir, "")
+    if isinstance(exc, ClientLoadError):
+        text = str(exc)
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        first = next((i for i, f in enumerate(frames) if f.filename.startswith(prefix)), None)
+        lines = traceback.format_exception_only(exc)
+        if first is not None:
+            lines = ["Traceback (most recent call last):\n",
+                     *traceback.format_list(frames[first:]), *lines]
+        text = "".join(lines)
+    return text.replace(prefix, "")

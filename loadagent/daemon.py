@@ -6,8 +6,13 @@ answer: any job is aborted and cleaned up within a few seconds, then the agent g
 back to CONNECTING (an embedded agent exits instead).
 
 Signal handlers only record the signal; the serve loop acts on it. The first SIGTERM
-or SIGINT stops the current job gracefully (totals still sent) and leaves; a second
-one aborts.
+or SIGINT (``should_exit``) stops the current job gracefully (totals still sent), says
+LEAVING and waits briefly for the master's FAREWELL, so the master reads it before the
+connection goes; a second one (``force_exit``) aborts.
+
+A run ends with RUN_DONE from the master, answered with RUN_DONE_ACK: the master closes
+its socket only after that, so nothing it sent before is lost on the way (a DEALER with
+IMMEDIATE drops what it has not read when its peer goes).
 """
 
 from __future__ import annotations
@@ -41,17 +46,20 @@ from protocol.codec import (
     encode,
     read_header,
 )
+from protocol.limits import SOCKET_SLACK
 from protocol.messages import (
     HEARTBEAT,
     MISSED_BEATS,
     Abort,
+    Farewell,
     FinalAck,
     Heartbeat,
     Job,
-    JobFailed,
+    JobRefused,
     Leaving,
     Register,
     RunDone,
+    RunDoneAck,
     Start,
     Stop,
     Welcome,
@@ -62,6 +70,7 @@ BACKOFF_MAX = 10.0
 REGISTER_EVERY = 0.5
 CLOCK_WINDOW = 30  # heartbeats
 LEAVE_LINGER_MS = 500
+LEAVE_WAIT = 2.0  # for the master's FAREWELL after LEAVING
 SIGNAL_LATENCY = 0.2
 NOT_ACCEPTED_RETRY = 5.0
 
@@ -117,7 +126,9 @@ class AgentDaemon:
     def __init__(self, opts: AgentOptions, mp: ForkServerContext) -> None:
         self._opts = opts
         self._mp = mp
-        self._signals = 0
+        self.should_exit = False  # first SIGTERM/SIGINT: stop gracefully, then leave
+        self.force_exit = False  # second one, or the embedding master gone: abort now
+        self._master_gone = False  # the embedding master's pipe closed: no one to tell
         self._wake = asyncio.Event()
         self._job: JobRun | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -131,8 +142,11 @@ class AgentDaemon:
 
     # -- signals and the embedding master -----------------------------------------------
     def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        log.info("got %s (%d)", signal.Signals(signum).name, self._signals)
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+        log.info("got %s: %s", signal.Signals(signum).name,
+                 "aborting" if self.force_exit else "stopping gracefully")
         self._wake.set()
 
     def _on_stdin(self) -> None:
@@ -144,7 +158,7 @@ class AgentDaemon:
         if not data:
             asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
             log.info("master process gone (stdin closed)")
-            self._signals = max(self._signals, 2)
+            self._master_gone = self.should_exit = self.force_exit = True
             self._wake.set()
 
     async def run(self) -> int:
@@ -162,7 +176,7 @@ class AgentDaemon:
                 if welcome is None:
                     return 0
                 lost = await self._serve(welcome)
-                if not lost or self._signals:
+                if not lost or self.should_exit:
                     return 0  # done, or told to stop: no next master for a departing agent
                 if self._opts.embedded:
                     return 5  # an embedded agent serves one master only
@@ -199,6 +213,10 @@ class AgentDaemon:
         except zmq.Again:
             return None
         try:
+            if _message_type(frames) == Job.TYPE:
+                # a job of 200,000 bundle files takes seconds to check: off the loop, so
+                # heartbeats go on meanwhile
+                return await asyncio.to_thread(decode, frames, self._opts.max_message)
             return decode(frames, self._opts.max_message)
         except VersionMismatch as e:
             raise AgentExit(2, f"master at {self._opts.master} speaks protocol version "
@@ -209,8 +227,8 @@ class AgentDaemon:
         except WireError as e:
             log.warning("dropped a bad message from the master: %s", e)
             if _message_type(frames) == Job.TYPE:  # say so, or the master waits for READY
-                self._send(JobFailed(worker=-1, error=f"agent {self._opts.name}: job "
-                                                      f"refused: {e}"[:2000]))
+                self._send(JobRefused(error=f"agent {self._opts.name}: job refused: "
+                                            f"{e}"[:2000]))
             return None
 
     async def _connect(self, ctx: zmq.asyncio.Context) -> Welcome | None:
@@ -226,7 +244,7 @@ class AgentDaemon:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(BACKOFF_MAX * 1000))
-        sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + 1024 * 1024)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + SOCKET_SLACK)
         if ":" in (urlsplit(self._opts.master).hostname or ""):
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(self._opts.master)
@@ -236,7 +254,7 @@ class AgentDaemon:
             name=self._opts.name, hostname=socket.gethostname(),
             cores=os.cpu_count() or 1, workers=self._opts.workers, version=__version__,
             pid=os.getpid(), max_message=self._opts.max_message, token=self._opts.token)
-        while self._signals == 0:
+        while not self.should_exit:
             self._send(register)
             msg = await self._recv(REGISTER_EVERY)
             if not isinstance(msg, Welcome):
@@ -255,7 +273,7 @@ class AgentDaemon:
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Sleep, cut short by a signal."""
         self._wake.clear()
-        if self._signals:
+        if self.should_exit:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
@@ -271,7 +289,7 @@ class AgentDaemon:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         next_beat = loop.time()
-        handled_signals = 0
+        handled = (False, False)
         while True:
             now = loop.time()
             if now >= next_beat:
@@ -288,9 +306,9 @@ class AgentDaemon:
                 await self._drop_job(Abort("master lost"))
                 self._close_socket()
                 return True
-            if self._signals != handled_signals:
-                handled_signals = self._signals
-                if await self._on_leave_request(handled_signals):
+            if (self.should_exit, self.force_exit) != handled:
+                handled = (self.should_exit, self.force_exit)
+                if await self._on_leave_request():
                     return False
             if self._leaving and (self._job is None or self._job.settled):
                 await self._leave()
@@ -303,9 +321,9 @@ class AgentDaemon:
             last_heard = loop.time()
             await self._handle(msg, stats_endpoint)
 
-    async def _on_leave_request(self, count: int) -> bool:
-        """First signal: graceful stop, then leave. Second: abort now. True = leave now."""
-        if count >= 2 or self._job is None:
+    async def _on_leave_request(self) -> bool:
+        """should_exit: graceful stop, then leave. force_exit: abort now. True = leave now."""
+        if self.force_exit or self._job is None:
             if self._job is not None:
                 await self._drop_job(Abort("the agent was told to stop at once"))
             await self._leave()
@@ -316,11 +334,17 @@ class AgentDaemon:
         return False
 
     async def _leave(self) -> None:
-        self._send(Leaving(reason="agent shut down by a signal" if self._signals
-                           else "agent shutting down"))
-        if self._sock is not None:  # LEAVING goes out before the socket closes
-            self._sock.close(linger=LEAVE_LINGER_MS)
-            self._sock = self._sync = None
+        """LEAVING, then FAREWELL awaited briefly, so the master reads it before we go."""
+        if self._master_gone or self._sock is None:
+            return
+        self._send(Leaving(reason="agent shut down by a signal"))
+        deadline = asyncio.get_running_loop().time() + LEAVE_WAIT
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            msg = await self._recv(left)
+            if isinstance(msg, Farewell):
+                break
+        self._sock.close(linger=LEAVE_LINGER_MS)
+        self._sock = self._sync = None
 
     async def _drop_job(self, abort: Abort) -> None:
         if self._job is not None:
@@ -348,9 +372,10 @@ class AgentDaemon:
             if self._job is not None:
                 self._job.ack(msg.worker)
         elif isinstance(msg, RunDone):
+            self._send(RunDoneAck(run_id=msg.run_id))
+            self._run_over = True  # the master will go: that is no loss
+            log.info("run %s done; back to idle", msg.run_id)
             if self._job is not None and self._job.run_id == msg.run_id:
-                log.info("run %s done; back to idle", msg.run_id)
-                self._run_over = True
                 await self._drop_job(Abort("run over"))
         elif isinstance(msg, Welcome):
             pass  # a late answer to a resent REGISTER
@@ -362,8 +387,8 @@ class AgentDaemon:
             await self._drop_job(Abort("its bundle was refused"))
         if self._job is not None:
             if self._job.run_id != job.run_id:
-                self._send(JobFailed(worker=-1, error=f"agent {self._opts.name} is busy with "
-                                                      f"run {self._job.run_id}"))
+                self._send(JobRefused(error=f"agent {self._opts.name} is busy with run "
+                                            f"{self._job.run_id}"))
             return
         log.info("run %s: job received (%d worker(s), %d bundle file(s))", job.run_id,
                  len(job.worker_ids), len(job.bundle))

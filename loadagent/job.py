@@ -21,19 +21,24 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from loadagent.rundir import RunDir, write_bundle
-from loadagent.worker import PIPE_LIMIT, worker_main
+from loadagent.worker import worker_main
 from protocol.bundle import BundleError
 from protocol.codec import Message, WireError, decode_joined, encode_joined
+from protocol.limits import FINAL_MAX
 from protocol.messages import (
+    MAX_NOTES,
     Abort,
+    AgentReady,
+    ClientsFailing,
     Final,
     Job,
     JobFailed,
-    Ready,
+    JobRefused,
     Start,
     Stop,
     WorkerJob,
     WorkerLost,
+    WorkerReady,
 )
 
 log = logging.getLogger("loadagent")
@@ -46,11 +51,11 @@ class WorkerHandle:
     process: BaseProcess
     conn: Connection
     ready: bool = False
+    notes: list[str] = field(default_factory=list)
     final: Final | None = None
     acked: bool = False
     exited: bool = False
     failed: bool = False
-    pending: list[Message] = field(default_factory=list)
 
 
 class JobRun:
@@ -94,7 +99,7 @@ class JobRun:
         except Exception as e:  # the master must hear of it, or it waits for READY
             what = "bundle refused" if isinstance(e, BundleError) else "job could not start"
             log.error("run %s: %s: %s", self.run_id, what, e)
-            self._send(JobFailed(worker=-1, error=f"agent {self._agent}: {what}: {e}"))
+            self._send(JobRefused(error=f"agent {self._agent}: {what}: {e}"))
             self.refused = True
             return
         log.info("run %s: started %d worker(s) in %s", self.run_id, len(self._workers),
@@ -136,7 +141,7 @@ class JobRun:
     def _on_pipe(self, h: WorkerHandle) -> None:
         try:
             while h.conn.poll():
-                data = h.conn.recv_bytes(PIPE_LIMIT * 64)
+                data = h.conn.recv_bytes(FINAL_MAX + 64)
                 try:
                     self._from_worker(h, decode_joined(data))
                 except WireError as e:
@@ -145,17 +150,29 @@ class JobRun:
             asyncio.get_running_loop().remove_reader(h.conn.fileno())
 
     def _from_worker(self, h: WorkerHandle, msg: Message) -> None:
-        if isinstance(msg, Ready):
+        if isinstance(msg, WorkerReady) and msg.worker == h.index:
             h.ready = True
+            h.notes = msg.notes
+            for note in msg.notes:
+                log.warning("run %s: %s", self.run_id, note)
             if not self._ready_sent and len(self._workers) == len(self.job.worker_ids) \
                     and all(w.ready for w in self._workers.values()):
                 self._ready_sent = True
                 offset, rtt = self._clock()
-                self._send(Ready(workers=len(self._workers), clock_offset=offset, rtt=rtt))
+                notes = [n for w in self._workers.values() for n in w.notes]
+                if len(notes) > MAX_NOTES:
+                    notes[MAX_NOTES - 1:] = [f"... and {len(notes) - MAX_NOTES + 1} more "
+                                             f"notes in agent {self._agent}'s log"]
+                self._send(AgentReady(workers=len(self._workers), clock_offset=offset,
+                                      rtt=rtt, notes=notes))
                 log.info("run %s: all %d worker(s) ready", self.run_id, len(self._workers))
-        elif isinstance(msg, JobFailed):
+        elif isinstance(msg, JobFailed) and msg.worker == h.index:
             h.failed = True
-            log.error("run %s: worker %d failed before load", self.run_id, h.index)
+            log.info("run %s: worker %d: the client failed before load", self.run_id, h.index)
+            self._send(msg)
+        elif isinstance(msg, ClientsFailing) and msg.worker == h.index:
+            log.warning("run %s: worker %d: every client fails: %s", self.run_id, h.index,
+                        msg.error)
             self._send(msg)
         elif isinstance(msg, Final) and msg.worker == h.index:
             h.final = msg
@@ -233,7 +250,8 @@ class JobRun:
             with contextlib.suppress(ValueError):
                 h.process.close()
         if self._rundir is not None:
-            self._rundir.remove()
+            # off the loop: a bundle of 200,000 files takes seconds to delete
+            await asyncio.to_thread(self._rundir.remove)
             log.info("run %s: run directory removed", self.run_id)
 
 

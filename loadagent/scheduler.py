@@ -6,7 +6,8 @@ Glossary
 - *interval totals*: what happened since the last published delta; the call loop
   writes into them directly and the publisher drains them in place once a second.
 - *grace*: after STOP, how long calls already running may take before they are
-  cancelled (and counted as failures).
+  cancelled (and counted as failures). What happened in it is kept apart
+  (``GraceReport``), and a cancelled call does not extend the run time.
 
 The call loop is the hot path of the whole project: it touches only locals and the
 slots of one ``OpStats``, reuses the end time of a call as the start of the next one
@@ -21,14 +22,28 @@ import asyncio
 import inspect
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from loadagent.early_failure import EarlyFailure
 from protocol.client import ClientProtocol
 from protocol.stats import SUB_BUCKET_BITS, Totals, error_key
 
 YIELD_EVERY = 32
+# clients due at once are started this many at a time, the loop turning between batches,
+# so 50,000 clients due at T0 do not keep the publisher (and everything else) waiting
+HATCH_BATCH = 64
 CANCEL_WAIT = 1.0
 RETURNED_FALSE = ("Failure", "execute() returned False")
 CANCELLED_AT_STOP = ("Cancelled", "call still running when the stop grace ran out")
+
+
+@dataclass
+class GraceReport:
+    """What the stop grace held: the calls in flight at the stop and what became of them."""
+
+    seconds: float = 0.0  # from the stop until the last of them ended or was cancelled
+    finished: int = 0  # ended by themselves (success or failure)
+    cancelled: int = 0  # still running when the grace ran out, or at an abort
 
 
 class ClientScheduler:
@@ -38,12 +53,14 @@ class ClientScheduler:
         host: str,
         wait_time: float,
         interval: Totals,
+        early: EarlyFailure | None = None,
     ) -> None:
         self._cls = cls
         self._host = host
         self._wait = wait_time
         self._interval = interval
         self._name = cls.name or cls.__name__
+        self._early = early or EarlyFailure(0)
         self._stopping = False
         self._clients: list[ClientProtocol] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,6 +70,10 @@ class ClientScheduler:
         # what a call cancelled now is counted as: the grace ran out, or an abort
         self._cancelled_as = CANCELLED_AT_STOP
         self.running = 0
+        self.started = 0  # clients whose init_before_use returned
+        # perf_counter_ns at the end of the last call that finished by itself (0: none)
+        self.last_call_end_ns = 0
+        self.grace = GraceReport()
 
     def start(self, t0_loop: float, offsets: Sequence[float]) -> None:
         """Start one client at each loop time ``t0_loop + offset`` (offsets ascending)."""
@@ -60,17 +81,24 @@ class ClientScheduler:
 
     async def _hatch(self, t0_loop: float, offsets: Sequence[float]) -> None:
         loop = asyncio.get_running_loop()
+        batch = 0
         for offset in offsets:
             delay = t0_loop + offset - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+                batch = 0
+            elif batch >= HATCH_BATCH:
+                await asyncio.sleep(0)
+                batch = 0
             if self._stopping:
                 return
             task = loop.create_task(self._client_main())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            batch += 1
 
     async def _client_main(self) -> None:
+        early = self._early
         try:
             client = self._cls()
             self._clients.append(client)
@@ -80,13 +108,28 @@ class ClientScheduler:
         except Exception as e:
             st = self._interval.op(self._name)
             st.fail += 1
-            self._interval.add_error(error_key(self._name, e))
+            key = error_key(self._name, e)
+            self._interval.add_error(key)
+            if early.armed:
+                early.init_failed(key, time.monotonic())
+            return
+        self.started += 1
+        if early.armed:
+            early.init_ok(time.monotonic())
+        if self._stopping:
             return
         self.running += 1
         try:
             await self._call_loop(client)
         finally:
             self.running -= 1
+
+    def _on_call_error(self, e: Exception) -> None:
+        """A call raised: count it (the cold path, out of the call loop)."""
+        key = error_key(self._name, e)
+        self._interval.add_error(key)
+        if self._early.armed:
+            self._early.call_failed(key, e, time.monotonic())
 
     async def _call_loop(self, client: ClientProtocol) -> None:
         execute = client.execute
@@ -100,53 +143,66 @@ class ClientScheduler:
         task = asyncio.current_task()
         assert task is not None
         idle = self._idle
+        early = self._early
         n = 0
         t0 = clock()
-        while not self._stopping:
-            try:
-                r = await execute()
-            except asyncio.CancelledError:
-                st.fail += 1
-                totals.add_error((name, *self._cancelled_as))
-                raise
-            except Exception as e:
-                t0 = clock()
-                st.fail += 1
-                totals.add_error(error_key(name, e))
-            else:
-                t1 = clock()
-                if r is False:
-                    st.fail += 1
-                    totals.add_error((name, *RETURNED_FALSE))
-                else:
-                    dt = t1 - t0
-                    st.ok += 1
-                    st.sum_ns += dt
-                    if dt > st.max_ns:
-                        st.max_ns = dt
-                    if dt < st.min_ns:
-                        st.min_ns = dt
-                    # stats.bucket_index, inlined (tests check they agree)
-                    s = dt.bit_length() - 8
-                    i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
-                    counts[i] = counts.get(i, 0) + 1
-                t0 = t1
-            if wait > 0:
-                idle.add(task)
+        ended = 0  # the end of this client's last call that finished by itself
+        try:
+            while True:
                 try:
-                    await sleep(wait)
-                finally:
-                    idle.discard(task)
-                t0 = clock()
-            else:
-                n += 1
-                if n & (YIELD_EVERY - 1) == 0:
+                    r = await execute()
+                except asyncio.CancelledError:
+                    st.fail += 1
+                    totals.add_error((name, *self._cancelled_as))
+                    self.grace.cancelled += 1
+                    raise
+                except Exception as e:
+                    t0 = clock()
+                    st.fail += 1
+                    self._on_call_error(e)
+                else:
+                    t1 = clock()
+                    if r is False:
+                        st.fail += 1
+                        totals.add_error((name, *RETURNED_FALSE))
+                    else:
+                        dt = t1 - t0
+                        st.ok += 1
+                        st.sum_ns += dt
+                        if dt > st.max_ns:
+                            st.max_ns = dt
+                        if dt < st.min_ns:
+                            st.min_ns = dt
+                        # stats.bucket_index, inlined (tests check they agree)
+                        s = dt.bit_length() - 8
+                        i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
+                        counts[i] = counts.get(i, 0) + 1
+                    if early.armed:
+                        early.disarm()
+                    t0 = t1
+                ended = t0
+                if self._stopping:  # this call was in flight at the stop
+                    self.grace.finished += 1
+                    return
+                if wait > 0:
                     idle.add(task)
                     try:
-                        await sleep(0)
+                        await sleep(wait)
                     finally:
                         idle.discard(task)
                     t0 = clock()
+                else:
+                    n += 1
+                    if n & (YIELD_EVERY - 1) == 0:
+                        idle.add(task)
+                        try:
+                            await sleep(0)
+                        finally:
+                            idle.discard(task)
+                        t0 = clock()
+        finally:
+            if ended > self.last_call_end_ns:
+                self.last_call_end_ns = ended
 
     async def stop(self, grace: float) -> None:
         """No new calls; running calls get ``grace`` seconds, then are cancelled."""
@@ -157,7 +213,9 @@ class ClientScheduler:
             task.cancel()
         pending = set(self._tasks)
         if pending:
+            began = time.monotonic()
             _, still = await asyncio.wait(pending, timeout=grace)
+            self.grace.seconds = time.monotonic() - began
             for task in still:
                 task.cancel()
             if still:  # a client that swallows its cancellation must not hold the totals

@@ -16,18 +16,31 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import uvloop
 import zmq
 
-from loadagent.client_loader import load_client_class, run_global_init
+from loadagent.client_loader import describe_failure, load_client_class, run_global_init
+from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import ClientScheduler
 from protocol.client import ClientProtocol
 from protocol.codec import Message, WireError, decode_joined, encode_joined, encode_stats, expect
-from protocol.messages import Abort, Delta, Final, Hello, JobFailed, Ready, Start, Stop, WorkerJob
+from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
+from protocol.limits import CONTROL_MAX, ERROR_TEXT_MAX, PIPE_MAX
+from protocol.messages import (
+    Abort,
+    ClientsFailing,
+    Delta,
+    Final,
+    Hello,
+    JobFailed,
+    Start,
+    Stop,
+    WorkerJob,
+    WorkerReady,
+)
 from protocol.plan import user_offsets, users_of
 from protocol.stats import Totals
 
@@ -35,23 +48,23 @@ HELLO_EVERY = 0.1
 LAG_PROBE_EVERY = 0.1
 # well inside the master's wait for totals after an abort (loadmaster ABORT_WAIT, 2 s)
 SHUTDOWN_TIMEOUT_ON_ABORT = 1.0
-PIPE_LIMIT = 1024 * 1024
 AGENT_GONE_GRACE = 2.0
 EXIT_AGENT_GONE = 70
 
 
 def worker_main(conn: Connection) -> None:
     """Entry point of a worker process (started by the agent's forkserver)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the master
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     _exit_when_agent_gone(conn.fileno())
+    fd_limit = raise_open_files_limit()
     try:
-        job = expect(decode_joined(conn.recv_bytes(PIPE_LIMIT)), WorkerJob)
+        job = expect(decode_joined(conn.recv_bytes(PIPE_MAX)), WorkerJob)
     except (EOFError, OSError, WireError) as e:
         print(f"worker: no usable job from the agent: {e}", file=sys.stderr)
         return
-    uvloop.run(Worker(conn, job).run())
+    uvloop.run(Worker(conn, job, fd_limit).run())
 
 
 def _exit_when_agent_gone(fd: int) -> None:
@@ -76,23 +89,27 @@ def _exit_when_agent_gone(fd: int) -> None:
 
 
 class Worker:
-    def __init__(self, conn: Connection, wj: WorkerJob) -> None:
+    def __init__(self, conn: Connection, wj: WorkerJob, fd_limit: int = -1) -> None:
         self._conn = conn
         self._wj = wj
         self._job = wj.job
         self._topic = wj.job.run_id.encode("ascii")
+        self._fd_limit = fd_limit
+        self._clients = users_of(wj.worker, wj.job.total_workers, wj.job.users)
         self._agent_alive = True
         self._start: asyncio.Future[float] | None = None
         self._done: asyncio.Event | None = None
-        self._aborted = False
-        self._abort_reason = ""
-        self._abort_event = asyncio.Event()
+        self._abort_reason: str | None = None  # set once: an ABORT (or the agent gone)
+        self._aborted = asyncio.Event()
+        self._stopped_at = 0.0  # wall clock of the stop (run_time, STOP, ABORT); 0: none
+        self._early = EarlyFailure(self._clients)
         self._sched: ClientScheduler | None = None
         self._interval = Totals()
         self._cumulative = Totals()
         self._seq = 0
         self._next_interval = 1
         self._start_lag = 0.0
+        self._t0_perf_ns = 0
         self._lag_max = 0.0
         self._cpu_mark = time.process_time()
 
@@ -108,7 +125,7 @@ class Worker:
     def _on_pipe(self) -> None:
         try:
             while self._conn.poll():
-                data = self._conn.recv_bytes(PIPE_LIMIT)
+                data = self._conn.recv_bytes(CONTROL_MAX)
                 try:
                     self._handle(decode_joined(data))
                 except WireError as e:
@@ -134,15 +151,16 @@ class Worker:
     def _request_stop(self) -> None:
         if self._start is not None and not self._start.done():
             self._start.cancel()
-        if self._done is not None:
+        if self._done is not None and not self._done.is_set():
+            self._stopped_at = time.time()
             self._done.set()
 
     def _abort(self, reason: str) -> None:
-        self._aborted = True
-        self._abort_reason = reason
-        self._abort_event.set()
+        if self._abort_reason is None:
+            self._abort_reason = reason
+            self._aborted.set()
         if self._sched is not None:
-            self._sched.abort(reason)
+            self._sched.abort(self._abort_reason)
         self._request_stop()
 
     # -- the run ----------------------------------------------------------------------
@@ -151,6 +169,8 @@ class Worker:
         self._start = loop.create_future()
         self._done = asyncio.Event()
         loop.add_reader(self._conn.fileno(), self._on_pipe)
+        # SIGTERM on a worker (systemd signals the whole group) is a STOP, as on the agent
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop)
         try:
             cls = await self._prepare()
             if cls is None:
@@ -162,16 +182,12 @@ class Worker:
                 pub.setsockopt(zmq.IPV6, 1)
             pub.connect(self._wj.stats_endpoint)
             try:
-                self._send(Ready(workers=1, clock_offset=0.0, rtt=0.0))
+                self._send(WorkerReady(worker=self._wj.worker, notes=self._notes()))
                 t0 = await self._hello_until_start(pub)
-                last_end = 0.0
                 if t0 is not None:
-                    last_end = await self._run_load(cls, pub, t0)
+                    await self._run_load(cls, pub, t0)
                 self._publish(pub)
-                self._send(Final(
-                    worker=self._wj.worker, totals=self._cumulative, last_end=last_end,
-                    clients=users_of(self._wj.worker, self._job.total_workers, self._job.users),
-                    aborted=self._aborted, start_lag=self._start_lag))
+                self._send(self._final(t0))
             finally:
                 pub.close()
                 ctx.term()
@@ -191,10 +207,39 @@ class Worker:
         except BaseException as e:  # SystemExit from user code is a failure too
             if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):
                 raise
-            text = "".join(traceback.format_exception(e))
-            self._send(JobFailed(worker=self._wj.worker, error=text[-20000:]))
+            text = describe_failure(e, self._wj.run_dir)
+            self._send(JobFailed(worker=self._wj.worker, error=text[-ERROR_TEXT_MAX:]))
             return None
         return cls
+
+    def _notes(self) -> list[str]:
+        """What the user must know before the load starts."""
+        short = descriptor_shortfall(self._clients, self._fd_limit)
+        if not short:
+            return []
+        return [f"agent {self._wj.agent}, worker {self._wj.worker}: {self._clients} clients "
+                f"need about {self._fd_limit + short} open files (a connection each), "
+                f"{short} more than its limit of {self._fd_limit} (RLIMIT_NOFILE, already "
+                f"raised to the hard limit); calls that cannot open a connection will fail "
+                f"with 'Too many open files'. Raise the hard limit (ulimit -Hn; LimitNOFILE= "
+                f"under systemd; docker run --ulimit nofile=N) or spread the clients over "
+                f"more agents"]
+
+    def _final(self, t0: float | None) -> Final:
+        sched = self._sched
+        stopped_at = max(0.0, self._stopped_at - t0) if t0 is not None and self._stopped_at \
+            else 0.0
+        last_end = stopped_at
+        if sched is not None and sched.last_call_end_ns:
+            last_end = max(last_end, (sched.last_call_end_ns - self._t0_perf_ns) / 1e9)
+        grace = sched.grace if sched is not None else None
+        return Final(
+            worker=self._wj.worker, totals=self._cumulative, last_end=last_end,
+            clients=sched.started if sched is not None else 0,
+            aborted=self._abort_reason is not None, start_lag=self._start_lag,
+            stopped_at=stopped_at, grace=grace.seconds if grace else 0.0,
+            grace_finished=grace.finished if grace else 0,
+            grace_cancelled=grace.cancelled if grace else 0)
 
     async def _hello_until_start(self, pub: zmq.Socket[bytes]) -> float | None:
         assert self._start is not None
@@ -205,46 +250,44 @@ class Worker:
         return None if self._start.cancelled() else self._start.result()
 
     async def _run_load(self, cls: type[ClientProtocol], pub: zmq.Socket[bytes],
-                        t0: float) -> float:
-        """Run clients from wall time ``t0`` until run_time, STOP or ABORT.
-
-        Returns seconds from T0 to the end of the last call.
-        """
+                        t0: float) -> None:
+        """Run clients from wall time ``t0`` until run_time, STOP or ABORT."""
         assert self._done is not None
         loop = asyncio.get_running_loop()
         job = self._job
-        loop_t0 = loop.time() + (t0 - time.time())
-        self._start_lag = max(0.0, time.time() - t0)
-        sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._interval)
+        now = time.time()
+        loop_t0 = loop.time() + (t0 - now)
+        self._t0_perf_ns = time.perf_counter_ns() + int((t0 - now) * 1e9)
+        self._start_lag = max(0.0, now - t0)
+        sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._interval,
+                                              self._early)
         sched.start(loop_t0, user_offsets(self._wj.worker, job.total_workers, job.users,
                                           job.hatch_rate))
-        if self._aborted:
+        if self._abort_reason is not None:
             sched.abort(self._abort_reason)
         stop_timer = loop.call_at(loop_t0 + job.run_time, self._request_stop)
         helpers = [loop.create_task(self._publish_every_second(pub, loop_t0)),
                    loop.create_task(self._probe_lag())]
         try:
             await self._done.wait()
-            if self._aborted:
+            if self._abort_reason is not None:
                 sched.abort(self._abort_reason)
-            await sched.stop(0.0 if self._aborted else job.stop_grace)
-            last_end = max(0.0, time.time() - t0)
+            await sched.stop(0.0 if self._abort_reason is not None else job.stop_grace)
             await self._shutdown_clients(sched)
         finally:
             stop_timer.cancel()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-        return last_end
 
     async def _shutdown_clients(self, sched: ClientScheduler) -> None:
         """shutdown() every client; an ABORT cuts it short, so the totals still go out."""
-        if self._aborted:
+        if self._abort_reason is not None:
             await sched.shutdown_clients(SHUTDOWN_TIMEOUT_ON_ABORT)
             return
         shutdown = asyncio.ensure_future(
             sched.shutdown_clients(max(self._job.stop_grace, 1.0)))
-        aborted = asyncio.ensure_future(self._abort_event.wait())
+        aborted = asyncio.ensure_future(self._aborted.wait())
         await asyncio.wait({shutdown, aborted}, return_when=asyncio.FIRST_COMPLETED)
         aborted.cancel()
         if not shutdown.done():
@@ -255,10 +298,15 @@ class Worker:
     async def _publish_every_second(self, pub: zmq.Socket[bytes], loop_t0: float) -> None:
         """Delta number k covers (T0 + k - 1, T0 + k]; a late loop skips indexes."""
         loop = asyncio.get_running_loop()
+        reported = False
         while True:
             await asyncio.sleep(max(0.0, loop_t0 + self._next_interval - loop.time()))
             self._publish(pub)
             self._next_interval = max(self._next_interval, int(loop.time() - loop_t0) + 1)
+            if not reported and self._early.verdict is not None:
+                reported = True
+                self._send(ClientsFailing(worker=self._wj.worker,
+                                          error=self._early.verdict[:ERROR_TEXT_MAX]))
 
     def _publish(self, pub: zmq.Socket[bytes]) -> None:
         """Publish what happened since the last delta and fold it into the totals."""

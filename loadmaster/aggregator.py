@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 
 from protocol.codec import WireError, decode_stats
+from protocol.limits import STATS_SOCKET_MAX
 from protocol.messages import Delta, Hello
 from protocol.stats import Totals
 
@@ -52,12 +53,13 @@ class Aggregator:
         self._ok_per_second: dict[int, int] = defaultdict(int)
         self._agent_ok_per_second: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.bad_messages = 0
+        self.latest_interval = 0  # the highest interval index any delta carried
 
     def bind(self) -> int:
         sock = self._sock = self._ctx.socket(zmq.SUB)
         sock.linger = 0
         sock.rcvhwm = STATS_HWM
-        sock.setsockopt(zmq.MAXMSGSIZE, 8 * 1024 * 1024)
+        sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
         host = f"[{self._host}]" if ":" in self._host else self._host
         if ":" in self._host:
             sock.setsockopt(zmq.IPV6, 1)
@@ -119,6 +121,8 @@ class Aggregator:
         w.totals.merge(d.totals)
         self.totals.merge(d.totals)
         ok = d.totals.ok
+        if d.interval > self.latest_interval:
+            self.latest_interval = d.interval
         self._ok_per_second[d.interval] += ok
         self._agent_ok_per_second[d.agent][d.interval] += ok
 
@@ -130,11 +134,12 @@ class Aggregator:
     def clients(self, agent: str | None = None) -> int:
         return sum(w.clients for w in self.workers.values() if agent in (None, w.agent))
 
-    def current_rps(self, elapsed: float, agent: str | None = None) -> float:
-        """Successes per second over the last complete intervals (up to RATE_WINDOW)."""
-        last = int(elapsed) - 1  # interval k is complete once T0 + k has passed and arrived
+    def current_rps(self, last: int, agent: str | None = None) -> tuple[float, int]:
+        """Successes per second over complete intervals ``last - RATE_WINDOW + 1 .. last``
+        (fewer at the start), and how many intervals that is."""
         first = max(1, last - RATE_WINDOW + 1)
         if last < first:
-            return 0.0
+            return 0.0, 0
         counts = self._ok_per_second if agent is None else self._agent_ok_per_second[agent]
-        return sum(counts.get(k, 0) for k in range(first, last + 1)) / (last - first + 1)
+        n = last - first + 1
+        return sum(counts.get(k, 0) for k in range(first, last + 1)) / n, n

@@ -21,10 +21,7 @@ from protocol.messages import BundleFile
 class Bundle:
     files: list[BundleFile] = field(default_factory=list)
     class_file: str = ""  # the client file's path inside the bundle
-
-    @property
-    def size(self) -> int:
-        return sum(len(f.data) + len(f.path) + 16 for f in self.files)
+    warnings: list[str] = field(default_factory=list)  # files named but not shipped
 
     def describe(self) -> str:
         return ", ".join(f"{f.path} ({len(f.data)} B)" for f in self.files)
@@ -85,9 +82,35 @@ class BundleBuilder:
         return self._bundle
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, say: not a file
+        return False
+
+
+def _not_shipped(base: Path, key: str, value: str, remote: bool) -> str | None:
+    """Why the file a custom value names will not reach the workers, or None."""
+    if os.path.isabs(value):
+        if not remote or not _is_file(Path(value)):
+            return None  # the embedded agent runs here: an absolute path works as it is
+        return (f"custom key {key!r}: {value} is an absolute path, so it is not shipped; "
+                f"each agent must have its own copy at that path")
+    candidate = base / value
+    if not _is_file(candidate) or candidate.resolve().is_relative_to(base):
+        return None
+    return (f"custom key {key!r}: {value} is outside the current folder {base} (or links "
+            f"out of it), so it is not shipped; global_init will look for it at {value} "
+            f"relative to each agent's run directory, where it is missing. Move it under "
+            f"{base}")
+
+
 def build_bundle(base: Path, class_file: Path, files: list[str],
-                 custom: dict[str, Any]) -> Bundle:
-    """The job's bundle. A client file outside ``base`` is shipped under its own name."""
+                 custom: dict[str, Any], remote: bool = False) -> Bundle:
+    """The job's bundle. A client file outside ``base`` is shipped under its own name.
+
+    ``remote``: the agents may run on other hosts (an absolute path is then not enough).
+    """
     builder = BundleBuilder(base)
     try:
         class_rel = builder.add_file(class_file, "benchmark_class_file")
@@ -98,17 +121,17 @@ def build_bundle(base: Path, class_file: Path, files: list[str],
         builder.add_bytes(class_rel, class_file.read_bytes())
     for entry in files:
         builder.add_tree(Path(entry), "files:")
+    warnings = []
     for key, value in custom.items():
         # the seed's `test_data_file: ./data/data2.json`: relative paths to existing files
-        if isinstance(value, str) and value and not os.path.isabs(value) \
-                and len(value) < 4096 and "\n" not in value:
-            candidate = builder.base / value
-            try:
-                is_file = candidate.is_file()
-            except OSError:
-                is_file = False
-            if is_file and candidate.resolve().is_relative_to(builder.base):
-                builder.add_file(Path(value), f"custom key {key!r}:")
+        if not isinstance(value, str) or not value or len(value) >= 4096 or "\n" in value:
+            continue
+        why = _not_shipped(builder.base, key, value, remote)
+        if why is not None:
+            warnings.append(why)
+        elif not os.path.isabs(value) and _is_file(builder.base / value):
+            builder.add_file(Path(value), f"custom key {key!r}:")
     bundle = builder.build()
     bundle.class_file = class_rel
+    bundle.warnings = warnings
     return bundle

@@ -14,13 +14,30 @@ import typer
 
 from loadmaster.bundle import build_bundle
 from loadmaster.config import ConfigError, load_config
-from loadmaster.run import ExitCode, Run, RunFailed, RunOptions
+from loadmaster.exitcodes import ExitCode
+from loadmaster.run import Run, RunFailed, RunOptions
+from protocol import __version__
 from protocol.bundle import BundleError
 from protocol.cpus import parse_cpu_list
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed load tester: drives loadagent workers and reports.")
 DEFAULT_PORT = 5556
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"loadmaster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Distributed load tester: drives loadagent workers and reports."""
 
 
 def _fail(code: int, message: str) -> typer.Exit:
@@ -60,8 +77,9 @@ def _check_client_compiles(path: Path) -> None:
     """The client file must compile here, before any agent is contacted."""
     try:
         compile(path.read_bytes(), str(path), "exec")
-    except SyntaxError:
-        print(traceback.format_exc(), file=sys.stderr, end="")
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte in the source
+        # the user's file, line and caret; not our own frames
+        print("".join(traceback.format_exception_only(e)), file=sys.stderr, end="")
         raise _fail(ExitCode.CLIENT_FAILED, f"{path}: the client file does not compile; "
                                             f"no load was started") from None
 
@@ -79,9 +97,12 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         print(f"loadmaster: warning: {warning}", file=sys.stderr)
     _check_client_compiles(cfg.benchmark_class_file)
     try:
-        bundle = build_bundle(Path.cwd(), cfg.benchmark_class_file, cfg.files, cfg.custom)
+        bundle = build_bundle(Path.cwd(), cfg.benchmark_class_file, cfg.files, cfg.custom,
+                              remote=cfg.agents > 0)
     except BundleError as e:
         raise _fail(ExitCode.USAGE, f"{conf}: {e}") from None
+    for warning in bundle.warnings:
+        print(f"loadmaster: warning: {conf}: {warning}", file=sys.stderr)
     print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
     if cfg.enable_dash:
         print("loadmaster: enable_dash: the live dashboard is not available yet; "
@@ -109,7 +130,8 @@ def run(
     agents: Annotated[int | None, typer.Option(
         help="Wait for this many `loadagent start` daemons (0 = a local embedded one).")] = None,
     bind: Annotated[str, typer.Option(
-        help="Control address HOST[:PORT] agents dial (default 127.0.0.1:5556).")]
+        help="Control address HOST[:PORT] agents dial; port 5556 if omitted.",
+        show_default="127.0.0.1:5556")]
     = "127.0.0.1",
     cpu_list: Annotated[str, typer.Option(
         help="Pin the embedded agent and its workers to these CPUs, e.g. 1 or 0,2-3.")] = "",

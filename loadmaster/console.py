@@ -10,6 +10,7 @@ from protocol.stats import OpStats, Totals
 
 RULE = "=" * 40
 LABEL_WIDTH = 30
+ERROR_ROWS = 20  # the most frequent errors; the rest are summed in one line
 
 
 @dataclass
@@ -27,23 +28,36 @@ class AgentLine:
 
 @dataclass
 class LiveView:
-    run_time: float
+    run_time: float  # seconds since T0 that the figures cover (complete seconds)
     users: int
     totals: Totals
     current_rps: float
     agents: Sequence[AgentLine] = ()
     missed_deltas: int = 0
+    rate_window: int = 0  # complete seconds behind current rps
+    stopping: str = ""  # why and how the run is stopping; empty while it runs
+
+
+@dataclass
+class GraceView:
+    """The stop grace: the calls in flight at the stop, apart from the run time."""
+
+    seconds: float  # the longest grace of any worker
+    finished: int  # calls in flight at the stop that ended by themselves
+    cancelled: int  # cancelled when the grace ran out (or by an abort): failures
 
 
 @dataclass
 class FinalView:
     run_time: float
-    users: int
+    users: int  # clients that started
     totals: Totals
     agents: Sequence[AgentLine] = ()
     missed_deltas: int = 0
     notes: list[str] = field(default_factory=list)
     incomplete: bool = False
+    users_planned: int | None = None  # shown beside users when they differ
+    grace: GraceView | None = None
 
 
 def _field(label: str, value: object) -> str:
@@ -57,7 +71,8 @@ def _ms(ns: float | None) -> str:
     return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
 
 
-def _headline(run_time: float, users: int, total: OpStats) -> tuple[list[str], list[str]]:
+def _headline(run_time: float, users: int | str,
+              total: OpStats) -> tuple[list[str], list[str]]:
     """The seed's fields before and after where the live block puts current rps."""
     done = total.ok + total.fail
     accuracy = 100.0 * total.ok / done if done else 0.0
@@ -81,7 +96,11 @@ def _headline(run_time: float, users: int, total: OpStats) -> tuple[list[str], l
 def format_live(view: LiveView) -> str:
     total = view.totals.combined()
     head, tail = _headline(view.run_time, view.users, total)
-    lines = [RULE, *head, _field("current rps", f"{view.current_rps:.2f}"), *tail]
+    rate = (f"current rps (last {view.rate_window} s)" if view.rate_window
+            else "current rps")
+    lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}"), *tail]
+    if view.stopping:
+        lines.append(_field("stopping", view.stopping))
     if len(view.agents) > 1:
         for a in view.agents:
             state = "" if a.state == "ok" else f" [{a.state}]"
@@ -95,7 +114,10 @@ def format_live(view: LiveView) -> str:
 
 def format_final(view: FinalView) -> str:
     total = view.totals.combined()
-    head, tail = _headline(view.run_time, view.users, total)
+    users: int | str = view.users
+    if view.users_planned is not None and view.users_planned != view.users:
+        users = f"{view.users} (planned {view.users_planned})"
+    head, tail = _headline(view.run_time, users, total)
     title = "final benchmark:" + (" (INCOMPLETE)" if view.incomplete else "")
     lines = [RULE, title, *head, *tail,
              _field("95% response time", _ms(total.percentile(0.95))),
@@ -109,11 +131,21 @@ def format_final(view: FinalView) -> str:
         for name, st in sorted(view.totals.ops.items()):
             lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
+    if view.grace is not None and (view.grace.finished or view.grace.cancelled):
+        g = view.grace
+        lines.append(f"stop grace: {g.seconds:.3f} s (not in the run time); calls in flight at "
+                     f"the stop: {g.finished} finished, {g.cancelled} cancelled (counted as "
+                     f"failures)")
     if view.totals.errors:
         lines.append("errors:")
         lines.append(f"  {'count':>8}  {'name':<20} {'type':<20} message")
-        for (name, etype, message), count in view.totals.iter_errors():
+        errors = list(view.totals.iter_errors())
+        for (name, etype, message), count in errors[:ERROR_ROWS]:
             lines.append(f"  {count:>8}  {name[:20]:<20} {etype[:20]:<20} {message}")
+        rest = errors[ERROR_ROWS:]
+        if rest:
+            lines.append(f"  {sum(c for _, c in rest):>8}  ... {len(rest)} more distinct "
+                         f"error(s)")
     if view.agents and (len(view.agents) > 1 or any(a.state != "ok" for a in view.agents)):
         lines.append("agents:")
         lines.append(f"  {'name':<24} {'workers':>7} {'clients':>8} {'success':>10} {'fail':>8} "

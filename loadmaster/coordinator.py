@@ -30,23 +30,28 @@ from protocol.codec import (
     encode,
     encode_refused,
 )
+from protocol.limits import FINAL_MAX
 from protocol.messages import (
     HEARTBEAT,
     MISSED_BEATS,
+    AgentReady,
+    ClientsFailing,
+    Farewell,
     Final,
     FinalAck,
     Heartbeat,
     JobFailed,
+    JobRefused,
     Leaving,
-    Ready,
     Register,
+    RunDoneAck,
     Welcome,
     WorkerLost,
 )
 
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 1000
-CONTROL_LIMIT = 64 * 1024 * 1024  # finals can be large; MAXMSGSIZE guards the socket
+CONTROL_LIMIT = FINAL_MAX  # the largest message an agent sends; MAXMSGSIZE guards the socket
 
 
 class AgentState(Enum):
@@ -70,6 +75,9 @@ class AgentRecord:
     lost_workers: dict[int, str] = field(default_factory=dict)
     clock_offset: float = 0.0  # master clock - agent clock, the agent's estimate
     rtt: float = 0.0
+    notes: list[str] = field(default_factory=list)  # from its READY, for the user
+    failing: dict[int, str] = field(default_factory=dict)  # CLIENTS_FAILING per worker
+    done_acked: bool = False  # it read RUN_DONE
 
     @property
     def name(self) -> str:
@@ -102,6 +110,7 @@ class Coordinator:
         self.stats_port = 0
         self.run_planned = False  # from then on no agent joins this master
         self.job_failures: list[tuple[str, JobFailed]] = []
+        self.job_refusals: list[tuple[str, JobRefused]] = []
 
     # -- socket -------------------------------------------------------------------------
     def bind(self) -> str:
@@ -211,12 +220,23 @@ class Coordinator:
         agent.last_heard = time.monotonic()
         if isinstance(msg, Heartbeat):
             self.send(agent, Heartbeat(sent_at=time.time(), echo=msg.sent_at))
-        elif isinstance(msg, Ready):
+        elif isinstance(msg, AgentReady):
             agent.state = AgentState.READY
             agent.clock_offset, agent.rtt = msg.clock_offset, msg.rtt
+            agent.notes = msg.notes
             self._on_change()
         elif isinstance(msg, JobFailed):
             self.job_failures.append((agent.name, msg))
+            self._on_change()
+        elif isinstance(msg, JobRefused):
+            self.job_refusals.append((agent.name, msg))
+            self._on_change()
+        elif isinstance(msg, ClientsFailing):
+            if msg.worker in agent.worker_ids:
+                agent.failing.setdefault(msg.worker, msg.error)
+                self._on_change()
+        elif isinstance(msg, RunDoneAck):
+            agent.done_acked = True
             self._on_change()
         elif isinstance(msg, Final):
             if msg.worker in agent.worker_ids:
@@ -230,6 +250,7 @@ class Coordinator:
                 self._on_change()
         elif isinstance(msg, Leaving):
             log.warning("agent %s left: %s", agent.name, msg.reason)
+            self.send(agent, Farewell(reason="recorded"))
             agent.state = AgentState.LEFT
             agent.lost_at = time.time()
             agent.lost_reason = f"left: {msg.reason}"

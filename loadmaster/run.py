@@ -1,8 +1,13 @@
-"""One run, step by step (see ARCHITECTURE.md, "The run"): bind, agents, plan, job,
+"""One run, step by step (docs/architecture.md, "The run"): bind, agents, plan, job,
 READY and HELLO from everyone, START, live blocks, STOP, final totals, report.
 
-Ctrl-C: the first is a graceful STOP; the second an ABORT (at most ``ABORT_WAIT``
-seconds more for totals, the final block marked incomplete). Either way exit 130.
+Signals (SIGINT = Ctrl-C, and SIGTERM, which docker stop, systemd and CI timeouts send)
+only set ``should_exit`` (the first: a graceful STOP, the final block still printed) or
+``force_exit`` (the second: an ABORT, at most ``ABORT_WAIT`` seconds more for totals,
+the block marked incomplete); the run loop acts on them. Exit 130 or 143 after that.
+
+At the end every agent gets RUN_DONE and the master waits (briefly) for each one's
+RUN_DONE_ACK before it closes its socket, so nothing sent before is lost.
 """
 
 from __future__ import annotations
@@ -24,36 +29,26 @@ import zmq.asyncio
 from loadmaster.aggregator import Aggregator
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
-from loadmaster.console import (
-    AgentLine,
-    BlockPrinter,
-    FinalView,
-    LiveView,
-    format_final,
-    format_live,
-)
+from loadmaster.console import AgentLine, BlockPrinter, LiveView, format_final, format_live
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
+from loadmaster.exitcodes import ExitCode, for_signal
 from loadmaster.local_agent import LocalAgent
-from protocol.codec import encode
+from loadmaster.report import RunEnd, final_report
+from protocol.codec import MessageTooLarge, encode
+from protocol.limits import format_size
 from protocol.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
 from protocol.plan import users_of
-from protocol.stats import Totals
 
 log = logging.getLogger("loadmaster")
 START_DELAY = 0.5
 ABORT_WAIT = 2.0
-CLOSE_LINGER_MS = 1000
+RUN_DONE_WAIT = 2.0  # for the agents' RUN_DONE_ACK before the socket closes
+CLOSE_LINGER_MS = 500
 FINAL_MARGIN = 10.0  # beyond run_time + grace + shutdown, before missing totals count as lost
-
-
-class ExitCode:
-    OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    CLIENT_FAILED = 3
-    NOT_ENOUGH_AGENTS = 4
-    AGENT_LOST = 5
-    INTERRUPTED = 130
+# Live blocks are printed this long after a whole second of the run, when that second's
+# deltas have arrived: the block then shows complete seconds only.
+LIVE_DELAY = 0.3
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -77,7 +72,9 @@ class Run:
         self._printer = BlockPrinter(out)
         self.run_id = secrets.token_hex(RUN_ID_LEN // 2)
         self._changed = asyncio.Event()
-        self._interrupts = 0
+        self.should_exit = False  # the first SIGINT/SIGTERM: stop gracefully
+        self.force_exit = False  # the second: abort
+        self._signal: int | None = None  # the first signal, for the exit code
         self._ctx = zmq.asyncio.Context()
         embedded = cfg.agents == 0
         self._local: LocalAgent | None = None
@@ -92,14 +89,18 @@ class Run:
         self._total_workers = 0
         self._crashed: BaseException | None = None
         self._t0 = 0.0
+        self._client_failure: str | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _on_sigint(self) -> None:
-        self._interrupts += 1
-        if self._interrupts == 1:
-            print("\ninterrupted: stopping gracefully (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+    def _on_signal(self, signum: int) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        else:
+            self._signal = signum
+            print(f"\ninterrupted ({signal.Signals(signum).name}): stopping gracefully "
+                  f"(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        self.should_exit = True
         self._changed.set()
 
     def _on_channel_done(self, task: asyncio.Task[None]) -> None:
@@ -113,14 +114,13 @@ class Run:
             raise self._crashed
 
     async def _wait(self, done: Callable[[], bool], timeout: float | None,
-                    tick: float = 0.5) -> bool:
-        """Wait until ``done()`` (True), ``timeout`` (False), or an interrupt (False)."""
+                    interruptible: bool = True, tick: float = 0.5) -> bool:
+        """Wait until ``done()`` (True), ``timeout`` (False), or a signal (False)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        seen = self._interrupts
         while not done():
             self._check_channels()
-            if self._interrupts != seen:
+            if interruptible and self.should_exit:
                 return False
             remaining = tick if deadline is None else min(tick, deadline - loop.time())
             if remaining <= 0:
@@ -130,6 +130,10 @@ class Run:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return True
 
+    def _interrupted(self, when: str) -> RunFailed:
+        assert self._signal is not None
+        return RunFailed(for_signal(self._signal), f"interrupted {when}")
+
     @property
     def _live_agents(self) -> list[AgentRecord]:
         return [a for a in self._agents if not a.gone]
@@ -137,7 +141,8 @@ class Run:
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
         tasks: list[asyncio.Task[None]] = []
         try:
             try:
@@ -162,16 +167,25 @@ class Run:
             await self._wait_ready()
             return await self._load_phase()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.coord.broadcast(RunDone(self.run_id), self._live_agents)
-            self.coord.close(linger_ms=CLOSE_LINGER_MS)  # RunDone and acks still leave
-            if self._local is not None:
-                await loop.run_in_executor(None, self._local.stop)
-            self.agg.close()
-            self._ctx.term()
-            loop.remove_signal_handler(signal.SIGINT)  # only now: cleanup is not interrupted
+            await self._close(tasks)
+            for sig in SIGNALS:  # only now: cleanup is not interrupted
+                loop.remove_signal_handler(sig)
+
+    async def _close(self, tasks: list[asyncio.Task[None]]) -> None:
+        """RUN_DONE to every agent, their acks awaited briefly, then everything closed."""
+        told = [a for a in self.coord.accepted if not a.gone]
+        self.coord.broadcast(RunDone(self.run_id), told)
+        if told and self._crashed is None:
+            await self._wait(lambda: all(a.done_acked or a.gone for a in told), RUN_DONE_WAIT,
+                             interruptible=False)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.coord.close(linger_ms=CLOSE_LINGER_MS)
+        if self._local is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._local.stop)
+        self.agg.close()
+        self._ctx.term()
 
     async def _gather_agents(self) -> None:
         wanted = self.cfg.agents or 1
@@ -184,8 +198,8 @@ class Run:
             return len(self.coord.accepted) >= wanted
 
         if not await self._wait(enough, timeout):
-            if self._interrupts:
-                raise RunFailed(ExitCode.INTERRUPTED, "interrupted while waiting for agents")
+            if self.should_exit:
+                raise self._interrupted("while waiting for agents")
             got = len(self.coord.accepted)
             names = ", ".join(a.name for a in self.coord.accepted) or "none"
             raise RunFailed(ExitCode.NOT_ENOUGH_AGENTS,
@@ -204,11 +218,11 @@ class Run:
         self._total_workers = next_id
         return next_id
 
-    async def _send_jobs(self) -> None:
-        total = self._plan()
+    def _encode_job(self, agent: AgentRecord, total: int) -> list[bytes]:
+        """The agent's JOB frames; RunFailed naming the biggest part when it is too large."""
         cfg = self.cfg
-        jobs = []
-        for agent in self._agents:
+        limit = agent.info.max_message
+        try:
             frames = encode(Job(
                 run_id=self.run_id, host=cfg.host, class_file=self.bundle.class_file,
                 class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
@@ -216,18 +230,31 @@ class Run:
                 stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
                 bundle=self.bundle.files))
             size = len(frames[1])
-            if size > agent.info.max_message:
-                raise RunFailed(ExitCode.USAGE,
-                                f"the job with its bundle is {size} bytes, over agent "
-                                f"{agent.name}'s limit of {agent.info.max_message} bytes: ship "
-                                f"fewer files (files:) or raise loadagent --max-message")
+        except MessageTooLarge as e:
+            frames, size = [], e.size
+        if size <= limit and frames:
+            return frames
+        files = sum(len(f.data) for f in self.bundle.files)
+        raise RunFailed(ExitCode.USAGE,
+                        f"the job is {format_size(size)} (bundle files "
+                        f"{format_size(files)}), over agent {agent.name}'s limit of "
+                        f"{format_size(limit)}: ship fewer files (files:, data files named "
+                        f"in custom keys) or raise loadagent --max-message")
+
+    async def _send_jobs(self) -> None:
+        total = self._plan()
+        jobs = []
+        for agent in self._agents:
+            # off the loop: a bundle of many files takes a while to encode, and heartbeats
+            # must be answered meanwhile
+            frames = await asyncio.to_thread(self._encode_job, agent, total)
             jobs.append((agent, frames))
         for agent, frames in jobs:
             for w in agent.worker_ids:
                 self.agg.expect(agent.name, w)
             self.coord.send(agent, frames)
         log.info("run %s: %d user(s) over %d worker(s) on %d agent(s)", self.run_id,
-                 cfg.users, total, len(self._agents))
+                 self.cfg.users, total, len(self._agents))
 
     def _not_ready(self) -> list[str]:
         """Who the run still waits for before START: READY from agents, HELLO from workers."""
@@ -240,26 +267,35 @@ class Run:
                                f"reached the stats socket (port {self.agg.port})")
         return missing
 
+    def _job_failure(self) -> RunFailed | None:
+        coord = self.coord
+        if coord.job_refusals:
+            agent, refusal = coord.job_refusals[0]
+            return RunFailed(ExitCode.USAGE, f"agent {agent} refused the job: {refusal.error}")
+        if coord.job_failures:
+            agent, failure = coord.job_failures[0]
+            same = sum(f.error == failure.error for _, f in coord.job_failures)
+            also = f"; the same on {same} workers" if same > 1 else ""
+            sep = "\n" if "\n" in failure.error.strip() else " "
+            return RunFailed(ExitCode.CLIENT_FAILED,
+                             f"the client failed before load (agent {agent}, worker "
+                             f"{failure.worker}{also}):{sep}{failure.error.rstrip()}")
+        return None
+
     async def _wait_ready(self) -> None:
         def settled() -> bool:
-            if self.coord.job_failures or any(a.gone or a.lost_workers for a in self._agents):
+            if self.coord.job_failures or self.coord.job_refusals \
+                    or any(a.gone or a.lost_workers for a in self._agents):
                 return True
             return not self._not_ready()
 
         # agent_timeout also bounds the workers' start: import and global_init
         await self._wait(settled, self.cfg.agent_timeout)
         problem: RunFailed | None = None
-        if self._interrupts:
-            problem = RunFailed(ExitCode.INTERRUPTED, "interrupted before the load started")
-        elif self.coord.job_failures:
-            agent, failure = self.coord.job_failures[0]
-            if failure.worker < 0:  # the agent refused the job itself
-                problem = RunFailed(ExitCode.USAGE, f"agent {agent} refused the job: "
-                                                    f"{failure.error}")
-            else:
-                problem = RunFailed(ExitCode.CLIENT_FAILED,
-                                    f"the client failed before load (agent {agent}, worker "
-                                    f"{failure.worker}):\n{failure.error}")
+        if self.should_exit:
+            problem = self._interrupted("before the load started")
+        elif (failure := self._job_failure()) is not None:
+            problem = failure
         elif any(a.gone or a.lost_workers for a in self._agents):
             lost = [f"agent {a.name} ({a.lost_reason})" for a in self._agents if a.gone]
             lost += [f"agent {a.name}, worker {w} ({why})" for a in self._agents
@@ -273,105 +309,94 @@ class Run:
         if problem is not None:
             self.coord.broadcast(Abort("the run cannot start"), self._live_agents)
             raise problem
+        for agent in self._agents:
+            for note in agent.notes:
+                print(f"loadmaster: warning: {note}", file=sys.stderr)
+
+    def _every_client_failing(self) -> str | None:
+        """The error, once every live worker that runs clients said CLIENTS_FAILING."""
+        errors = []
+        for agent in self._live_agents:
+            for w in agent.worker_ids:
+                if users_of(w, self._total_workers, self.cfg.users) == 0:
+                    continue
+                if w not in agent.failing:
+                    return None
+                errors.append(agent.failing[w])
+        return errors[0] if errors else None
 
     async def _load_phase(self) -> int:
         cfg = self.cfg
         self._t0 = time.time() + START_DELAY
         self.coord.broadcast(Start(t0=self._t0), self._agents)
         stop_at = self._t0 + cfg.run_time
-        stop_sent = aborted = False
+        stopping = ""
+        aborted = False
         deadline = stop_at + cfg.stop_grace + max(cfg.stop_grace, 1.0) + FINAL_MARGIN
-        next_print = self._t0 + cfg.print_interval
-        handled = 0
+        next_print = self._t0 + cfg.print_interval + LIVE_DELAY
+        handled = (False, False)
+
+        def stop(why: str, now: float) -> None:
+            nonlocal stopping, deadline
+            if stopping:
+                return
+            self.coord.broadcast(Stop(why), self._live_agents)
+            stopping = f"{why}; calls in flight get up to {cfg.stop_grace:g}s (stop_grace)"
+            deadline = min(deadline, now + cfg.stop_grace + max(cfg.stop_grace, 1.0)
+                           + FINAL_MARGIN)
+
         while not all(a.settled() for a in self._agents):
             self._check_channels()
             now = time.time()
-            if self._interrupts != handled:
-                handled = self._interrupts
-                if handled == 1:
-                    self.coord.broadcast(Stop("interrupted"), self._live_agents)
-                    stop_sent = True
-                    deadline = min(deadline, now + cfg.stop_grace + max(cfg.stop_grace, 1.0)
-                                   + FINAL_MARGIN)
-                else:
+            if (self.should_exit, self.force_exit) != handled:
+                handled = (self.should_exit, self.force_exit)
+                if self.force_exit:
                     self.coord.broadcast(Abort("interrupted twice"), self._live_agents)
                     aborted = True
+                    stopping = "aborting: calls cancelled, waiting for totals"
                     deadline = min(deadline, now + ABORT_WAIT)
-            if not stop_sent and now >= stop_at:
-                self.coord.broadcast(Stop("run_time reached"), self._live_agents)
-                stop_sent = True
+                else:
+                    stop("interrupted", now)
+            if self._client_failure is None and \
+                    (failing := self._every_client_failing()) is not None:
+                self._client_failure = failing
+                print(f"loadmaster: every client fails before doing any I/O: {failing}; "
+                      f"stopping the run", file=sys.stderr, flush=True)
+                stop("every client fails", now)
+            if now >= stop_at:
+                stop("run_time reached", now)
             if now >= next_print:
-                self._printer.live(format_live(self._live_view(now)))
+                self._printer.live(format_live(self._live_view(now, stopping)))
                 next_print += cfg.print_interval * max(1, int((now - next_print)
                                                              / cfg.print_interval) + 1)
             if now >= deadline:
                 break
-            wake = min(next_print, deadline, stop_at if not stop_sent else deadline) - now
+            wake = min(next_print, deadline, stop_at if not stopping else deadline) - now
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
         return self._finish(incomplete=aborted or time.time() >= deadline)
 
-    def _live_view(self, now: float) -> LiveView:
+    def _live_view(self, now: float, stopping: str) -> LiveView:
         elapsed = max(0.0, now - self._t0)
+        # the figures cover the complete seconds whose deltas arrived
+        covered = min(self.agg.latest_interval, int(elapsed)) or elapsed
+        last = int(covered)
         lines = [AgentLine(name=a.name, workers=len(a.worker_ids),
                            clients=self.agg.clients(a.name),
-                           rps=self.agg.current_rps(elapsed, a.name),
+                           rps=self.agg.current_rps(last, a.name)[0],
                            state="ok" if not a.gone else a.state.value)
                  for a in self._agents]
-        return LiveView(run_time=elapsed, users=self.agg.clients(), totals=self.agg.totals,
-                        current_rps=self.agg.current_rps(elapsed), agents=lines,
-                        missed_deltas=self.agg.missed_deltas)
+        rate, window = self.agg.current_rps(last)
+        return LiveView(run_time=covered, users=self.agg.clients(), totals=self.agg.totals,
+                        current_rps=rate, rate_window=window, agents=lines,
+                        missed_deltas=self.agg.missed_deltas, stopping=stopping)
 
     def _finish(self, incomplete: bool) -> int:
-        """Build and print the final block from the final totals; return the exit code."""
-        total = Totals()
-        lines: list[AgentLine] = []
-        notes: list[str] = []
-        run_time = 0.0
-        problems = False
-        for agent in self._agents:
-            agent_totals = Totals()
-            for w in agent.worker_ids:
-                final = agent.finals.get(w)
-                if final is not None:
-                    agent_totals.merge(final.totals)
-                    run_time = max(run_time, final.last_end)
-                    continue
-                problems = True
-                live = self.agg.workers.get((agent.name, w))
-                if live is not None:
-                    agent_totals.merge(live.totals)  # up to its last live delta
-                why = agent.lost_workers.get(w) or (
-                    agent.lost_reason if agent.gone else "no final totals before the deadline")
-                notes.append(f"worker {w} of agent {agent.name}: {why}; counted up to its last "
-                             f"live delta")
-            if agent.gone:
-                problems = True
-                when = (agent.lost_at or time.time()) - self._t0
-                verb = "left" if agent.state is AgentState.LEFT else "LOST"
-                notes.insert(0, f"agent {agent.name} {verb} at {when:.1f}s into the run "
-                                f"({agent.lost_reason})")
-            total.merge(agent_totals)
-            combined = agent_totals.combined()
-            state = "ok" if not agent.gone else (
-                "left" if agent.state is AgentState.LEFT else "LOST")
-            if state == "ok" and any(w not in agent.finals for w in agent.worker_ids):
-                state = "incomplete"
-            lines.append(AgentLine(
-                name=agent.name, workers=len(agent.worker_ids),
-                clients=sum(users_of(w, self._total_workers, self.cfg.users)
-                            for w in agent.worker_ids),
-                rps=combined.ok / run_time if run_time else 0.0,
-                ok=combined.ok, fail=combined.fail, state=state, clock_offset=agent.clock_offset,
-                start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))
-        if run_time == 0.0:
-            run_time = max(0.0, time.time() - self._t0)
-        for line in lines:
-            line.rps = line.ok / run_time if run_time else 0.0
-        self._printer.final(format_final(FinalView(
-            run_time=run_time, users=self.cfg.users, totals=total, agents=lines,
-            missed_deltas=self.agg.missed_deltas, notes=notes, incomplete=incomplete)))
-        if self._interrupts:
-            return ExitCode.INTERRUPTED
-        return ExitCode.AGENT_LOST if problems else ExitCode.OK
+        """Print the final block, built from the final totals; return the exit code."""
+        view, code = final_report(self._agents, self.agg.workers, RunEnd(
+            t0=self._t0, now=time.time(), users=self.cfg.users,
+            total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
+            client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas))
+        self._printer.final(format_final(view))
+        return int(code)

@@ -23,13 +23,14 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
+from protocol.limits import CONTROL_MAX, JOB_MAX, format_size
+
 MAGIC = b"LT"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!2sBB")
 REFUSED_TYPE = 0
-# The last guard: libzmq drops a peer that sends more than this (ZMQ_MAXMSGSIZE).
-DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
-SMALL_MESSAGE = 64 * 1024
+DEFAULT_MAX_MESSAGE = JOB_MAX
+SMALL_MESSAGE = CONTROL_MAX
 
 
 class WireError(ValueError):
@@ -43,6 +44,16 @@ class VersionMismatch(WireError):
         self.ours = ours
         self.msg_type = msg_type
         self.body = body
+
+
+class MessageTooLarge(WireError):
+    """A message we are building is over its type's size limit (protocol/limits.py)."""
+
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        super().__init__(f"{name} of {format_size(size)} is over its limit of "
+                         f"{format_size(limit)}")
+        self.size = size
+        self.limit = limit
 
 
 class Refused(WireError):
@@ -167,7 +178,11 @@ def _check(tp: Any, v: Any, where: str) -> Any:
 
 
 def pack(msg: Message) -> bytes:
-    return msgpack.packb(msg.to_wire(), use_bin_type=True)
+    """The body of ``msg``; MessageTooLarge when it is over its type's MAX_SIZE."""
+    body: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    if len(body) > msg.MAX_SIZE:
+        raise MessageTooLarge(type(msg).__name__, len(body), msg.MAX_SIZE)
+    return body
 
 
 def encode(msg: Message) -> list[bytes]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.codec import DEFAULT_MAX_MESSAGE, Message, WireError
+from protocol.codec import Message, WireError
+from protocol.limits import DELTA_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 from protocol.stats import Totals
 
 RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
@@ -18,8 +19,7 @@ HEARTBEAT = 1.0
 MISSED_BEATS = 3
 # The embedded agent's one-time token travels in its environment, not its command line.
 TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
-DELTA_MAX = 4 * 1024 * 1024
-FINAL_MAX = 16 * 1024 * 1024
+MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load starts
 
 
 def _nonneg(cls: str, **values: float) -> None:
@@ -89,7 +89,7 @@ class Job(Message):
     """M -> A: everything a run needs. Workers get it with an empty bundle."""
 
     TYPE = 5
-    MAX_SIZE = DEFAULT_MAX_MESSAGE
+    MAX_SIZE = JOB_MAX
     run_id: str
     host: str
     class_file: str
@@ -117,25 +117,72 @@ class Job(Message):
             raise WireError("Job.worker_ids must lie in [0, total_workers)")
 
 
+def _check_notes(cls: str, notes: list[str]) -> None:
+    if len(notes) > MAX_NOTES or any(len(n) > 2000 for n in notes):
+        raise WireError(f"{cls}.notes: at most {MAX_NOTES} notes of 2000 characters")
+
+
 @dataclass(frozen=True, slots=True)
-class Ready(Message):
+class AgentReady(Message):
     """A -> M: every worker of the agent imported the client and ran global_init.
 
     Also the agent's estimate of (master clock - its clock), from the heartbeat with the
-    shortest round trip, and that round trip; workers on W -> A pipes send zeros.
+    shortest round trip, and that round trip; and notes for the user (a worker that
+    cannot open a descriptor for each of its clients, say), printed before START.
     """
 
     TYPE = 6
     workers: int
     clock_offset: float
     rtt: float
+    notes: list[str]
+
+    def __post_init__(self) -> None:
+        _check_notes("AgentReady", self.notes)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady(Message):
+    """W -> A: this worker imported the client and ran global_init; notes for the user."""
+
+    TYPE = 19
+    worker: int
+    notes: list[str]
+
+    def __post_init__(self) -> None:
+        _check_notes("WorkerReady", self.notes)
 
 
 @dataclass(frozen=True, slots=True)
 class JobFailed(Message):
-    """W -> A -> M: the client code failed before load (import, global_init)."""
+    """W -> A -> M: the client code failed before load (import, global_init).
+
+    ``error`` is what the user reads: a one-line reason, or the traceback of their code.
+    """
 
     TYPE = 7
+    worker: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobRefused(Message):
+    """A -> M: the agent cannot run the job at all (bad bundle, busy, cannot start)."""
+
+    TYPE = 20
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsFailing(Message):
+    """W -> A -> M: every client of the worker fails the same way before any I/O.
+
+    Sent once, early in the load: every ``init_before_use`` raised, or every call so far
+    raised the same error of a kind raised before any I/O (an invalid URL, say). The
+    master stops the run when every worker with clients says so.
+    """
+
+    TYPE = 21
     worker: int
     error: str
 
@@ -172,10 +219,20 @@ class Final(Message):
     MAX_SIZE = FINAL_MAX
     worker: int
     totals: Totals
-    last_end: float  # seconds from T0 to the end of the worker's last call
-    clients: int
+    # seconds from T0 to the later of the stop and the end of the last call that finished
+    # by itself (a call cancelled when the grace ran out does not count)
+    last_end: float
+    clients: int  # clients that started (init_before_use returned)
     aborted: bool
     start_lag: float  # how late after T0 (its own clock) the worker could start load
+    stopped_at: float  # seconds from T0 to the stop (run_time, STOP or ABORT); 0: never
+    grace: float  # seconds the stop grace lasted: until the last call in flight ended
+    grace_finished: int  # calls in flight at the stop that finished by themselves
+    grace_cancelled: int  # calls in flight at the stop cancelled when the grace ran out
+
+    def __post_init__(self) -> None:
+        _nonneg("Final", clients=self.clients, stopped_at=self.stopped_at, grace=self.grace,
+                grace_finished=self.grace_finished, grace_cancelled=self.grace_cancelled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +262,30 @@ class Leaving(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Farewell(Message):
+    """M -> A: LEAVING is recorded; the agent may close its socket."""
+
+    TYPE = 23
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone(Message):
-    """M -> A: the run is over; go idle and remove the run directory."""
+    """M -> A: the run is over; go idle and remove the run directory.
+
+    The agent answers RUN_DONE_ACK: the master closes its socket only then (or after a
+    short wait), so no message before RUN_DONE is lost when it goes away.
+    """
 
     TYPE = 15
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunDoneAck(Message):
+    """A -> M: RUN_DONE (and everything before it) was read."""
+
+    TYPE = 22
     run_id: str
 
 
@@ -217,7 +294,7 @@ class WorkerJob(Message):
     """A -> W over the pipe: the job, which worker this is, where to publish."""
 
     TYPE = 16
-    MAX_SIZE = DEFAULT_MAX_MESSAGE
+    MAX_SIZE = PIPE_MAX
     job: Job
     worker: int
     agent: str

@@ -21,7 +21,7 @@ from e2e_helpers import (
 )
 
 from protocol.codec import HEADER, MAGIC, PROTOCOL_VERSION, decode, encode
-from protocol.messages import BundleFile, Job, JobFailed, Register, Welcome
+from protocol.messages import BundleFile, Job, JobRefused, Register, Welcome
 
 # The seed's client, posting to <host>/<agent name> so the target counts per agent.
 AGENT_CLIENT = '''
@@ -286,7 +286,7 @@ def test_bundle_over_the_agents_limit_is_refused_before_sending(
     (tmp_path / "big.bin").write_bytes(b"x" * 70_000)
     r = run_master(tmp_path, conf, tag, "--agents", "1", "--bind", f"127.0.0.1:{agents.port}")
     assert r.code == 2, r.stderr
-    assert "over agent small's limit of 65536 bytes" in r.stderr
+    assert "over agent small's limit of 64 KiB" in r.stderr
     assert target.counts()["ok"] == 0
 
 
@@ -351,7 +351,8 @@ def test_master_refuses_an_agent_of_another_protocol_version(tmp_path: Path, tag
         code = proc.wait(30)
         stderr = err.text()
     # the refusal is readable by an agent of any version, and names both versions
-    with pytest.raises(Exception, match="agent speaks protocol version 7, master speaks 1"):
+    with pytest.raises(Exception, match=f"agent speaks protocol version 7, master speaks "
+                                        f"{PROTOCOL_VERSION}"):
         decode(frames)
     assert "refused" in stderr and "protocol version 7" in stderr
     assert code == 4  # and it was not counted as an agent
@@ -377,7 +378,7 @@ def test_agent_refuses_a_bundle_that_leaves_its_run_directory(tag: str, tmp_path
             while True:
                 _, frames = fake.recv(max(0.1, deadline - time.monotonic()))
                 msg = decode(frames)
-                if isinstance(msg, JobFailed):
+                if isinstance(msg, JobRefused):
                     break
             assert "bundle refused" in msg.error and path in msg.error
         assert not Path("/tmp/evil-absolute.py").exists()

@@ -70,7 +70,7 @@ def test_deltas_merge_and_sequence_gaps_are_counted() -> None:
     assert agg.workers[("a", 0)].missed == 1
     assert agg.totals.ok == 4 * 10 + 3 * 5
     assert agg.clients() == 6
-    assert agg.current_rps(2.5) == 15  # interval 1: seq 0 of both workers
+    assert agg.current_rps(1) == (15, 1)  # interval 1: seq 0 of both workers
 
 
 def test_bad_messages_are_dropped_and_the_aggregator_keeps_going() -> None:
@@ -104,8 +104,10 @@ def test_current_rps_uses_complete_intervals_of_the_last_five_seconds() -> None:
     agg.expect("a", 0)
     for k in range(1, 11):  # interval k: 100 * k successes
         agg.handle(encode_stats(TOPIC, delta(0, k - 1, ok=100 * k, interval=k)))
-    # at 10.5 s, intervals 5..9 are complete and arrived: (500+...+900) / 5
-    assert agg.current_rps(10.5) == 700
-    assert agg.current_rps(2.5) == 100  # only interval 1 so far
-    assert agg.current_rps(0.5) == 0
-    assert agg.current_rps(10.5, agent="a") == 700
+    assert agg.latest_interval == 10
+    # through interval 9, the last five: (500+...+900) / 5
+    assert agg.current_rps(9) == (700, 5)
+    assert agg.current_rps(10) == (800, 5)
+    assert agg.current_rps(2) == (150, 2)  # only two complete seconds so far, and it says so
+    assert agg.current_rps(0) == (0, 0)
+    assert agg.current_rps(9, agent="a") == (700, 5)

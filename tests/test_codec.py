@@ -75,17 +75,25 @@ def examples() -> dict[type[Message], Message]:
         m.Heartbeat: m.Heartbeat(sent_at=1.5, echo=0.0),
         m.BundleFile: m.BundleFile(path="a/b.txt", mode=0o755, data=b"\x00\x01" * 10),
         m.Job: job(),
-        m.Ready: m.Ready(workers=4, clock_offset=-0.25, rtt=0.001),
-        m.JobFailed: m.JobFailed(worker=-1, error="Traceback...\nImportError: x"),
+        m.AgentReady: m.AgentReady(workers=4, clock_offset=-0.25, rtt=0.001,
+                                   notes=["agent a, worker 1: 5000 clients need ..."]),
+        m.WorkerReady: m.WorkerReady(worker=1, notes=[]),
+        m.JobFailed: m.JobFailed(worker=2, error="Traceback...\nImportError: x"),
+        m.JobRefused: m.JobRefused(error="agent a: bundle refused: '..' is refused"),
+        m.ClientsFailing: m.ClientsFailing(worker=0,
+                                           error="every call raised HttpInvalidUrl: notaurl"),
         m.Start: m.Start(t0=1_700_000_000.25),
         m.Stop: m.Stop(reason="run time reached"),
         m.Abort: m.Abort(reason="second Ctrl-C"),
         m.Final: m.Final(worker=3, totals=totals(), last_end=12.5, clients=10, aborted=False,
-                           start_lag=0.002),
+                         start_lag=0.002, stopped_at=12.0, grace=0.5, grace_finished=3,
+                         grace_cancelled=1),
         m.FinalAck: m.FinalAck(worker=3),
         m.WorkerLost: m.WorkerLost(worker=2, exitcode=-9, detail="killed"),
         m.Leaving: m.Leaving(reason="SIGTERM"),
         m.RunDone: m.RunDone(run_id=RUN_ID),
+        m.RunDoneAck: m.RunDoneAck(run_id=RUN_ID),
+        m.Farewell: m.Farewell(reason="recorded"),
         m.WorkerJob: m.WorkerJob(job=job(bundle=[]), worker=3, agent="agent-1",
                                  stats_endpoint="tcp://127.0.0.1:5557", run_dir="/tmp/x"),
         m.Hello: m.Hello(agent="agent-1", worker=0),
@@ -171,7 +179,7 @@ def test_expect_names_both_types() -> None:
 # -- versions and refusals -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 255])
 def test_other_version_raises_version_mismatch(version: int) -> None:
     _, body = encode(m.Start(1.0))
     with pytest.raises(VersionMismatch) as info:
@@ -307,9 +315,9 @@ FIELD_CASES: dict[str, Callable[[], list[bytes]]] = {
     "too many fields": lambda: frames_for(m.Start.TYPE, body_of([1.0, 2.0])),
     "map instead of array": lambda: frames_for(m.Start.TYPE, body_of({"t0": 1.0})),
     "scalar body": lambda: frames_for(m.Start.TYPE, body_of(1.0)),
-    "str for int": lambda: replaced(examples()[m.Ready], "workers", "4"),
-    "bool for int": lambda: replaced(examples()[m.Ready], "workers", True),
-    "float for int": lambda: replaced(examples()[m.Ready], "workers", 4.0),
+    "str for int": lambda: replaced(examples()[m.AgentReady], "workers", "4"),
+    "bool for int": lambda: replaced(examples()[m.AgentReady], "workers", True),
+    "float for int": lambda: replaced(examples()[m.AgentReady], "workers", 4.0),
     "int for bool": lambda: replaced(examples()[m.Welcome], "accepted", 1),
     "str for float": lambda: replaced(examples()[m.Start], "t0", "1.0"),
     "bool for float": lambda: replaced(examples()[m.Start], "t0", True),
@@ -374,8 +382,8 @@ def test_invalid_values_raise_wire_error(case: str) -> None:
 
 
 def test_error_names_the_field() -> None:
-    with pytest.raises(WireError, match=r"Ready\.workers"):
-        decode(replaced(examples()[m.Ready], "workers", "4"))
+    with pytest.raises(WireError, match=r"AgentReady\.workers"):
+        decode(replaced(examples()[m.AgentReady], "workers", "4"))
     with pytest.raises(WireError, match="stats_port"):
         decode(replaced(examples()[m.Welcome], "stats_port", 70000))
 

@@ -68,6 +68,7 @@ def test_failing_share_gives_that_fail_count_and_error_table(
 
 CUSTOM_CLIENT = '''
 import json
+import os
 from protocol import ClientProtocol
 
 class Recorder(ClientProtocol):
@@ -76,7 +77,7 @@ class Recorder(ClientProtocol):
         # async global_init is accepted; the data file was shipped with the job
         with open(custom_conf["test_data_file"]) as f:
             data = f.read()
-        with open(custom_conf["report_to"] + f".{id(custom_conf)}", "w") as f:
+        with open(custom_conf["report_to"] + f".{os.getpid()}", "w") as f:
             json.dump({"conf": custom_conf, "data": data}, f)
 
     async def execute(self):
@@ -105,28 +106,56 @@ def test_custom_keys_reach_global_init_and_system_keys_do_not(tmp_path: Path, ta
             assert system_key not in s["conf"]
 
 
-@pytest.mark.parametrize("body, expect", [
+@pytest.mark.parametrize("body, first, expect", [
+    # a syntax error: the user's file, line and caret first; none of our frames
     ("from protocol import ClientProtocol\nclass C(ClientProtocol):\n    async def execute(self)\n",
-     "SyntaxError"),
-    ("import no_such_module_for_the_test\n", "ModuleNotFoundError: No module named "
-                                             "'no_such_module_for_the_test'"),
+     "  File ", "SyntaxError: expected ':'"),
+    # an import or global_init error: the traceback starts at the user's own frame
+    ("import no_such_module_for_the_test\n", "Traceback (most recent call last):\n"
+     '  File "broken.py", line 1', "ModuleNotFoundError: No module named "
+                                    "'no_such_module_for_the_test'"),
     ("from protocol import ClientProtocol\nclass C(ClientProtocol):\n"
      "    @staticmethod\n    def global_init(custom_conf=None):\n"
      "        raise RuntimeError('global_init broke on purpose')\n"
-     "    async def execute(self):\n        return None\n", "global_init broke on purpose"),
+     "    async def execute(self):\n        return None\n",
+     'Traceback (most recent call last):\n  File "broken.py", line 5, in global_init',
+     "global_init broke on purpose"),
 ])
-def test_broken_client_file_exits_non_zero_with_traceback_and_no_load(
-        tmp_path: Path, tag: str, target: Target, body: str, expect: str) -> None:
-    conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 2},
+def test_broken_client_file_exits_3_with_the_users_frames_first_and_no_load(
+        tmp_path: Path, tag: str, target: Target, body: str, first: str, expect: str) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 2, "worker": 2},
                      client=body, client_path="broken.py")
     r = run_master(tmp_path, conf, tag)
     assert r.code == 3, (r.stdout, r.stderr)
-    assert "Traceback" in r.stderr
-    assert expect in r.stderr
+    assert first in r.stderr and expect in r.stderr
     assert "broken.py" in r.stderr
+    for ours in ("loadmaster/", "loadagent/", "importlib", "loadagent-"):
+        assert ours not in r.stderr, r.stderr  # no frame and no run directory of ours
+    assert r.stderr.startswith(first) or f"\n{first}" in r.stderr  # the user's frame first
+    # once, not once per worker
+    assert sum(line.endswith(expect) for line in r.stderr.splitlines()) == 1, r.stderr
     assert "final benchmark" not in r.stdout
     served = target.counts()
     assert (served["ok"], served["fail"]) == (0, 0)
+
+
+@pytest.mark.parametrize("body, expect", [
+    ("x = 1\n", "broken.py: defines no ClientProtocol subclass (write `from protocol import "
+                "ClientProtocol` and subclass it)"),
+    ("from protocol import ClientProtocol\nclass A(ClientProtocol):\n    pass\n"
+     "class B(ClientProtocol):\n    pass\n",
+     "broken.py: defines several ClientProtocol subclasses (A, B); choose one with "
+     "benchmark_class"),
+])
+def test_a_client_file_without_one_subclass_is_one_line_not_a_traceback(
+        tmp_path: Path, tag: str, target: Target, body: str, expect: str) -> None:
+    conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 2, "worker": 2},
+                     client=body, client_path="broken.py")
+    r = run_master(tmp_path, conf, tag)
+    assert r.code == 3, (r.stdout, r.stderr)
+    assert expect in r.stderr
+    assert r.stderr.count(expect) == 1  # once, not once per worker
+    assert "Traceback" not in r.stderr and "loadagent/" not in r.stderr, r.stderr
 
 
 SLOW_CLIENT = '''

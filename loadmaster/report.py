@@ -1,0 +1,108 @@
+"""The final report, built from what the run collected: a pure function, no I/O.
+
+Inputs are the agents' records (their workers' final totals, lost workers, state), the
+live totals of workers that never sent final ones, and how the run ended; the output is
+the final block's view and the exit code. Nothing here sums live deltas of a worker that
+sent its final totals, so the headline is exact whenever every worker reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from loadmaster.aggregator import WorkerLive
+from loadmaster.console import AgentLine, FinalView, GraceView
+from loadmaster.coordinator import AgentRecord, AgentState
+from loadmaster.exitcodes import ExitCode, first, for_signal
+from protocol.plan import users_of
+from protocol.stats import Totals
+
+__all__ = ["RunEnd", "agent_state", "final_report"]
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the run ended, as the run loop saw it."""
+
+    t0: float  # wall clock of T0
+    now: float  # wall clock when the report is built
+    users: int  # planned clients
+    total_workers: int
+    incomplete: bool = False  # aborted, or final totals missing at the deadline
+    signal: int | None = None  # the first SIGINT/SIGTERM that stopped the run
+    client_failure: str | None = None  # every client failed before any I/O
+    missed_deltas: int = 0
+
+
+def agent_state(agent: AgentRecord) -> str:
+    """What the report calls an agent: ok, left, LOST, or incomplete (workers missing)."""
+    if agent.state is AgentState.LEFT:
+        return "left"
+    if agent.state is AgentState.LOST:
+        return "LOST"
+    if any(w not in agent.finals for w in agent.worker_ids):
+        return "incomplete"
+    return "ok"
+
+
+def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], WorkerLive],
+                 end: RunEnd) -> tuple[FinalView, ExitCode]:
+    total = Totals()
+    notes: list[str] = []
+    lines: list[AgentLine] = []
+    last_end = 0.0
+    started = 0
+    grace = GraceView(0.0, 0, 0)
+    for agent in agents:
+        agent_totals = Totals()
+        for w in agent.worker_ids:
+            final = agent.finals.get(w)
+            if final is not None:
+                agent_totals.merge(final.totals)
+                last_end = max(last_end, final.last_end)
+                started += final.clients
+                grace.seconds = max(grace.seconds, final.grace)
+                grace.finished += final.grace_finished
+                grace.cancelled += final.grace_cancelled
+                continue
+            worker = live.get((agent.name, w))
+            if worker is not None:
+                agent_totals.merge(worker.totals)  # up to its last live delta
+                started += worker.clients
+            why = agent.lost_workers.get(w) or (
+                agent.lost_reason if agent.gone else "no final totals before the deadline")
+            notes.append(f"worker {w} of agent {agent.name}: {why}; counted up to its last "
+                         f"live delta")
+        state = agent_state(agent)
+        if agent.gone:
+            when = (agent.lost_at or end.now) - end.t0
+            notes.insert(0, f"agent {agent.name} {state} at {when:.1f}s into the run "
+                            f"({agent.lost_reason})")
+        notes.extend(agent.notes)
+        total.merge(agent_totals)
+        combined = agent_totals.combined()
+        lines.append(AgentLine(
+            name=agent.name, workers=len(agent.worker_ids),
+            clients=sum(users_of(w, end.total_workers, end.users) for w in agent.worker_ids),
+            rps=0.0, ok=combined.ok, fail=combined.fail, state=state,
+            clock_offset=agent.clock_offset,
+            start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))
+    run_time = last_end if last_end > 0 else max(0.0, end.now - end.t0)
+    for line in lines:
+        line.rps = line.ok / run_time if run_time else 0.0
+    if end.client_failure:
+        notes.append(f"stopped early: every client fails before doing any I/O: "
+                     f"{end.client_failure}")
+    view = FinalView(
+        run_time=run_time, users=started, users_planned=end.users, totals=total,
+        agents=lines, missed_deltas=end.missed_deltas, notes=notes,
+        incomplete=end.incomplete, grace=grace)
+    codes = set()
+    if end.client_failure:
+        codes.add(ExitCode.CLIENT_FAILED)
+    if end.signal is not None:
+        codes.add(for_signal(end.signal))
+    if any(state != "ok" for state in (line.state for line in lines)):
+        codes.add(ExitCode.AGENT_LOST)
+    return view, first(codes)
