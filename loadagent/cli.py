@@ -15,6 +15,7 @@ import typer
 from protocol import __version__
 from protocol.codec import DEFAULT_MAX_MESSAGE
 from protocol.cpus import parse_cpu_list
+from protocol.fdlimit import raise_open_files_limit
 from protocol.messages import TOKEN_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -76,6 +77,7 @@ def start(
     if max_message < 64 * 1024:
         raise typer.BadParameter(f"--max-message {max_message}: expected at least 65536")
     cores = len(os.sched_getaffinity(0))
+    raise_open_files_limit()  # a connection per client: the forkserver's workers inherit it
     # Before any socket or loop exists: workers come from this clean forkserver.
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["protocol", "uvloop", "zmq", "loadagent.worker"])

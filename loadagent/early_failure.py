@@ -69,8 +69,8 @@ class EarlyFailure:
         self._init_failed.append(key)
         if self._init_ok == 0 and len(self._init_failed) >= self._needed:
             _, etype, message = max(set(self._init_failed), key=self._init_failed.count)
-            self._decide(f"init_before_use() raised {etype}: {message} (every client "
-                         f"started so far: {len(self._init_failed)})")
+            self._decide(f"init_before_use() raised {etype}: {message} (so did every "
+                         f"client started so far)")
 
     def disarm(self) -> None:
         """A call succeeded, or failed in a way that is data (returned False)."""
@@ -87,8 +87,7 @@ class EarlyFailure:
         self._call_failed += 1
         if self._call_failed >= EVIDENCE:
             _, etype, message = key
-            self._decide(f"every call raised {etype}: {message} (before any I/O: "
-                         f"{self._call_failed} calls)")
+            self._decide(f"{etype}: {message} (every call so far raised it, before any I/O)")
 
     def _decide(self, verdict: str) -> None:
         self.verdict = verdict

@@ -171,8 +171,8 @@ class JobRun:
             log.info("run %s: worker %d: the client failed before load", self.run_id, h.index)
             self._send(msg)
         elif isinstance(msg, ClientsFailing) and msg.worker == h.index:
-            log.warning("run %s: worker %d: every client fails: %s", self.run_id, h.index,
-                        msg.error)
+            log.info("run %s: worker %d: every client fails: %s", self.run_id, h.index,
+                     msg.error)
             self._send(msg)
         elif isinstance(msg, Final) and msg.worker == h.index:
             h.final = msg

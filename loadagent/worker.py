@@ -155,6 +155,11 @@ class Worker:
             self._stopped_at = time.time()
             self._done.set()
 
+    def _run_time_reached(self, t0: float) -> None:
+        self._request_stop()
+        # the loop's timers may fire a millisecond early: the stop is at run_time, not before
+        self._stopped_at = max(self._stopped_at, t0 + self._job.run_time)
+
     def _abort(self, reason: str) -> None:
         if self._abort_reason is None:
             self._abort_reason = reason
@@ -265,7 +270,7 @@ class Worker:
                                           job.hatch_rate))
         if self._abort_reason is not None:
             sched.abort(self._abort_reason)
-        stop_timer = loop.call_at(loop_t0 + job.run_time, self._request_stop)
+        stop_timer = loop.call_at(loop_t0 + job.run_time, self._run_time_reached, t0)
         helpers = [loop.create_task(self._publish_every_second(pub, loop_t0)),
                    loop.create_task(self._probe_lag())]
         try:

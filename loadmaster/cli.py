@@ -19,6 +19,7 @@ from loadmaster.run import Run, RunFailed, RunOptions
 from protocol import __version__
 from protocol.bundle import BundleError
 from protocol.cpus import parse_cpu_list
+from protocol.fdlimit import raise_open_files_limit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed load tester: drives loadagent workers and reports.")
@@ -107,6 +108,7 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
     if cfg.enable_dash:
         print("loadmaster: enable_dash: the live dashboard is not available yet; "
               "statistics are printed here", file=sys.stderr)
+    raise_open_files_limit()  # the stats socket holds a connection per worker
     try:
         return asyncio.run(Run(cfg, bundle, opts, sys.stdout).execute())
     except RunFailed as e:

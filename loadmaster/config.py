@@ -21,37 +21,25 @@ errors from a command-line override name the option: "--users 0: <what is accept
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import yaml
 
+from loadmaster import config_values as values
+from loadmaster.config_values import parse_duration
 from protocol.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 
-DEFAULTS: dict[str, Any] = {
-    "hatch_rate": None,  # = users: every user in the first second
-    "wait_time": 0.0,
-    "worker": "auto",
-    "enable_dash": False,
-    "benchmark_class": "",
-    "print_interval": 2.0,
-    "stop_grace": 10.0,
-    "agents": 0,
-    "agent_timeout": 60.0,
-    "files": [],
-}
-REQUIRED = ("host", "users", "run_time", "benchmark_class_file")
-SYSTEM_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
+__all__ = ["KEYS", "SYSTEM_KEYS", "Config", "ConfigError", "keys_table", "load_config",
+           "parse_duration"]
+
 CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["custom"] whole
-assert CUSTOM_KEY not in SYSTEM_KEYS
 
 # Limits: a config file is at most MAX_CONFIG_BYTES; YAML aliases add at most MAX_ALIAS_VALUES;
 # custom values, packed, at most CUSTOM_CONF_MAX in all (protocol/limits.py).
@@ -60,8 +48,6 @@ MAX_ALIAS_VALUES = 100_000
 LIMITS = (f"config file <= {MAX_CONFIG_BYTES // 2**20} MiB; "
           f"YAML alias expansion <= {MAX_ALIAS_VALUES} values")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_FORMS = 'a duration such as 90, 1.5, "90s", "2m", "1h30m" or "250ms"'
 _ENV = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -69,148 +55,78 @@ class ConfigError(ValueError):
     """A config problem; the message names the file and key and what is accepted."""
 
 
-@dataclass
+def _key(check: Callable[[Any], Any], meaning: str, default: Any = MISSING,
+         shown: str | None = None) -> Any:
+    """A system key: the field's check, its meaning and how its default reads in YAML."""
+    meta = {"check": check, "meaning": meaning,
+            "shown": shown if shown is not None else ("required" if default is MISSING
+                                                      else f"`{default}`")}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
 class Config:
-    path: Path
-    host: str
-    users: int
-    hatch_rate: float
-    run_time: float
-    benchmark_class_file: Path
-    wait_time: float = 0.0
-    worker: int | None = None  # None = auto
-    enable_dash: bool = False
-    benchmark_class: str = ""
-    print_interval: float = 2.0
-    stop_grace: float = 10.0
-    agents: int = 0
-    agent_timeout: float = 60.0
-    files: list[str] = field(default_factory=list)
+    """The run's config. Every system key is declared here, once: its check, default and
+    meaning (the README's key table is generated from these fields: ``keys_table()``)."""
+
+    host: str = _key(values.non_empty_str, "passed to each client's `init_before_use`")
+    users: int = _key(values.positive_int,
+                      "total clients; user k starts at `k / hatch_rate` s on worker `k mod W`, "
+                      "so shares sum exactly and the ramp is the same for any number of workers")
+    hatch_rate: float = _key(values.positive_number,
+                             "clients started per second, over the whole run", default=0.0,
+                             shown="`users`")
+    run_time: float = _key(values.positive_duration,
+                           "how long load runs; then no new calls, in-flight calls get "
+                           "`stop_grace`")
+    benchmark_class_file: Path = _key(values.non_empty_str,
+                                      "the client file (shipped to agents with the job)")
+    benchmark_class: str = _key(values.string, "which `ClientProtocol` subclass to run",
+                                default="", shown="the one subclass")
+    wait_time: float = _key(values.parse_duration, "sleep after each call (a duration)",
+                            default=0.0, shown="`0`")
+    worker: int | None = _key(values.worker_count,
+                              "worker processes per agent; `auto` = the agent's `--workers`, "
+                              "its core count", default=None, shown="`auto`")
+    enable_dash: bool = _key(values.boolean,
+                             "the live dashboard: not available yet (a note is printed)",
+                             default=False, shown="`false`")
+    print_interval: float = _key(values.positive_duration, "period of the live console block",
+                                 default=2.0, shown="`2s`")
+    stop_grace: float = _key(values.parse_duration,
+                             "how long in-flight calls may finish after the stop; then "
+                             "cancelled and counted as failures", default=10.0, shown="`10s`")
+    agents: int = _key(values.non_negative_int,
+                       "`0` = one embedded local agent; N = wait for N `loadagent start` "
+                       "daemons", default=0)
+    agent_timeout: float = _key(values.positive_duration,
+                                "how long to wait for those N agents (exit code 4 otherwise), "
+                                "and then for every worker to be ready (import and "
+                                "`global_init`)", default=60.0, shown="`60s`")
+    files: list[str] = _key(values.path_list,
+                            "extra files and folders to ship to agents, relative paths kept",
+                            default=[], shown="`[]`")
+    # not keys: where the config came from, the keys for global_init, what to warn about
+    path: Path = Path()
     custom: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
-def _seconds(value: Any) -> float:
-    """Seconds from a duration's form, possibly negative; ValueError naming the forms."""
-    bad = ValueError(f"expected {_DURATION_FORMS}")
-    if isinstance(value, bool):
-        raise bad
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past float's range
-            seconds = math.inf
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        sign = -1.0 if text.startswith("-") else 1.0
-        text = text.removeprefix("-")
-        try:
-            seconds = float(text)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-            for m in _DURATION.finditer(text):
-                if m.start() != pos:
-                    break
-                seconds += float(m.group(1)) * unit[m.group(2)]
-                pos = m.end()
-            if pos != len(text) or not text:
-                raise bad from None
-        seconds *= sign
-    else:
-        raise bad
-    if not math.isfinite(seconds):
-        raise bad
-    return seconds
+KEYS = tuple(f for f in fields(Config) if "check" in f.metadata)
+REQUIRED = tuple(f.name for f in KEYS if f.default is MISSING and f.default_factory is MISSING)
+SYSTEM_KEYS = frozenset(f.name for f in KEYS)
+assert CUSTOM_KEY not in SYSTEM_KEYS
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from 90, 1.5, "90", "90s", "2m", "1h30m" or "250ms"; ValueError otherwise.
-
-    The ValueError's text says what is accepted ("expected a duration such as ...",
-    "expected a duration >= 0").
-    """
-    seconds = _seconds(value)
-    if seconds < 0:
-        raise ValueError("expected a duration >= 0")
-    return seconds
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a whole number of at least 0")
-    return value
-
-
-def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not value <= sys.float_info.max:  # inf, nan, and ints float() cannot hold
-        raise ValueError("expected a number above 0")
-    return float(value)
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = _seconds(value)
-    if not seconds > 0:
-        raise ValueError("expected a duration > 0")
-    return seconds
-
-
-def _non_empty_str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a non-empty string")
-    return value.strip()
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _worker(value: Any) -> int | None:
-    if value == "auto" or value is None:
-        return None
-    try:
-        return _positive_int(value)
-    except ValueError:
-        raise ValueError("expected `auto` or a whole number of at least 1") from None
-
-
-def _files(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of file or folder paths")
-    return list(value)
-
-
-_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "host": _non_empty_str,
-    "users": _positive_int,
-    "hatch_rate": _positive_number,
-    "run_time": _positive_duration,
-    "benchmark_class_file": _non_empty_str,
-    "wait_time": parse_duration,
-    "worker": _worker,
-    "enable_dash": _bool,
-    "benchmark_class": _str,
-    "print_interval": _positive_duration,
-    "stop_grace": parse_duration,
-    "agents": _non_negative_int,
-    "agent_timeout": _positive_duration,
-    "files": _files,
-}
+def keys_table() -> str:
+    """The README's table of system keys, in markdown."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{f.name}` | {f.metadata['shown']} | {f.metadata['meaning']} |" for f in KEYS]
+    rows.append(f"| `{CUSTOM_KEY}` | (none) | never read by the system: a mapping under it "
+                f"reaches `global_init` whole, as `custom_conf[\"{CUSTOM_KEY}\"]` |")
+    return "\n".join(rows)
 
 
 def _option(key: str) -> str:
@@ -366,20 +282,17 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
             raise ConfigError(f"{path}: key {key!r} is missing; it is required"
                               f"{_missing_hint(key, raw)}")
     values: dict[str, Any] = {}
-    for key, check in _CHECKS.items():
-        value = merged.get(key)
-        if value is None:  # absent, or present with no value (`files:`)
-            value = DEFAULTS.get(key)
-        if value is None:
-            values[key] = None
+    for f in KEYS:
+        key, value = f.name, merged.get(f.name)
+        if value is None:  # absent, or present with no value (`files:`): the default
             continue
         try:
-            values[key] = check(value)
+            values[key] = f.metadata["check"](value)
         except ValueError as e:
             if key in given:
                 raise ConfigError(f"{_option(key)} {_shown(value)}: {e}") from None
             raise ConfigError(f"{path}: key {key!r}: {e} (got {_short(value)})") from None
-    if values["hatch_rate"] is None:
+    if not values.get("hatch_rate"):
         values["hatch_rate"] = float(values["users"])
     class_file = Path(values["benchmark_class_file"])
     if not class_file.is_absolute():
@@ -419,9 +332,7 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
             f"may hold {format_size(CUSTOM_CONF_MAX)} in all ({format_size(sum(packed.values()))}"
             f" here): ship large data as a file (files:, or a path in a custom key) and read "
             f"it in global_init")
-    names = {f.name for f in fields(Config)}
-    return Config(path=path, custom=custom, warnings=warnings,
-                  **{k: v for k, v in values.items() if k in names})
+    return Config(path=path, custom=custom, warnings=warnings, **values)
 
 
 def _missing_hint(key: str, raw: dict[str, Any]) -> str:

@@ -92,7 +92,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
     if end.client_failure:
-        notes.append(f"stopped early: every client fails before doing any I/O: "
+        notes.append(f"stopped early: every client fails the same way before any I/O: "
                      f"{end.client_failure}")
     view = FinalView(
         run_time=run_time, users=started, users_planned=end.users, totals=total,

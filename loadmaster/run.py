@@ -360,8 +360,8 @@ class Run:
             if self._client_failure is None and \
                     (failing := self._every_client_failing()) is not None:
                 self._client_failure = failing
-                print(f"loadmaster: every client fails before doing any I/O: {failing}; "
-                      f"stopping the run", file=sys.stderr, flush=True)
+                print(f"loadmaster: every client fails the same way before doing any I/O, "
+                      f"so the run stops (exit 3): {failing}", file=sys.stderr, flush=True)
                 stop("every client fails", now)
             if now >= stop_at:
                 stop("run_time reached", now)

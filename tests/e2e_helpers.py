@@ -237,6 +237,18 @@ class LineReader:
                 self._cond.wait(left)
             return "".join(self.lines)
 
+    def wait_for_count(self, needle: str, count: int, timeout: float) -> list[str]:
+        """Wait until ``count`` lines hold ``needle``; returns every line read so far."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while sum(needle in line for line in self.lines) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{needle!r} not seen {count} times within "
+                                         f"{timeout}s; got:\n" + "".join(self.lines))
+                self._cond.wait(left)
+            return [line.rstrip("\n") for line in self.lines]
+
     def text(self, join_timeout: float = 10.0) -> str:
         self._thread.join(join_timeout)
         with self._cond:

@@ -154,6 +154,26 @@ def test_three_agents_exact_totals_split_and_back_to_back_runs(
     assert "run directory removed" in agents.logs["a0"].wait_for("run directory removed", 10)
 
 
+def test_every_run_ends_on_the_agent_with_done_and_no_error(
+        tmp_path: Path, tag: str, target: Target, agents: Agents) -> None:
+    # RUN_DONE is acknowledged before the master closes its socket, so the agent reads
+    # everything the master sent (STOP included) and never takes the end for a loss
+    agents.start("steady")
+    conf = write_job(tmp_path, {"host": target.url, "users": 2, "run_time": 1,
+                                "agent_timeout": 20}, client=AGENT_CLIENT)
+    for _ in range(3):
+        r = run_master(tmp_path, conf, tag, "--agents", "1", "--bind",
+                       f"127.0.0.1:{agents.port}")
+        assert r.code == 0, r.stderr
+    lines = agents.logs["steady"].wait_for_count("run directory removed", 3, 10)
+    runs = [line for line in lines if "job received" in line]
+    assert len(runs) == 3
+    for needle in ("STOP from the master", "done; back to idle", "run directory removed"):
+        assert sum(needle in line for line in lines) == 3, (needle, "\n".join(lines))
+    assert not [line for line in lines if " ERROR " in line or " lost" in line], \
+        "\n".join(lines)
+
+
 def test_master_started_before_the_agents(tmp_path: Path, tag: str, target: Target,
                                           agents: Agents) -> None:
     conf = write_job(tmp_path, {"host": target.url, "users": 4, "run_time": 2,

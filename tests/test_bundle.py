@@ -363,3 +363,64 @@ def test_stale_run_directories_of_dead_agents_are_swept(tmp_path: Path) -> None:
         (d / "client.py").write_text("")
     assert sweep_stale_rundirs(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+# -- warnings for custom values naming files that will not reach the agents ---------------
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_custom_file_outside_the_folder_is_not_shipped_and_warned_about(
+        base: Path, remote: bool) -> None:
+    (base.parent / "outside.json").write_text('{"out": 1}')
+    bundle = build_bundle(base, base / "client.py", [],
+                          {"test_data_file": "../outside.json"}, remote=remote)
+    assert contents(bundle) == {"client.py": b"class C: pass\n"}
+    assert len(bundle.warnings) == 1
+    warning = bundle.warnings[0]
+    assert "'test_data_file'" in warning and "../outside.json" in warning
+    assert "is not shipped" in warning
+
+
+def test_a_custom_link_out_of_the_folder_is_warned_about(base: Path) -> None:
+    (base / "leak.txt").symlink_to(base.parent / "outside" / "secret.txt")
+    bundle = build_bundle(base, base / "client.py", [], {"c": "leak.txt"})
+    assert b"S" not in contents(bundle).values()
+    assert len(bundle.warnings) == 1
+    assert "'c'" in bundle.warnings[0] and "is not shipped" in bundle.warnings[0]
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_absolute_custom_path_is_warned_about_only_for_remote_agents(
+        base: Path, inside: bool) -> None:
+    path = str(base / "data" / "data2.json" if inside
+               else base.parent / "outside" / "secret.txt")
+    local = build_bundle(base, base / "client.py", [], {"test_data_file": path}, remote=False)
+    assert local.warnings == []  # the embedded agent runs here: the path works as it is
+    assert sorted(contents(local)) == ["client.py"]
+    remote = build_bundle(base, base / "client.py", [], {"test_data_file": path}, remote=True)
+    assert sorted(contents(remote)) == ["client.py"]
+    assert len(remote.warnings) == 1
+    warning = remote.warnings[0]
+    assert "'test_data_file'" in warning and path in warning
+    assert "absolute path" in warning and "not shipped" in warning
+
+
+@pytest.mark.parametrize("remote", [False, True])
+@pytest.mark.parametrize("value", ["data/data2.json", "./data/data2.json",
+                                   "data/../data/data2.json"])
+def test_a_relative_custom_file_inside_the_folder_is_shipped_without_warning(
+        base: Path, remote: bool, value: str) -> None:
+    bundle = build_bundle(base, base / "client.py", [], {"test_data_file": value},
+                          remote=remote)
+    assert contents(bundle)["data/data2.json"] == b'{"k": 1}'
+    assert bundle.warnings == []
+
+
+@pytest.mark.parametrize("remote", [False, True])
+@pytest.mark.parametrize("value", ["hello", "./data/nope.json", "../nope.json",
+                                   "/nonexistent/loadtest/data.json", "http://x/y", "data"])
+def test_a_custom_string_naming_no_file_is_neither_shipped_nor_warned_about(
+        base: Path, remote: bool, value: str) -> None:
+    bundle = build_bundle(base, base / "client.py", [], {"greeting": value}, remote=remote)
+    assert sorted(contents(bundle)) == ["client.py"]
+    assert bundle.warnings == []

@@ -561,3 +561,24 @@ def test_custom_mapping_reaches_global_init_whole(base: Path) -> None:
     assert cfg.custom["custom"] == {"users": 5, "run_time": "x", "host": ["a"], "custm": 1}
     assert cfg.warnings == []
     assert "custom" not in SYSTEM_KEYS
+
+
+def test_the_readme_key_table_is_the_declaration() -> None:
+    from loadmaster.config import keys_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- keys:begin -->\n", 1)[1].split("\n<!-- keys:end -->", 1)[0]
+    assert table == keys_table(), (
+        "README.md's key table differs from loadmaster/config.py; paste the output of\n"
+        "python -c 'from loadmaster.config import keys_table; print(keys_table())'")
+
+
+def test_every_system_key_is_declared_once_with_a_check_and_a_meaning() -> None:
+    from dataclasses import fields
+
+    from loadmaster.config import KEYS, REQUIRED
+
+    assert [f.name for f in KEYS] == [f.name for f in fields(Config) if f.name in SYSTEM_KEYS]
+    assert set(REQUIRED) == {"host", "users", "run_time", "benchmark_class_file"}
+    for f in KEYS:
+        assert callable(f.metadata["check"]) and f.metadata["meaning"], f.name

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from loadmaster.console import (
     AgentLine,
     BlockPrinter,
     FinalView,
+    GraceView,
     LiveView,
     format_final,
     format_live,
@@ -96,3 +99,89 @@ def test_plain_text_when_not_a_terminal() -> None:
     printer.live("c")
     printer.final("final")
     assert out.getvalue() == "a\nb\nc\nfinal\n"
+
+
+# -- the error table's limit, users planned, the stop grace, live labels --------------------
+
+
+def error_section(text: str) -> list[str]:
+    """The rows of the error table, without its header."""
+    lines = text.splitlines()
+    start = lines.index("errors:") + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        rows.append(line)
+    return rows
+
+
+def many_errors(distinct: int) -> Totals:
+    """``distinct`` errors, the k-th (1-based) seen k times."""
+    t = Totals()
+    st = t.op("HttpClient")
+    st.record_ok(1_000_000)
+    for k in range(1, distinct + 1):
+        t.add_error(("HttpClient", "ValueError", f"error number {k}"), k)
+        st.fail += k
+    return t
+
+
+def test_more_than_20_errors_show_the_20_most_frequent_and_sum_the_rest() -> None:
+    text = format_final(FinalView(run_time=1.0, users=1, totals=many_errors(25)))
+    rows = error_section(text)
+    assert len(rows) == 21
+    counts = [int(row.split()[0]) for row in rows[:20]]
+    assert counts == list(range(25, 5, -1))  # most frequent first
+    assert rows[0].endswith("error number 25") and rows[19].endswith("error number 6")
+    assert rows[20].split() == ["15", "...", "5", "more", "distinct", "error(s)"]  # 1+2+3+4+5
+
+
+@pytest.mark.parametrize(("distinct", "rows"), [(1, 1), (20, 20), (21, 21)])
+def test_up_to_20_errors_are_all_shown_without_a_summary_line(distinct: int, rows: int) -> None:
+    section = error_section(format_final(FinalView(run_time=1.0, users=1,
+                                                   totals=many_errors(distinct))))
+    assert len(section) == rows
+    more = [row for row in section if "more distinct" in row]
+    if distinct > 20:
+        assert more == [f"  {1:>8}  ... 1 more distinct error(s)"]
+    else:
+        assert more == []
+
+
+@pytest.mark.parametrize(("users", "planned", "shown"), [
+    (8, None, "8"), (8, 8, "8"), (6, 8, "6 (planned 8)"), (0, 8, "0 (planned 8)")])
+def test_users_show_the_planned_number_only_when_it_differs(
+        users: int, planned: int | None, shown: str) -> None:
+    text = format_final(FinalView(run_time=1.0, users=users, totals=totals(),
+                                  users_planned=planned))
+    assert fields(text)["users"] == shown
+
+
+@pytest.mark.parametrize(("grace", "line"), [
+    (None, None),
+    (GraceView(0.0, 0, 0), None),
+    (GraceView(0.8, 0, 0), None),  # nothing was in flight: nothing to say
+    (GraceView(0.25, 3, 0), "stop grace: 0.250 s (not in the run time); calls in flight at "
+                            "the stop: 3 finished, 0 cancelled (counted as failures)"),
+    (GraceView(10.0, 1, 4), "stop grace: 10.000 s (not in the run time); calls in flight at "
+                            "the stop: 1 finished, 4 cancelled (counted as failures)"),
+])
+def test_the_stop_grace_line_appears_only_when_calls_were_in_flight(
+        grace: GraceView | None, line: str | None) -> None:
+    text = format_final(FinalView(run_time=1.0, users=1, totals=totals(), grace=grace))
+    lines = [x for x in text.splitlines() if x.startswith("stop grace")]
+    assert lines == ([line] if line else [])
+
+
+def test_the_live_block_says_the_rate_window_and_that_the_run_is_stopping() -> None:
+    text = format_live(LiveView(run_time=10.0, users=8, totals=totals(), current_rps=9.5,
+                                rate_window=3, stopping="run_time reached; grace 10s"))
+    f = fields(text)
+    assert f["current rps (last 3 s)"] == "9.50"
+    assert "current rps" not in f
+    assert f["stopping"] == "run_time reached; grace 10s"
+    running = fields(format_live(LiveView(run_time=10.0, users=8, totals=totals(),
+                                          current_rps=9.5, rate_window=5)))
+    assert "stopping" not in running
+    assert running["current rps (last 5 s)"] == "9.50"

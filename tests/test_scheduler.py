@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 import uvloop
 
-from loadagent.scheduler import CANCELLED_AT_STOP, RETURNED_FALSE, ClientScheduler
+from loadagent.scheduler import (
+    CANCELLED_AT_STOP,
+    HATCH_BATCH,
+    RETURNED_FALSE,
+    ClientScheduler,
+)
 from protocol.client import ClientProtocol
 from protocol.stats import Totals, bucket_index
 
@@ -173,3 +178,135 @@ def test_a_client_that_cannot_start_is_a_counted_failure(
     run(main)
     assert totals.errors[error] == 4
     assert totals.op(error[0]).fail == 4
+
+
+# -- the stop grace, started clients, hatching many at once --------------------------------
+
+
+class SlowOrIdle(ClientProtocol):
+    """Even clients make 0.2 s calls; odd ones return at once, then sleep ``wait_time``."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        self.slow = SlowOrIdle.made % 2 == 0
+        SlowOrIdle.made += 1
+
+    async def execute(self) -> None:
+        if self.slow:
+            await asyncio.sleep(0.2)
+
+
+def test_grace_counts_the_calls_in_flight_at_the_stop_that_finished() -> None:
+    totals = Totals()
+    SlowOrIdle.made = 0
+    stop_ns = 0
+
+    async def main() -> None:
+        nonlocal stop_ns
+        # a 30 s wait: each odd client is asleep between calls at the stop, not in flight
+        sched = ClientScheduler(SlowOrIdle, "h", 30.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 6)
+        await asyncio.sleep(0.1)
+        assert sched.started == 6
+        stop_ns = time.perf_counter_ns()
+        await sched.stop(5.0)
+        assert sched.grace.finished == 3  # the three slow calls, not the sleeping clients
+        assert sched.grace.cancelled == 0
+        assert 0.02 < sched.grace.seconds < 2.0  # they ended ~0.1 s after the stop
+        # the calls that finished in the grace extend the run up to their end
+        assert sched.last_call_end_ns > stop_ns
+
+    run(main)
+    st = totals.op("SlowOrIdle")
+    assert st.ok == 6 and st.fail == 0
+
+
+class FastThenHang(ClientProtocol):
+    """One quick successful call, then a call that never ends."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute(self) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.Event().wait()
+
+
+def test_calls_hanging_past_the_grace_are_cancelled_and_do_not_extend_the_run() -> None:
+    totals = Totals()
+
+    async def main() -> None:
+        sched = ClientScheduler(FastThenHang, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 4)
+        await asyncio.sleep(0.1)
+        stop_ns = time.perf_counter_ns()
+        await sched.stop(0.3)
+        assert sched.grace.cancelled == 4
+        assert sched.grace.finished == 0
+        assert 0.25 <= sched.grace.seconds < 1.5
+        # the first calls ended before the stop; the cancelled ones do not count
+        assert 0 < sched.last_call_end_ns <= stop_ns
+
+    run(main)
+    st = totals.op("FastThenHang")
+    assert st.ok == 4 and st.fail == 4
+    assert totals.errors[("FastThenHang", *CANCELLED_AT_STOP)] == 4
+
+
+class InitFailsEveryThird(ClientProtocol):
+    made = 0
+
+    def __init__(self) -> None:
+        self.index = InitFailsEveryThird.made
+        InitFailsEveryThird.made += 1
+
+    async def init_before_use(self, host: str) -> None:
+        await asyncio.sleep(0)
+        if self.index % 3 == 0:
+            raise ConnectionRefusedError(f"{host} refused client {self.index}")
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0.01)
+
+
+def test_started_counts_the_clients_whose_init_returned() -> None:
+    totals = Totals()
+    InitFailsEveryThird.made = 0
+
+    async def main() -> None:
+        sched = ClientScheduler(InitFailsEveryThird, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 9)
+        await asyncio.sleep(0.1)
+        assert sched.started == 6  # clients 0, 3 and 6 failed their init
+        assert sched.running == 6
+        await sched.stop(1.0)
+        assert sched.started == 6
+
+    run(main)
+    assert sum(c for (_, etype, _), c in totals.errors.items()
+               if etype == "ConnectionRefusedError") == 3
+
+
+def test_many_clients_due_at_once_are_started_while_the_loop_keeps_turning() -> None:
+    clients = 5_000
+    turns_while_starting = 0
+
+    async def main() -> None:
+        nonlocal turns_while_starting
+        Slow.delay = 30  # started clients wait in their first call: only hatching costs
+        sched = ClientScheduler(Slow, "h", 0.0, Totals())
+        sched.start(asyncio.get_running_loop().time(), [0.0] * clients)
+        # a task that wants the loop as often as it can, like the publisher's timer
+        while sched.started < clients:
+            if sched.started > 0:
+                turns_while_starting += 1
+            await asyncio.sleep(0)
+        await sched.stop(0.0)
+        assert sched.grace.cancelled == clients
+
+    run(main)
+    # started in batches of HATCH_BATCH, the loop turning between them; all at once, the
+    # other task would get no turn between the first client started and the last
+    assert turns_while_starting >= clients // HATCH_BATCH // 2, turns_while_starting
