@@ -287,25 +287,28 @@ class AgentDaemon:
         stats_endpoint = f"tcp://{host}:{welcome.stats_port}"
         self._run_over = False
         loop = asyncio.get_running_loop()
+        # Heartbeats have a task of their own: handling a message may take seconds (a job
+        # of 200,000 files decoded in a thread, a run directory removed), and the master
+        # must hear from us meanwhile.
+        beating = loop.create_task(self._heartbeat())
+        try:
+            return await self._serve_messages(stats_endpoint)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._send(Heartbeat(sent_at=time.time(), echo=0.0))
+            if self._job is not None:
+                self._job.resend_unacked()
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _serve_messages(self, stats_endpoint: str) -> bool:
+        loop = asyncio.get_running_loop()
         last_heard = loop.time()
-        next_beat = loop.time()
         handled = (False, False)
         while True:
-            now = loop.time()
-            if now >= next_beat:
-                self._send(Heartbeat(sent_at=time.time(), echo=0.0))
-                if self._job is not None:
-                    self._job.resend_unacked()
-                next_beat = now + HEARTBEAT
-            if now - last_heard > HEARTBEAT * MISSED_BEATS:
-                if self._run_over and self._job is None:
-                    log.info("master %s gone after its run", self._opts.master)
-                else:
-                    log.error("master %s lost (no heartbeat for %.1fs)", self._opts.master,
-                              now - last_heard)
-                await self._drop_job(Abort("master lost"))
-                self._close_socket()
-                return True
             if (self.should_exit, self.force_exit) != handled:
                 handled = (self.should_exit, self.force_exit)
                 if await self._on_leave_request():
@@ -313,13 +316,22 @@ class AgentDaemon:
             if self._leaving and (self._job is None or self._job.settled):
                 await self._leave()
                 return False
-            wait = min(next_beat, last_heard + HEARTBEAT * MISSED_BEATS) - loop.time()
             # short polls: a signal is acted on within SIGNAL_LATENCY
-            msg = await self._recv(min(max(wait, 0.0) + 0.01, SIGNAL_LATENCY))
-            if msg is None:
-                continue
-            last_heard = loop.time()
-            await self._handle(msg, stats_endpoint)
+            msg = await self._recv(SIGNAL_LATENCY)
+            if msg is not None:
+                last_heard = loop.time()
+                await self._handle(msg, stats_endpoint)
+                continue  # the master is judged only once its queue is read
+            silent = loop.time() - last_heard
+            if silent > HEARTBEAT * MISSED_BEATS:
+                if self._run_over and self._job is None:
+                    log.info("master %s gone after its run", self._opts.master)
+                else:
+                    log.error("master %s lost (no heartbeat for %.1fs)", self._opts.master,
+                              silent)
+                await self._drop_job(Abort("master lost"))
+                self._close_socket()
+                return True
 
     async def _on_leave_request(self) -> bool:
         """should_exit: graceful stop, then leave. force_exit: abort now. True = leave now."""

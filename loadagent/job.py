@@ -153,8 +153,8 @@ class JobRun:
         if isinstance(msg, WorkerReady) and msg.worker == h.index:
             h.ready = True
             h.notes = msg.notes
-            for note in msg.notes:
-                log.warning("run %s: %s", self.run_id, note)
+            for note in msg.notes:  # the master shows them to the user
+                log.info("run %s: %s", self.run_id, note)
             if not self._ready_sent and len(self._workers) == len(self.job.worker_ids) \
                     and all(w.ready for w in self._workers.values()):
                 self._ready_sent = True

@@ -17,25 +17,35 @@ def write_bundle(files: list[BundleFile], root: Path) -> None:
 
     Refuses absolute paths, ``..``, and anything that is not a regular file; files are
     created with O_NOFOLLOW | O_EXCL, so no link can redirect a write outside ``root``.
+    Each folder is made and checked once (a bundle of 200,000 files in 200 folders makes
+    200 checks, not 200,000): a folder checked here stays a real folder, since nothing
+    the bundle writes can replace it.
     """
     root = root.resolve()
+    checked: dict[PurePosixPath, Path] = {}
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     for f in files:
         rel = check_bundle_path(f.path)
         if not 0 <= f.mode <= 0o177777 or stat.S_IFMT(f.mode) not in (0, stat.S_IFREG):
             raise BundleError(f"bundle path {f.path!r}: only regular files are accepted")
-        target = root.joinpath(*rel.parts)
-        parent = _make_folders(root, rel, f.path)
-        if parent.resolve() != parent or not parent.is_relative_to(root):
-            raise BundleError(f"bundle path {f.path!r}: leaves the run directory")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        parent = checked.get(rel.parent)
+        if parent is None:
+            parent = _make_folders(root, rel, f.path)
+            if parent.resolve() != parent or not parent.is_relative_to(root):
+                raise BundleError(f"bundle path {f.path!r}: leaves the run directory")
+            checked[rel.parent] = parent
         try:
-            fd = os.open(target, flags, (f.mode & 0o755) | 0o600)
+            fd = os.open(parent / rel.name, flags, (f.mode & 0o755) | 0o600)
         except FileExistsError:
             raise BundleError(f"bundle path {f.path!r}: listed twice") from None
         except OSError as e:
             raise BundleError(f"bundle path {f.path!r}: cannot be written: {e}") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(f.data)
+        try:
+            view = memoryview(f.data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
 
 def _make_folders(root: Path, rel: PurePosixPath, shown: str) -> Path:

@@ -21,6 +21,7 @@ errors from a command-line override name the option: "--users 0: <what is accept
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import re
 import stat
@@ -206,7 +207,9 @@ def _alias_values(root: yaml.Node) -> int:
 
 def _parse(path: Path, text: str) -> Any:
     """safe_load, but the alias expansion is measured on the node graph before building."""
-    loader = yaml.SafeLoader(text)
+    stream = io.StringIO(text)
+    stream.name = str(path)  # named in YAML's own error messages
+    loader = yaml.SafeLoader(stream)
     try:
         node = loader.get_single_node()
         if node is None:

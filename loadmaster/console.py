@@ -36,6 +36,7 @@ class LiveView:
     missed_deltas: int = 0
     rate_window: int = 0  # complete seconds behind current rps
     stopping: str = ""  # why and how the run is stopping; empty while it runs
+    behind: int = 0  # whole seconds the figures lag the clock (a busy or silent worker)
 
 
 @dataclass
@@ -101,6 +102,9 @@ def format_live(view: LiveView) -> str:
     lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}"), *tail]
     if view.stopping:
         lines.append(_field("stopping", view.stopping))
+    if view.behind >= 2:
+        lines.append(_field("figures late", f"{view.behind} s behind the clock: a worker is "
+                                            f"busy, or its deltas are lost"))
     if len(view.agents) > 1:
         for a in view.agents:
             state = "" if a.state == "ok" else f" [{a.state}]"
@@ -133,15 +137,18 @@ def format_final(view: FinalView) -> str:
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
     if view.grace is not None and (view.grace.finished or view.grace.cancelled):
         g = view.grace
+        failures = " (counted as failures)" if g.cancelled else ""
         lines.append(f"stop grace: {g.seconds:.3f} s (not in the run time); calls in flight at "
-                     f"the stop: {g.finished} finished, {g.cancelled} cancelled (counted as "
-                     f"failures)")
+                     f"the stop: {g.finished} finished, {g.cancelled} cancelled{failures}")
     if view.totals.errors:
         lines.append("errors:")
-        lines.append(f"  {'count':>8}  {'name':<20} {'type':<20} message")
         errors = list(view.totals.iter_errors())
+        # columns as wide as their longest entry shown (at least 20, at most 40)
+        nw = min(40, max(20, *(len(n) for (n, _, _), _ in errors[:ERROR_ROWS])))
+        tw = min(40, max(20, *(len(t) for (_, t, _), _ in errors[:ERROR_ROWS])))
+        lines.append(f"  {'count':>8}  {'name':<{nw}} {'type':<{tw}} message")
         for (name, etype, message), count in errors[:ERROR_ROWS]:
-            lines.append(f"  {count:>8}  {name[:20]:<20} {etype[:20]:<20} {message}")
+            lines.append(f"  {count:>8}  {name[:nw]:<{nw}} {etype[:tw]:<{tw}} {message}")
         rest = errors[ERROR_ROWS:]
         if rest:
             lines.append(f"  {sum(c for _, c in rest):>8}  ... {len(rest)} more distinct "

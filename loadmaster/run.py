@@ -366,7 +366,7 @@ class Run:
             if now >= stop_at:
                 stop("run_time reached", now)
             if now >= next_print:
-                self._printer.live(format_live(self._live_view(now, stopping)))
+                self._print_live(now, stopping)
                 next_print += cfg.print_interval * max(1, int((now - next_print)
                                                              / cfg.print_interval) + 1)
             if now >= deadline:
@@ -377,20 +377,27 @@ class Run:
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
         return self._finish(incomplete=aborted or time.time() >= deadline)
 
-    def _live_view(self, now: float, stopping: str) -> LiveView:
+    def _print_live(self, now: float, stopping: str) -> None:
         elapsed = max(0.0, now - self._t0)
+        if self.agg.latest_interval == 0:  # no complete second has arrived: nothing to show
+            self._printer.live(f"waiting for the first second's figures from the workers "
+                               f"({elapsed:.1f} s since the start)")
+            return
+        self._printer.live(format_live(self._live_view(elapsed, stopping)))
+
+    def _live_view(self, elapsed: float, stopping: str) -> LiveView:
         # the figures cover the complete seconds whose deltas arrived
-        covered = min(self.agg.latest_interval, int(elapsed)) or elapsed
-        last = int(covered)
+        covered = min(self.agg.latest_interval, int(elapsed))
         lines = [AgentLine(name=a.name, workers=len(a.worker_ids),
                            clients=self.agg.clients(a.name),
-                           rps=self.agg.current_rps(last, a.name)[0],
+                           rps=self.agg.current_rps(covered, a.name)[0],
                            state="ok" if not a.gone else a.state.value)
                  for a in self._agents]
-        rate, window = self.agg.current_rps(last)
-        return LiveView(run_time=covered, users=self.agg.clients(), totals=self.agg.totals,
-                        current_rps=rate, rate_window=window, agents=lines,
-                        missed_deltas=self.agg.missed_deltas, stopping=stopping)
+        rate, window = self.agg.current_rps(covered)
+        return LiveView(run_time=float(covered), users=self.agg.clients(),
+                        totals=self.agg.totals, current_rps=rate, rate_window=window,
+                        agents=lines, missed_deltas=self.agg.missed_deltas, stopping=stopping,
+                        behind=0 if stopping else int(elapsed) - covered)
 
     def _finish(self, incomplete: bool) -> int:
         """Print the final block, built from the final totals; return the exit code."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +19,22 @@ from e2e_helpers import (
     Target,
     free_port,
     run_master,
+    start_agent,
     started_master,
     write_job,
 )
 
 from protocol.codec import HEADER, MAGIC, PROTOCOL_VERSION, decode, encode
-from protocol.messages import BundleFile, Job, JobRefused, Register, Welcome
+from protocol.messages import (
+    HEARTBEAT,
+    BundleFile,
+    Heartbeat,
+    Job,
+    JobRefused,
+    Register,
+    RunDone,
+    Welcome,
+)
 
 # The seed's client, posting to <host>/<agent name> so the target counts per agent.
 AGENT_CLIENT = '''
@@ -58,8 +71,6 @@ class Agents:
         self.cwd.mkdir()
 
     def start(self, name: str, *args: str) -> subprocess.Popen[str]:
-        from e2e_helpers import start_agent
-
         proc = start_agent(self.tag, self.master, name, "--workers", "1", *args,
                            env={"TEST_AGENT": name}, cwd=self.cwd)
         self.procs[name] = proc
@@ -406,3 +417,61 @@ def test_agent_refuses_a_bundle_that_leaves_its_run_directory(tag: str, tmp_path
     finally:
         agents.stop_all()
         fake.close()
+
+
+BIG_BUNDLE_FILES = 200_000
+
+
+def test_a_job_of_200k_files_never_pauses_the_agents_heartbeats(
+        tag: str, tmp_path: Path) -> None:
+    # Decoding a job of 200,000 files, writing them and removing its run directory take
+    # seconds; all of it happens off the agent's loop, so it heartbeats every second
+    # throughout (before, a master dropped such an agent after 3 s of silence). The run
+    # directory is on a tmpfs, where the job is written in seconds, not minutes.
+    fake = FakeMaster()
+    agents = Agents(tag, fake.port, tmp_path)
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        proc = start_agent(tag, agents.master, "busy", "--workers", "1",
+                           env={"TMPDIR": str(shm)}, cwd=agents.cwd)
+        agents.procs["busy"] = proc
+        log = agents.logs["busy"] = LineReader(proc.stdout)
+        identity, frames = fake.recv()
+        assert isinstance(decode(frames), Register)
+        fake.sock.send_multipart([identity, *encode(Welcome(
+            accepted=True, reason="", stats_port=free_port(), master_time=time.time()))])
+        bundle = [BundleFile(path="c.py", mode=0o644, data=b"")]
+        bundle += [BundleFile(path=f"d{i // 1000:03}/f{i % 1000:03}", mode=0o644, data=b"x")
+                   for i in range(BIG_BUNDLE_FILES)]
+        job = Job(run_id="0123456789abcdef", host="h", class_file="c.py", class_name="",
+                  custom_conf={}, users=1, hatch_rate=1, run_time=1, wait_time=0,
+                  stop_grace=0, total_workers=1, worker_ids=[0], bundle=bundle)
+        fake.sock.send_multipart([identity, *encode(job)])
+        sent: list[float] = []  # the agent's own clock when it sent each heartbeat
+
+        def serve_until(needle: str, timeout: float) -> None:
+            """Answer the agent as a master would (heartbeat echoes), noting each beat."""
+            deadline = time.monotonic() + timeout
+            while needle not in log.text(0):
+                assert time.monotonic() < deadline, log.text(0)
+                if not fake.sock.poll(100):
+                    continue
+                who, *frames = fake.sock.recv_multipart()
+                msg = decode(frames)
+                if isinstance(msg, Heartbeat):
+                    sent.append(msg.sent_at)
+                    fake.sock.send_multipart([who, *encode(Heartbeat(
+                        sent_at=time.time(), echo=msg.sent_at))])
+
+        # the client file is empty: its worker fails before load, as this test needs none
+        serve_until("failed before load", 120)
+        fake.sock.send_multipart([identity, *encode(RunDone(run_id=job.run_id))])
+        serve_until("run directory removed", 60)
+        gaps = [b - a for a, b in itertools.pairwise(sent)]
+        # a beat every HEARTBEAT seconds; never a missed one (before: gaps of 2.2 s and more)
+        assert len(sent) > 3 and max(gaps) < 2 * HEARTBEAT, gaps
+        assert not list(shm.glob(f"loadagent-*-{job.run_id}-*"))
+    finally:
+        agents.stop_all()
+        fake.close()
+        shutil.rmtree(shm, ignore_errors=True)
