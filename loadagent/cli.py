@@ -16,6 +16,7 @@ from protocol import __version__
 from protocol.codec import DEFAULT_MAX_MESSAGE
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
+from protocol.limits import JOB_MAX, JOB_MIN
 from protocol.messages import TOKEN_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -50,7 +51,7 @@ def start(
         help="Pin this agent and its workers to these CPUs, e.g. 0,2-3.",
         show_default="all this process may use")] = "",
     max_message: Annotated[int, typer.Option(
-        help="Largest job (bundle included) this agent accepts, in bytes; at least 65536.")]
+        help="Largest job (bundle included) this agent accepts, in bytes: 65536 to 67108864.")]
     = DEFAULT_MAX_MESSAGE,
     embedded: Annotated[bool, typer.Option(hidden=True)] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -74,8 +75,9 @@ def start(
     token = os.environ.pop(TOKEN_ENV, "")  # before the forkserver copies the environment
     if not 0 <= workers <= 4096:
         raise typer.BadParameter(f"--workers {workers}: expected 1 to 4096 (0: one per core)")
-    if max_message < 64 * 1024:
-        raise typer.BadParameter(f"--max-message {max_message}: expected at least 65536")
+    if not JOB_MIN <= max_message <= JOB_MAX:
+        raise typer.BadParameter(f"--max-message {max_message}: expected {JOB_MIN} to {JOB_MAX} "
+                                 f"(64 KiB to 64 MiB)")
     cores = len(os.sched_getaffinity(0))
     raise_open_files_limit()  # a connection per client: the forkserver's workers inherit it
     # Before any socket or loop exists: workers come from this clean forkserver.

@@ -291,11 +291,19 @@ class AgentDaemon:
         # of 200,000 files decoded in a thread, a run directory removed), and the master
         # must hear from us meanwhile.
         beating = loop.create_task(self._heartbeat())
+        beating.add_done_callback(self._on_heartbeat_done)
         try:
             return await self._serve_messages(stats_endpoint)
         finally:
             beating.cancel()
             await asyncio.gather(beating, return_exceptions=True)
+
+    def _on_heartbeat_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # ours, never expected: say so and stop, rather than go silent and be "lost"
+            log.error("heartbeats stopped: %r", task.exception())
+            self.should_exit = self.force_exit = True
+            self._wake.set()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -352,7 +360,7 @@ class AgentDaemon:
         self._send(Leaving(reason="agent shut down by a signal"))
         deadline = asyncio.get_running_loop().time() + LEAVE_WAIT
         while (left := deadline - asyncio.get_running_loop().time()) > 0:
-            msg = await self._recv(left)
+            msg = await self._recv(min(left, SIGNAL_LATENCY))
             if isinstance(msg, Farewell):
                 break
         self._sock.close(linger=LEAVE_LINGER_MS)

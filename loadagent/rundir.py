@@ -37,7 +37,8 @@ def write_bundle(files: list[BundleFile], root: Path) -> None:
         try:
             fd = os.open(parent / rel.name, flags, (f.mode & 0o755) | 0o600)
         except FileExistsError:
-            raise BundleError(f"bundle path {f.path!r}: listed twice") from None
+            raise BundleError(f"bundle path {f.path!r}: already in the bundle, as a file or "
+                              f"a folder") from None
         except OSError as e:
             raise BundleError(f"bundle path {f.path!r}: cannot be written: {e}") from None
         try:

@@ -143,7 +143,9 @@ class ClientScheduler:
         task = asyncio.current_task()
         assert task is not None
         idle = self._idle
-        early = self._early
+        # until this client's first success, the early-failure watch may still be armed;
+        # a local flag, so the loop pays a fast local test per call, not an attribute read
+        watching = self._early.armed
         n = 0
         t0 = clock()
         ended = 0  # the end of this client's last call that finished by itself
@@ -177,8 +179,9 @@ class ClientScheduler:
                         s = dt.bit_length() - 8
                         i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
                         counts[i] = counts.get(i, 0) + 1
-                    if early.armed:
-                        early.disarm()
+                    if watching:
+                        self._early.disarm()
+                        watching = False
                     t0 = t1
                 ended = t0
                 if self._stopping:  # this call was in flight at the stop

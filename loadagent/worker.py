@@ -156,6 +156,8 @@ class Worker:
             self._done.set()
 
     def _run_time_reached(self, t0: float) -> None:
+        if self._done is not None and self._done.is_set():
+            return  # stopped earlier (STOP, ABORT): that moment stands
         self._request_stop()
         # the loop's timers may fire a millisecond early: the stop is at run_time, not before
         self._stopped_at = max(self._stopped_at, t0 + self._job.run_time)

@@ -36,6 +36,7 @@ class WorkerLive:
     next_seq: int = 0
     missed: int = 0
     clients: int = 0
+    interval: int = 0  # the latest interval it reported
     cpu_seconds: float = 0.0
     loop_lag: float = 0.0
 
@@ -116,6 +117,7 @@ class Aggregator:
         w.missed += d.seq - w.next_seq
         w.next_seq = d.seq + 1
         w.clients = d.clients
+        w.interval = max(w.interval, d.interval)
         w.cpu_seconds += d.cpu_seconds
         w.loop_lag = d.loop_lag
         w.totals.merge(d.totals)

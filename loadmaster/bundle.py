@@ -115,16 +115,19 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _not_shipped(base: Path, key: str, value: str, remote: bool) -> str | None:
-    """Why the file a custom value names will not reach the workers, or None."""
+def _custom_file(base: Path, key: str, value: str, remote: bool) -> Path | str | None:
+    """What to do with a custom value: the file to ship (a Path), why a file it names
+    will not reach the workers (a str), or None (not a file, or fine where it is)."""
     if os.path.isabs(value):
         if not remote or not _is_file(Path(value)):
             return None  # the embedded agent runs here: an absolute path works as it is
         return (f"custom key {key!r}: {value} is an absolute path, so it is not shipped; "
                 f"each agent must have its own copy at that path")
     candidate = base / value
-    if not _is_file(candidate) or candidate.resolve().is_relative_to(base):
+    if not _is_file(candidate):
         return None
+    if candidate.resolve().is_relative_to(base):
+        return Path(value)
     return (f"custom key {key!r}: {value} is outside the current folder {base} (or links "
             f"out of it), so it is not shipped; global_init will look for it at {value} "
             f"relative to each agent's run directory, where it is missing. Move it under "
@@ -152,11 +155,11 @@ def build_bundle(base: Path, class_file: Path, files: list[str],
         # the seed's `test_data_file: ./data/data2.json`: relative paths to existing files
         if not isinstance(value, str) or not value or len(value) >= 4096 or "\n" in value:
             continue
-        why = _not_shipped(builder.base, key, value, remote)
-        if why is not None:
-            warnings.append(why)
-        elif not os.path.isabs(value) and _is_file(builder.base / value):
-            builder.add_file(Path(value), f"custom key {key!r}:")
+        found = _custom_file(builder.base, key, value, remote)
+        if isinstance(found, Path):
+            builder.add_file(found, f"custom key {key!r}:")
+        elif found is not None:
+            warnings.append(found)
     bundle = builder.build()
     bundle.class_file = class_rel
     bundle.warnings = warnings

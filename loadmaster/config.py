@@ -12,7 +12,9 @@ and mappings, system and custom keys alike; not in mapping keys, not in command-
 overrides) is replaced by the environment variable NAME, which must be set (an unset
 name is a ConfigError naming the file and the key). NAME is ``[A-Za-z_][A-Za-z0-9_]*``;
 ``$${`` is a literal ``${``; a lone ``$`` or ``$NAME`` without braces stays as it is.
-A substituted value is a string (``users: ${USERS}`` gives the string "5", not 5).
+A value that is one ``${NAME}`` and nothing else is read as a YAML scalar, as if written
+in the file (``users: ${USERS}`` with USERS=5 gives 5, not "5"); inside a longer string
+the text is put in as it is.
 
 Errors from the file read "<file>: key '<key>': <what is accepted> (got <value>)";
 errors from a command-line override name the option: "--users 0: <what is accepted>".
@@ -46,8 +48,6 @@ CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["cu
 # custom values, packed, at most CUSTOM_CONF_MAX in all (protocol/limits.py).
 MAX_CONFIG_BYTES = CONFIG_FILE_MAX
 MAX_ALIAS_VALUES = 100_000
-LIMITS = (f"config file <= {MAX_CONFIG_BYTES // 2**20} MiB; "
-          f"YAML alias expansion <= {MAX_ALIAS_VALUES} values")
 
 _ENV = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -235,6 +235,15 @@ def _parse(path: Path, text: str) -> Any:
         loader.dispose()
 
 
+def _scalar(text: str) -> bool | int | float | None:
+    """``text`` as YAML reads a number or a boolean; None when it is anything else."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, bool | int | float) else None
+
+
 def _substitute(path: Path, where: str, value: Any) -> Any:
     """``value`` with ``${NAME}`` in its strings taken from the environment."""
     if isinstance(value, str):
@@ -246,7 +255,13 @@ def _substitute(path: Path, where: str, value: Any) -> Any:
                 raise ConfigError(f"{path}: key {where!r}: ${{{m.group(2)}}} is not set in "
                                   f"the environment")
             return found
-        return _ENV.sub(env, value)
+        text = _ENV.sub(env, value)
+        whole = _ENV.fullmatch(value)
+        if whole is not None and whole.group(2):
+            scalar = _scalar(text)
+            if scalar is not None:
+                return scalar
+        return text
     if isinstance(value, list):
         return [_substitute(path, f"{where}[{i}]", v) for i, v in enumerate(value)]
     if isinstance(value, dict):

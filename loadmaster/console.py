@@ -137,9 +137,10 @@ def format_final(view: FinalView) -> str:
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
     if view.grace is not None and (view.grace.finished or view.grace.cancelled):
         g = view.grace
-        failures = " (counted as failures)" if g.cancelled else ""
-        lines.append(f"stop grace: {g.seconds:.3f} s (not in the run time); calls in flight at "
-                     f"the stop: {g.finished} finished, {g.cancelled} cancelled{failures}")
+        cancelled = (" (failures; a cancelled call does not extend the run time)"
+                     if g.cancelled else "")
+        lines.append(f"stop grace: {g.seconds:.3f} s; calls in flight at the stop: "
+                     f"{g.finished} finished, {g.cancelled} cancelled{cancelled}")
     if view.totals.errors:
         lines.append("errors:")
         errors = list(view.totals.iter_errors())

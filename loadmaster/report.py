@@ -92,8 +92,8 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
     if end.client_failure:
-        notes.append(f"stopped early: every client fails the same way before any I/O: "
-                     f"{end.client_failure}")
+        notes.append("stopped early: every client failed the same way before any I/O (the "
+                     "error is in the table above)")
     view = FinalView(
         run_time=run_time, users=started, users_planned=end.users, totals=total,
         agents=lines, missed_deltas=end.missed_deltas, notes=notes,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+import msgpack
 import zmq
 import zmq.asyncio
 
@@ -99,7 +100,7 @@ class Run:
         else:
             self._signal = signum
             print(f"\ninterrupted ({signal.Signals(signum).name}): stopping gracefully "
-                  f"(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+                  f"(Ctrl-C or SIGTERM again to abort)", file=sys.stderr, flush=True)
         self.should_exit = True
         self._changed.set()
 
@@ -173,11 +174,12 @@ class Run:
 
     async def _close(self, tasks: list[asyncio.Task[None]]) -> None:
         """RUN_DONE to every agent, their acks awaited briefly, then everything closed."""
-        told = [a for a in self.coord.accepted if not a.gone]
+        told = self.coord.accepted
         self.coord.broadcast(RunDone(self.run_id), told)
         if told and self._crashed is None:
-            await self._wait(lambda: all(a.done_acked or a.gone for a in told), RUN_DONE_WAIT,
-                             interruptible=False)
+            with contextlib.suppress(Exception):  # a channel that crashes now: still close
+                await self._wait(lambda: all(a.done_acked or a.gone for a in told),
+                                 RUN_DONE_WAIT, interruptible=False)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -218,43 +220,52 @@ class Run:
         self._total_workers = next_id
         return next_id
 
-    def _encode_job(self, agent: AgentRecord, total: int) -> list[bytes]:
-        """The agent's JOB frames; RunFailed naming the biggest part when it is too large."""
+    def _job_frames(self, agent: AgentRecord, total: int) -> list[bytes]:
         cfg = self.cfg
-        limit = agent.info.max_message
-        try:
-            frames = encode(Job(
-                run_id=self.run_id, host=cfg.host, class_file=self.bundle.class_file,
-                class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
-                hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
-                stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
-                bundle=self.bundle.files))
-            size = len(frames[1])
-        except MessageTooLarge as e:
-            frames, size = [], e.size
-        if size <= limit and frames:
-            return frames
+        return encode(Job(
+            run_id=self.run_id, host=cfg.host, class_file=self.bundle.class_file,
+            class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
+            hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
+            stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
+            bundle=self.bundle.files))
+
+    def _too_large(self, agent: AgentRecord, size: int) -> RunFailed:
         files = sum(len(f.data) for f in self.bundle.files)
-        raise RunFailed(ExitCode.USAGE,
-                        f"the job is {format_size(size)} (bundle files "
-                        f"{format_size(files)}), over agent {agent.name}'s limit of "
-                        f"{format_size(limit)}: ship fewer files (files:, data files named "
-                        f"in custom keys) or raise loadagent --max-message")
+        return RunFailed(ExitCode.USAGE,
+                         f"the job is {format_size(size)} (bundle files {format_size(files)}), "
+                         f"over agent {agent.name}'s limit of "
+                         f"{format_size(agent.info.max_message)}: ship fewer files (files:, "
+                         f"data files named in custom keys) or raise loadagent --max-message")
 
     async def _send_jobs(self) -> None:
+        """Every agent's JOB, each checked against its agent's limit before any is sent.
+
+        The jobs differ only in their worker ids, so one encoding gives every size; then
+        they are encoded and sent one at a time (a big bundle is held once, not once per
+        agent), off the loop, so heartbeats are answered meanwhile.
+        """
         total = self._plan()
-        jobs = []
-        for agent in self._agents:
-            # off the loop: a bundle of many files takes a while to encode, and heartbeats
-            # must be answered meanwhile
-            frames = await asyncio.to_thread(self._encode_job, agent, total)
-            jobs.append((agent, frames))
-        for agent, frames in jobs:
+        agents = self._agents
+        try:
+            frames: list[bytes] | None = await asyncio.to_thread(
+                self._job_frames, agents[0], total)
+        except MessageTooLarge as e:
+            raise self._too_large(agents[0], e.size) from None
+        assert frames is not None
+        common = len(frames[1]) - len(msgpack.packb(agents[0].worker_ids))
+        for agent in agents:
+            size = common + len(msgpack.packb(agent.worker_ids))
+            if size > agent.info.max_message:
+                raise self._too_large(agent, size)
+        for agent in agents:
+            if frames is None:
+                frames = await asyncio.to_thread(self._job_frames, agent, total)
             for w in agent.worker_ids:
                 self.agg.expect(agent.name, w)
             self.coord.send(agent, frames)
+            frames = None
         log.info("run %s: %d user(s) over %d worker(s) on %d agent(s)", self.run_id,
-                 self.cfg.users, total, len(self._agents))
+                 self.cfg.users, total, len(agents))
 
     def _not_ready(self) -> list[str]:
         """Who the run still waits for before START: READY from agents, HELLO from workers."""
@@ -377,17 +388,24 @@ class Run:
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
         return self._finish(incomplete=aborted or time.time() >= deadline)
 
+    def _covered(self, elapsed: float) -> int:
+        """The last whole second every worker still running has reported."""
+        running = [self.agg.workers[(a.name, w)].interval for a in self._live_agents
+                   for w in a.worker_ids if w not in a.finals and w not in a.lost_workers
+                   and (a.name, w) in self.agg.workers]
+        return min(min(running, default=self.agg.latest_interval), int(elapsed))
+
     def _print_live(self, now: float, stopping: str) -> None:
         elapsed = max(0.0, now - self._t0)
-        if self.agg.latest_interval == 0:  # no complete second has arrived: nothing to show
+        covered = self._covered(elapsed)
+        if covered == 0:  # no whole second has arrived from every worker: nothing to show
             self._printer.live(f"waiting for the first second's figures from the workers "
                                f"({elapsed:.1f} s since the start)")
             return
-        self._printer.live(format_live(self._live_view(elapsed, stopping)))
+        self._printer.live(format_live(self._live_view(elapsed, covered, stopping)))
 
-    def _live_view(self, elapsed: float, stopping: str) -> LiveView:
+    def _live_view(self, elapsed: float, covered: int, stopping: str) -> LiveView:
         # the figures cover the complete seconds whose deltas arrived
-        covered = min(self.agg.latest_interval, int(elapsed))
         lines = [AgentLine(name=a.name, workers=len(a.worker_ids),
                            clients=self.agg.clients(a.name),
                            rps=self.agg.current_rps(covered, a.name)[0],

@@ -11,6 +11,7 @@ connection of a peer that sends more.
 | --- | --- | --- |
 | CONTROL_MAX | 64 KiB | a small control message: REGISTER, heartbeats, STOP, notes |
 | ERROR_TEXT_MAX | 20,000 characters | a traceback in JOB_FAILED |
+| ERROR_MESSAGE_MAX | 128 KiB | a message carrying such a text (4 bytes a character at most) |
 | CUSTOM_CONF_MAX | 16 MiB | a config's custom values, packed, in all |
 | JOB_MAX | 64 MiB | a job with its bundle: the default of ``loadagent --max-message`` |
 | JOB_MIN | 64 KiB | the smallest ``--max-message`` an agent accepts |
@@ -28,6 +29,7 @@ MIB = 1024 * KIB
 
 CONTROL_MAX = 64 * KIB
 ERROR_TEXT_MAX = 20_000
+ERROR_MESSAGE_MAX = 128 * KIB
 CUSTOM_CONF_MAX = 16 * MIB
 JOB_MAX = 64 * MIB
 JOB_MIN = 64 * KIB
@@ -45,6 +47,7 @@ __all__ = [
     "CONTROL_MAX",
     "CUSTOM_CONF_MAX",
     "DELTA_MAX",
+    "ERROR_MESSAGE_MAX",
     "ERROR_TEXT_MAX",
     "FINAL_MAX",
     "JOB_MAX",

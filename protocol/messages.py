@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.codec import Message, WireError
-from protocol.limits import DELTA_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
+from protocol.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 from protocol.stats import Totals
 
 RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
@@ -161,6 +161,7 @@ class JobFailed(Message):
     """
 
     TYPE = 7
+    MAX_SIZE = ERROR_MESSAGE_MAX
     worker: int
     error: str
 
@@ -170,6 +171,7 @@ class JobRefused(Message):
     """A -> M: the agent cannot run the job at all (bad bundle, busy, cannot start)."""
 
     TYPE = 20
+    MAX_SIZE = ERROR_MESSAGE_MAX
     error: str
 
 
@@ -183,6 +185,7 @@ class ClientsFailing(Message):
     """
 
     TYPE = 21
+    MAX_SIZE = ERROR_MESSAGE_MAX
     worker: int
     error: str
 

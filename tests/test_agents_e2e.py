@@ -428,6 +428,14 @@ def test_a_job_of_200k_files_never_pauses_the_agents_heartbeats(
     # seconds; all of it happens off the agent's loop, so it heartbeats every second
     # throughout (before, a master dropped such an agent after 3 s of silence). The run
     # directory is on a tmpfs, where the job is written in seconds, not minutes.
+    # built before the agent starts: the test answers heartbeats only in serve_until
+    bundle = [BundleFile(path="c.py", mode=0o644, data=b"")]
+    bundle += [BundleFile(path=f"d{i // 1000:03}/f{i % 1000:03}", mode=0o644, data=b"x")
+               for i in range(BIG_BUNDLE_FILES)]
+    job = Job(run_id="0123456789abcdef", host="h", class_file="c.py", class_name="",
+              custom_conf={}, users=1, hatch_rate=1, run_time=1, wait_time=0,
+              stop_grace=0, total_workers=1, worker_ids=[0], bundle=bundle)
+    job_frames = encode(job)
     fake = FakeMaster()
     agents = Agents(tag, fake.port, tmp_path)
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
@@ -440,13 +448,7 @@ def test_a_job_of_200k_files_never_pauses_the_agents_heartbeats(
         assert isinstance(decode(frames), Register)
         fake.sock.send_multipart([identity, *encode(Welcome(
             accepted=True, reason="", stats_port=free_port(), master_time=time.time()))])
-        bundle = [BundleFile(path="c.py", mode=0o644, data=b"")]
-        bundle += [BundleFile(path=f"d{i // 1000:03}/f{i % 1000:03}", mode=0o644, data=b"x")
-                   for i in range(BIG_BUNDLE_FILES)]
-        job = Job(run_id="0123456789abcdef", host="h", class_file="c.py", class_name="",
-                  custom_conf={}, users=1, hatch_rate=1, run_time=1, wait_time=0,
-                  stop_grace=0, total_workers=1, worker_ids=[0], bundle=bundle)
-        fake.sock.send_multipart([identity, *encode(job)])
+        fake.sock.send_multipart([identity, *job_frames])
         sent: list[float] = []  # the agent's own clock when it sent each heartbeat
 
         def serve_until(needle: str, timeout: float) -> None:

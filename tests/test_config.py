@@ -448,6 +448,22 @@ def test_env_names_are_substituted_in_every_string_value(
     assert cfg.custom["blank"] == "xy"
 
 
+def test_a_whole_env_value_reads_as_the_number_or_boolean_it_holds(
+        base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_USERS", "5")
+    monkeypatch.setenv("LT_RATE", "2.5")
+    monkeypatch.setenv("LT_DASH", "false")
+    monkeypatch.setenv("LT_PORT", "8080")
+    text = (with_key("users", "${LT_USERS}").replace("hatch_rate: 2", "hatch_rate: ${LT_RATE}")
+            .replace("enable_dash: false", "enable_dash: ${LT_DASH}")
+            + "port: ${LT_PORT}\nlabel: 'port ${LT_PORT}'\nname: ${LT_DASH}x\n")
+    cfg = load(base, text)
+    assert (cfg.users, cfg.hatch_rate, cfg.enable_dash) == (5, 2.5, False)
+    assert cfg.custom["port"] == 8080
+    # inside a longer string the text goes in as it is
+    assert cfg.custom["label"] == "port 8080" and cfg.custom["name"] == "falsex"
+
+
 @pytest.mark.parametrize(("yaml_text", "key"), [
     ("api_token: ${LT_UNSET}\n", "api_token"),
     ("db: {user: x, password: 'pw-${LT_UNSET}'}\n", "db.password"),

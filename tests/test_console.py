@@ -162,10 +162,11 @@ def test_users_show_the_planned_number_only_when_it_differs(
     (None, None),
     (GraceView(0.0, 0, 0), None),
     (GraceView(0.8, 0, 0), None),  # nothing was in flight: nothing to say
-    (GraceView(0.25, 3, 0), "stop grace: 0.250 s (not in the run time); calls in flight at "
-                            "the stop: 3 finished, 0 cancelled"),
-    (GraceView(10.0, 1, 4), "stop grace: 10.000 s (not in the run time); calls in flight at "
-                            "the stop: 1 finished, 4 cancelled (counted as failures)"),
+    (GraceView(0.25, 3, 0), "stop grace: 0.250 s; calls in flight at the stop: 3 finished, "
+                            "0 cancelled"),
+    (GraceView(10.0, 1, 4), "stop grace: 10.000 s; calls in flight at the stop: 1 finished, "
+                            "4 cancelled (failures; a cancelled call does not extend the run "
+                            "time)"),
 ])
 def test_the_stop_grace_line_appears_only_when_calls_were_in_flight(
         grace: GraceView | None, line: str | None) -> None:

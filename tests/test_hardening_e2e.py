@@ -179,6 +179,24 @@ def test_a_second_signal_after_sigterm_aborts_at_once(
     assert r.final_int("fail count") == 3  # the three hanging calls, cancelled
 
 
+def test_a_stop_before_run_time_ends_the_run_time_there_whatever_the_grace(
+        tmp_path: Path, tag: str) -> None:
+    # The run_time timer still fires during a long grace; it must not move the stop that
+    # came first (the run time and rps would be those of a run that went on to run_time).
+    conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 3, "run_time": 3,
+                                "worker": 1, "stop_grace": 4},
+                     client=HANG_CLIENT, client_path="hang.py")
+
+    def act(proc: subprocess.Popen[str], out: Reader, err: Reader) -> None:
+        out.wait_for("current rps", timeout=30)
+        proc.send_signal(signal.SIGINT)
+
+    r, _ = signalled_run(tmp_path, conf, tag, act)
+    assert r.code == 130, (r.stdout, r.stderr)
+    # the first live block comes at about 1.3 s: the stop is well before run_time (3 s)
+    assert r.final_float("run time") < 2.5, r.stdout
+
+
 # -- 2. size limits -----------------------------------------------------------------------
 
 BLOB_CLIENT = '''
