@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from protocol import __version__
-from protocol.codec import DEFAULT_MAX_MESSAGE
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
 from protocol.limits import JOB_MAX, JOB_MIN
@@ -52,7 +51,7 @@ def start(
         show_default="all this process may use")] = "",
     max_message: Annotated[int, typer.Option(
         help="Largest job (bundle included) this agent accepts, in bytes: 65536 to 67108864.")]
-    = DEFAULT_MAX_MESSAGE,
+    = JOB_MAX,
     embedded: Annotated[bool, typer.Option(hidden=True)] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:

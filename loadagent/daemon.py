@@ -212,8 +212,9 @@ class AgentDaemon:
             frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
+        is_job = _message_type(frames) == Job.TYPE
         try:
-            if _message_type(frames) == Job.TYPE:
+            if is_job:
                 # a job of 200,000 bundle files takes seconds to check: off the loop, so
                 # heartbeats go on meanwhile
                 return await asyncio.to_thread(decode, frames, self._opts.max_message)
@@ -226,7 +227,7 @@ class AgentDaemon:
             raise AgentExit(2, f"master at {self._opts.master} refused this agent: {e}") from None
         except WireError as e:
             log.warning("dropped a bad message from the master: %s", e)
-            if _message_type(frames) == Job.TYPE:  # say so, or the master waits for READY
+            if is_job:  # say so, or the master waits for READY
                 self._send(JobRefused(error=f"agent {self._opts.name}: job refused: "
                                             f"{e}"[:2000]))
             return None

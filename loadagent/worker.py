@@ -24,7 +24,7 @@ import zmq
 
 from loadagent.client_loader import describe_failure, load_client_class, run_global_init
 from loadagent.early_failure import EarlyFailure
-from loadagent.scheduler import ClientScheduler
+from loadagent.scheduler import ClientScheduler, GraceReport
 from protocol.client import ClientProtocol
 from protocol.codec import Message, WireError, decode_joined, encode_joined, encode_stats, expect
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
@@ -233,20 +233,18 @@ class Worker:
                 f"more agents"]
 
     def _final(self, t0: float | None) -> Final:
-        sched = self._sched
         stopped_at = max(0.0, self._stopped_at - t0) if t0 is not None and self._stopped_at \
             else 0.0
-        last_end = stopped_at
-        if sched is not None and sched.last_call_end_ns:
-            last_end = max(last_end, (sched.last_call_end_ns - self._t0_perf_ns) / 1e9)
-        grace = sched.grace if sched is not None else None
+        last_end, started, grace = stopped_at, 0, GraceReport()
+        if self._sched is not None:  # the load ran
+            started, grace = self._sched.started, self._sched.grace
+            if self._sched.last_call_end_ns:
+                last_end = max(last_end, (self._sched.last_call_end_ns - self._t0_perf_ns) / 1e9)
         return Final(
-            worker=self._wj.worker, totals=self._cumulative, last_end=last_end,
-            clients=sched.started if sched is not None else 0,
+            worker=self._wj.worker, totals=self._cumulative, last_end=last_end, clients=started,
             aborted=self._abort_reason is not None, start_lag=self._start_lag,
-            stopped_at=stopped_at, grace=grace.seconds if grace else 0.0,
-            grace_finished=grace.finished if grace else 0,
-            grace_cancelled=grace.cancelled if grace else 0)
+            stopped_at=stopped_at, grace=grace.seconds, grace_finished=grace.finished,
+            grace_cancelled=grace.cancelled)
 
     async def _hello_until_start(self, pub: zmq.Socket[bytes]) -> float | None:
         assert self._start is not None

@@ -23,14 +23,12 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-from protocol.limits import CONTROL_MAX, JOB_MAX, format_size
+from protocol.limits import CONTROL_MAX, format_size
 
 MAGIC = b"LT"
 PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!2sBB")
 REFUSED_TYPE = 0
-DEFAULT_MAX_MESSAGE = JOB_MAX
-SMALL_MESSAGE = CONTROL_MAX
 
 
 class WireError(ValueError):
@@ -76,7 +74,7 @@ class Message:
 
     __slots__ = ()
     TYPE: ClassVar[int]
-    MAX_SIZE: ClassVar[int] = SMALL_MESSAGE
+    MAX_SIZE: ClassVar[int] = CONTROL_MAX
     _fields: ClassVar[tuple[tuple[str, Any], ...]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -224,7 +222,7 @@ def decode(frames: Sequence[bytes], limit: int | None = None) -> Message:
     header, body = frames
     version, msg_type = read_header(header)
     if msg_type == REFUSED_TYPE:
-        reason = unpack_body(body, SMALL_MESSAGE)
+        reason = unpack_body(body, CONTROL_MAX)
         raise Refused(reason if isinstance(reason, str) else "refused (no reason given)")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(version, PROTOCOL_VERSION, msg_type, body)
