@@ -27,9 +27,9 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
-from protocol.codec import encode_stats
-from protocol.messages import Delta
 from protocol.stats import Totals
+from protocol.wire.codec import encode_stats
+from protocol.wire.messages import Delta
 
 RUN_ID = "bench0aggregate0"
 
@@ -43,7 +43,7 @@ def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> De
     for _ in range(st.fail):
         totals.add_error(("HttpClient", "ValueError",
                           "response with err http status code:500"))
-    return Delta(agent=agent, worker=worker, seq=seq, interval=seq + 1, clients=50,
+    return Delta(agent=agent, worker=worker, seq=seq, second=seq + 1, clients=50,
                  totals=totals, cpu_seconds=0.9, loop_lag=0.001)
 
 
@@ -66,7 +66,7 @@ def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: f
         tick = start_at + seq + 1
         for i, s in enumerate(socks):
             sample = samples[(i + seq) % len(samples)]
-            d = Delta(agent="bench", worker=first + i, seq=seq, interval=seq + 1,
+            d = Delta(agent="bench", worker=first + i, seq=seq, second=seq + 1,
                       clients=50, totals=sample.totals, cpu_seconds=0.9, loop_lag=0.001)
             s.send_multipart(encode_stats(topic, d))
         seq += 1

@@ -15,8 +15,9 @@ import typer
 from protocol import __version__
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
-from protocol.limits import JOB_MAX, JOB_MIN
-from protocol.messages import TOKEN_ENV
+from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_endpoint, tcp_endpoint
+from protocol.wire.limits import JOB_MAX, JOB_MIN
+from protocol.wire.messages import TOKEN_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Load-generating agent: dials a loadmaster and runs its jobs.")
@@ -40,7 +41,7 @@ def _root(
 @app.command()
 def start(
     master: Annotated[str, typer.Option(help="The master's control address, tcp://HOST:PORT.")]
-    = "tcp://127.0.0.1:5556",
+    = tcp_endpoint("127.0.0.1", CONTROL_PORT),
     name: Annotated[str, typer.Option(
         help="This agent's name in reports.", show_default="HOSTNAME-PID")] = "",
     workers: Annotated[int, typer.Option(
@@ -62,8 +63,10 @@ def start(
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s loadagent %(levelname)s %(message)s")
-    if not master.startswith("tcp://"):
-        raise typer.BadParameter(f"--master {master!r}: expected tcp://HOST:PORT")
+    try:
+        parse_endpoint(master)
+    except EndpointError as e:
+        raise typer.BadParameter(f"--master {e}") from None
     if cpu_list:
         try:
             os.sched_setaffinity(0, parse_cpu_list(cpu_list))

@@ -28,7 +28,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
@@ -36,7 +35,8 @@ import zmq.asyncio
 from loadagent.job import JobRun
 from loadagent.rundir import sweep_stale_rundirs
 from protocol import __version__
-from protocol.codec import (
+from protocol.wire.channel import Channel, agent_control, stats_endpoint
+from protocol.wire.codec import (
     PROTOCOL_VERSION,
     Message,
     Refused,
@@ -46,8 +46,7 @@ from protocol.codec import (
     encode,
     read_header,
 )
-from protocol.limits import SOCKET_SLACK
-from protocol.messages import (
+from protocol.wire.messages import (
     HEARTBEAT,
     MISSED_BEATS,
     Abort,
@@ -131,11 +130,7 @@ class AgentDaemon:
         self._master_gone = False  # the embedding master's pipe closed: no one to tell
         self._wake = asyncio.Event()
         self._job: JobRun | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        # A blocking view of the same socket, for every send and receive (NOBLOCK): the
-        # asyncio socket only polls, with a timeout. An asyncio recv could wait for an
-        # edge of ZMQ_FD that a send on the same socket already consumed, for ever.
-        self._sync: zmq.Socket[bytes] | None = None
+        self._channel: Channel | None = None
         self._clock = ClockOffset()
         self._leaving = False
         self._run_over = False  # the master said its run is done: its going away is normal
@@ -191,26 +186,24 @@ class AgentDaemon:
 
     # -- connection ---------------------------------------------------------------------
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = self._sync = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def _send(self, msg: Message) -> None:
-        if self._sync is None:
+        if self._channel is None:
             return
         try:
-            self._sync.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+            self._channel.send(encode(msg))
         except zmq.Again:
             log.debug("master not reading: dropped %s", type(msg).__name__)
 
     async def _recv(self, timeout: float) -> Message | None:
-        assert self._sock is not None
-        assert self._sync is not None
-        if not await self._sock.poll(max(0, int(timeout * 1000))):
+        assert self._channel is not None
+        if not await self._channel.readable(timeout):
             return None
-        try:
-            frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.Again:
+        frames = self._channel.recv()
+        if frames is None:
             return None
         is_job = _message_type(frames) == Job.TYPE
         try:
@@ -235,21 +228,13 @@ class AgentDaemon:
     async def _connect(self, ctx: zmq.asyncio.Context) -> Welcome | None:
         """Register with the master, retrying quietly; None when told to stop.
 
-        One socket: libzmq redials with back-off (RECONNECT_IVL up to RECONNECT_IVL_MAX)
-        and, with IMMEDIATE, a REGISTER is only queued on a live connection, so a
-        master that comes up later gets one from a socket that still exists.
+        One socket (``protocol.wire.channel.agent_control``): libzmq redials with
+        back-off and, with IMMEDIATE, a REGISTER is only queued on a live connection, so
+        a master that comes up later gets one from a socket that still exists.
         """
         self._close_socket()
-        sock = self._sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(BACKOFF_MAX * 1000))
-        sock.setsockopt(zmq.MAXMSGSIZE, self._opts.max_message + SOCKET_SLACK)
-        if ":" in (urlsplit(self._opts.master).hostname or ""):
-            sock.setsockopt(zmq.IPV6, 1)
-        sock.connect(self._opts.master)
-        self._sync = zmq.Socket.shadow(sock.underlying)
+        self._channel = agent_control(ctx, self._opts.master, self._opts.max_message,
+                                      BACKOFF_MAX)
         log.info("dialing master %s", self._opts.master)
         register = Register(
             name=self._opts.name, hostname=socket.gethostname(),
@@ -282,10 +267,7 @@ class AgentDaemon:
     # -- registered ---------------------------------------------------------------------
     async def _serve(self, welcome: Welcome) -> bool:
         """Heartbeat and run jobs until we leave (False) or lose the master (True)."""
-        host = urlsplit(self._opts.master).hostname or "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        stats_endpoint = f"tcp://{host}:{welcome.stats_port}"
+        publish_to = stats_endpoint(self._opts.master, welcome.stats_port)
         self._run_over = False
         loop = asyncio.get_running_loop()
         # Heartbeats have a task of their own: handling a message may take seconds (a job
@@ -294,7 +276,7 @@ class AgentDaemon:
         beating = loop.create_task(self._heartbeat())
         beating.add_done_callback(self._on_heartbeat_done)
         try:
-            return await self._serve_messages(stats_endpoint)
+            return await self._serve_messages(publish_to)
         finally:
             beating.cancel()
             await asyncio.gather(beating, return_exceptions=True)
@@ -356,7 +338,7 @@ class AgentDaemon:
 
     async def _leave(self) -> None:
         """LEAVING, then FAREWELL awaited briefly, so the master reads it before we go."""
-        if self._master_gone or self._sock is None:
+        if self._master_gone or self._channel is None:
             return
         self._send(Leaving(reason="agent shut down by a signal"))
         deadline = asyncio.get_running_loop().time() + LEAVE_WAIT
@@ -364,8 +346,8 @@ class AgentDaemon:
             msg = await self._recv(min(left, SIGNAL_LATENCY))
             if isinstance(msg, Farewell):
                 break
-        self._sock.close(linger=LEAVE_LINGER_MS)
-        self._sock = self._sync = None
+        self._channel.close(linger_ms=LEAVE_LINGER_MS)
+        self._channel = None
 
     async def _drop_job(self, abort: Abort) -> None:
         if self._job is not None:

@@ -16,7 +16,7 @@ broken setup. The master stops the run only when every worker with clients says 
 
 from __future__ import annotations
 
-from protocol.http_errors import HttpLocalError
+from protocol.http import HttpLocalError
 from protocol.stats import ErrorKey
 
 EVIDENCE = 3

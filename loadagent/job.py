@@ -23,9 +23,9 @@ from multiprocessing.process import BaseProcess
 from loadagent.rundir import RunDir, write_bundle
 from loadagent.worker import worker_main
 from protocol.bundle import BundleError
-from protocol.codec import Message, WireError, decode_joined, encode_joined
-from protocol.limits import FINAL_MAX
-from protocol.messages import (
+from protocol.wire.codec import Message, WireError, decode_joined, encode_joined
+from protocol.wire.limits import FINAL_MAX
+from protocol.wire.messages import (
     MAX_NOTES,
     Abort,
     AgentReady,

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from protocol.bundle import BundleError, check_bundle_path
-from protocol.messages import BundleFile
+from protocol.wire.messages import BundleFile
 
 
 def write_bundle(files: list[BundleFile], root: Path) -> None:

@@ -3,7 +3,7 @@
 Glossary
 --------
 - *client*: one instance of the user's ``ClientProtocol`` subclass, driven by one task.
-- *interval totals*: what happened since the last published delta; the call loop
+- *delta totals*: what happened since the last published delta; the call loop
   writes into them directly and the publisher drains them in place once a second.
 - *grace*: after STOP, how long calls already running may take before they are
   cancelled (and counted as failures). What happened in it is kept apart
@@ -52,13 +52,13 @@ class ClientScheduler:
         cls: type[ClientProtocol],
         host: str,
         wait_time: float,
-        interval: Totals,
+        delta: Totals,
         early: EarlyFailure | None = None,
     ) -> None:
         self._cls = cls
         self._host = host
         self._wait = wait_time
-        self._interval = interval
+        self._delta = delta
         self._name = cls.name or cls.__name__
         self._early = early or EarlyFailure(0)
         self._stopping = False
@@ -106,10 +106,10 @@ class ClientScheduler:
             if inspect.isawaitable(r):
                 await r
         except Exception as e:
-            st = self._interval.op(self._name)
+            st = self._delta.op(self._name)
             st.fail += 1
             key = error_key(self._name, e)
-            self._interval.add_error(key)
+            self._delta.add_error(key)
             if early.armed:
                 early.init_failed(key, time.monotonic())
             return
@@ -127,13 +127,13 @@ class ClientScheduler:
     def _on_call_error(self, e: Exception) -> None:
         """A call raised: count it (the cold path, out of the call loop)."""
         key = error_key(self._name, e)
-        self._interval.add_error(key)
+        self._delta.add_error(key)
         if self._early.armed:
             self._early.call_failed(key, e, time.monotonic())
 
     async def _call_loop(self, client: ClientProtocol) -> None:
         execute = client.execute
-        totals = self._interval
+        totals = self._delta
         name = self._name
         st = totals.op(name)
         counts = st.hist.counts
@@ -242,11 +242,11 @@ class ClientScheduler:
         try:
             await asyncio.wait_for(results, timeout)
         except TimeoutError:
-            self._interval.add_error((self._name, "ShutdownTimeout",
+            self._delta.add_error((self._name, "ShutdownTimeout",
                                       f"shutdown() still running after {timeout:g}s"))
 
     async def _shutdown_one(self, client: ClientProtocol) -> None:
         try:
             await client.shutdown()
         except Exception as e:
-            self._interval.add_error(error_key(f"{self._name}.shutdown", e))
+            self._delta.add_error(error_key(f"{self._name}.shutdown", e))

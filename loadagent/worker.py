@@ -22,14 +22,24 @@ from pathlib import Path
 import uvloop
 import zmq
 
-from loadagent.client_loader import describe_failure, load_client_class, run_global_init
+from loadagent.client_file import describe_failure, load_client_class, run_global_init
 from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import ClientScheduler, GraceReport
 from protocol.client import ClientProtocol
-from protocol.codec import Message, WireError, decode_joined, encode_joined, encode_stats, expect
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
-from protocol.limits import CONTROL_MAX, ERROR_TEXT_MAX, PIPE_MAX
-from protocol.messages import (
+from protocol.plan import client_offsets, clients_of
+from protocol.stats import Totals
+from protocol.wire.channel import stats_pub
+from protocol.wire.codec import (
+    Message,
+    WireError,
+    decode_joined,
+    encode_joined,
+    encode_stats,
+    expect,
+)
+from protocol.wire.limits import CONTROL_MAX, ERROR_TEXT_MAX, PIPE_MAX
+from protocol.wire.messages import (
     Abort,
     ClientsFailing,
     Delta,
@@ -41,8 +51,6 @@ from protocol.messages import (
     WorkerJob,
     WorkerReady,
 )
-from protocol.plan import user_offsets, users_of
-from protocol.stats import Totals
 
 HELLO_EVERY = 0.1
 LAG_PROBE_EVERY = 0.1
@@ -95,7 +103,7 @@ class Worker:
         self._job = wj.job
         self._topic = wj.job.run_id.encode("ascii")
         self._fd_limit = fd_limit
-        self._clients = users_of(wj.worker, wj.job.total_workers, wj.job.users)
+        self._clients = clients_of(wj.worker, wj.job.total_workers, wj.job.users)
         self._agent_alive = True
         self._start: asyncio.Future[float] | None = None
         self._done: asyncio.Event | None = None
@@ -104,10 +112,10 @@ class Worker:
         self._stopped_at = 0.0  # wall clock of the stop (run_time, STOP, ABORT); 0: none
         self._early = EarlyFailure(self._clients)
         self._sched: ClientScheduler | None = None
-        self._interval = Totals()
+        self._delta = Totals()
         self._cumulative = Totals()
         self._seq = 0
-        self._next_interval = 1
+        self._next_second = 1
         self._start_lag = 0.0
         self._t0_perf_ns = 0
         self._lag_max = 0.0
@@ -183,11 +191,7 @@ class Worker:
             if cls is None:
                 return
             ctx = zmq.Context()
-            pub = ctx.socket(zmq.PUB)
-            pub.linger = 2000
-            if self._wj.stats_endpoint.startswith("tcp://["):
-                pub.setsockopt(zmq.IPV6, 1)
-            pub.connect(self._wj.stats_endpoint)
+            pub = stats_pub(ctx, self._wj.stats_endpoint)
             try:
                 self._send(WorkerReady(worker=self._wj.worker, notes=self._notes()))
                 t0 = await self._hello_until_start(pub)
@@ -264,9 +268,9 @@ class Worker:
         loop_t0 = loop.time() + (t0 - now)
         self._t0_perf_ns = time.perf_counter_ns() + int((t0 - now) * 1e9)
         self._start_lag = max(0.0, now - t0)
-        sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._interval,
+        sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._delta,
                                               self._early)
-        sched.start(loop_t0, user_offsets(self._wj.worker, job.total_workers, job.users,
+        sched.start(loop_t0, client_offsets(self._wj.worker, job.total_workers, job.users,
                                           job.hatch_rate))
         if self._abort_reason is not None:
             sched.abort(self._abort_reason)
@@ -301,13 +305,13 @@ class Worker:
         await asyncio.gather(aborted, return_exceptions=True)
 
     async def _publish_every_second(self, pub: zmq.Socket[bytes], loop_t0: float) -> None:
-        """Delta number k covers (T0 + k - 1, T0 + k]; a late loop skips indexes."""
+        """The delta of second k covers (T0 + k - 1, T0 + k]; a late loop skips seconds."""
         loop = asyncio.get_running_loop()
         reported = False
         while True:
-            await asyncio.sleep(max(0.0, loop_t0 + self._next_interval - loop.time()))
+            await asyncio.sleep(max(0.0, loop_t0 + self._next_second - loop.time()))
             self._publish(pub)
-            self._next_interval = max(self._next_interval, int(loop.time() - loop_t0) + 1)
+            self._next_second = max(self._next_second, int(loop.time() - loop_t0) + 1)
             if not reported and self._early.verdict is not None:
                 reported = True
                 self._send(ClientsFailing(worker=self._wj.worker,
@@ -315,16 +319,16 @@ class Worker:
 
     def _publish(self, pub: zmq.Socket[bytes]) -> None:
         """Publish what happened since the last delta and fold it into the totals."""
-        interval = self._next_interval
-        self._next_interval += 1
+        second = self._next_second
+        self._next_second += 1
         cpu = time.process_time()
         msg = Delta(agent=self._wj.agent, worker=self._wj.worker, seq=self._seq,
-                    interval=interval, clients=self._sched.running if self._sched else 0,
-                    totals=self._interval, cpu_seconds=cpu - self._cpu_mark,
+                    second=second, clients=self._sched.running if self._sched else 0,
+                    totals=self._delta, cpu_seconds=cpu - self._cpu_mark,
                     loop_lag=self._lag_max)
         frames = encode_stats(self._topic, msg)
-        self._cumulative.merge(self._interval)
-        self._interval.reset()
+        self._cumulative.merge(self._delta)
+        self._delta.reset()
         self._cpu_mark = cpu
         self._lag_max = 0.0
         self._seq += 1

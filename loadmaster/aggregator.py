@@ -13,19 +13,17 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import zmq
 import zmq.asyncio
 
-from protocol.codec import WireError, decode_stats
-from protocol.limits import STATS_SOCKET_MAX
-from protocol.messages import Delta, Hello
 from protocol.stats import Totals
+from protocol.wire.channel import Channel, stats_sub
+from protocol.wire.codec import WireError, decode_stats
+from protocol.wire.messages import Delta, Hello
 
 log = logging.getLogger("loadmaster")
-STATS_HWM = 100_000
 DRAIN_BATCH = 200
-POLL_MS = 200
-RATE_WINDOW = 5  # seconds of complete intervals behind "current rps"
+POLL_WAIT = 0.2  # seconds; a missed ZMQ_FD edge costs at most this
+RATE_WINDOW = 5  # complete seconds behind "current rps"
 
 
 @dataclass
@@ -36,7 +34,7 @@ class WorkerLive:
     next_seq: int = 0
     missed: int = 0
     clients: int = 0
-    interval: int = 0  # the latest interval it reported
+    last_second: int = 0  # the latest second of the run it reported
     cpu_seconds: float = 0.0
     loop_lag: float = 0.0
 
@@ -46,7 +44,7 @@ class Aggregator:
         self._ctx = ctx
         self._host = host
         self._topic = run_id.encode("ascii")
-        self._sock: zmq.asyncio.Socket | None = None
+        self._channel: Channel | None = None
         self.port = 0
         self.hellos: set[tuple[str, int]] = set()
         self.workers: dict[tuple[str, int], WorkerLive] = {}
@@ -54,40 +52,25 @@ class Aggregator:
         self._ok_per_second: dict[int, int] = defaultdict(int)
         self._agent_ok_per_second: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.bad_messages = 0
-        self.latest_interval = 0  # the highest interval index any delta carried
+        self.latest_second = 0  # the latest second any delta covered
 
     def bind(self) -> int:
-        sock = self._sock = self._ctx.socket(zmq.SUB)
-        sock.linger = 0
-        sock.rcvhwm = STATS_HWM
-        sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        if ":" in self._host:
-            sock.setsockopt(zmq.IPV6, 1)
-        sock.subscribe(self._topic)
-        self.port = sock.bind_to_random_port(f"tcp://{host}")
+        self._channel, self.port = stats_sub(self._ctx, self._host, self._topic)
         return self.port
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     async def serve(self) -> None:
-        assert self._sock is not None
-        sock = self._sock
-        # Receives go through a blocking view of the socket (NOBLOCK); the asyncio socket
-        # only polls, with a timeout, so a missed ZMQ_FD edge costs at most POLL_MS.
-        drain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        assert self._channel is not None
+        channel = self._channel
         while True:
-            await sock.poll(POLL_MS)
+            await channel.readable(POLL_WAIT)
             # take what is queued without a trip through the event loop each time, but
             # never so much that the control channel waits for its turn
-            for _ in range(DRAIN_BATCH):
-                try:
-                    frames = drain.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in channel.drain(DRAIN_BATCH):
                 self.handle(frames)
             await asyncio.sleep(0)
 
@@ -117,16 +100,16 @@ class Aggregator:
         w.missed += d.seq - w.next_seq
         w.next_seq = d.seq + 1
         w.clients = d.clients
-        w.interval = max(w.interval, d.interval)
+        w.last_second = max(w.last_second, d.second)
         w.cpu_seconds += d.cpu_seconds
         w.loop_lag = d.loop_lag
         w.totals.merge(d.totals)
         self.totals.merge(d.totals)
         ok = d.totals.ok
-        if d.interval > self.latest_interval:
-            self.latest_interval = d.interval
-        self._ok_per_second[d.interval] += ok
-        self._agent_ok_per_second[d.agent][d.interval] += ok
+        if d.second > self.latest_second:
+            self.latest_second = d.second
+        self._ok_per_second[d.second] += ok
+        self._agent_ok_per_second[d.agent][d.second] += ok
 
     # -- live figures -------------------------------------------------------------------
     @property
@@ -137,8 +120,8 @@ class Aggregator:
         return sum(w.clients for w in self.workers.values() if agent in (None, w.agent))
 
     def current_rps(self, last: int, agent: str | None = None) -> tuple[float, int]:
-        """Successes per second over complete intervals ``last - RATE_WINDOW + 1 .. last``
-        (fewer at the start), and how many intervals that is."""
+        """Successes per second over the complete seconds ``last - RATE_WINDOW + 1 .. last``
+        (fewer at the start), and how many seconds that is."""
         first = max(1, last - RATE_WINDOW + 1)
         if last < first:
             return 0.0, 0

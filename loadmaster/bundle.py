@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bundle import BundleError, check_bundle_path
-from protocol.limits import format_size
-from protocol.messages import BundleFile
+from protocol.wire.limits import format_size
+from protocol.wire.messages import BundleFile
 
 
 @dataclass

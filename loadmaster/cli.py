@@ -20,10 +20,10 @@ from protocol import __version__
 from protocol.bundle import BundleError
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
+from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_host_port
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed load tester: drives loadagent workers and reports.")
-DEFAULT_PORT = 5556
 
 
 def _print_version(value: bool) -> None:
@@ -48,21 +48,10 @@ def _fail(code: int, message: str) -> typer.Exit:
 
 def parse_bind(text: str) -> tuple[str, int]:
     """HOST, HOST:PORT, [V6]:PORT or :PORT; port 0 takes any free one."""
-    host, port = text, DEFAULT_PORT
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"--bind {text!r}: unclosed '['")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            port = int(rest.removeprefix(":"))
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = int(p)
-    host = host or "127.0.0.1"
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--bind {text!r}: port out of range")
-    return host, port
+    try:
+        return parse_host_port(text, CONTROL_PORT)
+    except EndpointError as e:
+        raise ValueError(f"--bind {e}") from None
 
 
 def check_cpu_list(text: str) -> None:
@@ -132,8 +121,8 @@ def run(
     agents: Annotated[int | None, typer.Option(
         help="Wait for this many `loadagent start` daemons (0 = a local embedded one).")] = None,
     bind: Annotated[str, typer.Option(
-        help="Control address HOST[:PORT] agents dial; port 5556 if omitted.",
-        show_default="127.0.0.1:5556")]
+        help=f"Control address HOST[:PORT] agents dial; port {CONTROL_PORT} if omitted.",
+        show_default=f"127.0.0.1:{CONTROL_PORT}")]
     = "127.0.0.1",
     cpu_list: Annotated[str, typer.Option(
         help="Pin the embedded agent and its workers to these CPUs, e.g. 1 or 0,2-3.")] = "",

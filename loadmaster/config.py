@@ -37,7 +37,7 @@ import yaml
 
 from loadmaster import config_values as values
 from loadmaster.config_values import parse_duration
-from protocol.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
+from protocol.wire.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 
 __all__ = ["KEYS", "SYSTEM_KEYS", "Config", "ConfigError", "keys_table", "load_config",
            "parse_duration"]
@@ -45,7 +45,7 @@ __all__ = ["KEYS", "SYSTEM_KEYS", "Config", "ConfigError", "keys_table", "load_c
 CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["custom"] whole
 
 # Limits: a config file is at most MAX_CONFIG_BYTES; YAML aliases add at most MAX_ALIAS_VALUES;
-# custom values, packed, at most CUSTOM_CONF_MAX in all (protocol/limits.py).
+# custom values, packed, at most CUSTOM_CONF_MAX in all (protocol/wire/limits.py).
 MAX_CONFIG_BYTES = CONFIG_FILE_MAX
 MAX_ALIAS_VALUES = 100_000
 

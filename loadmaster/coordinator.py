@@ -22,7 +22,8 @@ from enum import Enum
 import zmq
 import zmq.asyncio
 
-from protocol.codec import (
+from protocol.wire.channel import Channel, master_control
+from protocol.wire.codec import (
     Message,
     VersionMismatch,
     WireError,
@@ -30,8 +31,8 @@ from protocol.codec import (
     encode,
     encode_refused,
 )
-from protocol.limits import FINAL_MAX
-from protocol.messages import (
+from protocol.wire.limits import FINAL_MAX
+from protocol.wire.messages import (
     HEARTBEAT,
     MISSED_BEATS,
     AgentReady,
@@ -102,10 +103,7 @@ class Coordinator:
         self._wanted = wanted
         self._token = token
         self._on_change = on_change
-        self._sock: zmq.asyncio.Socket | None = None
-        # a blocking view of the same socket for every send and receive (NOBLOCK); the
-        # asyncio socket only polls, with a timeout (see loadagent.daemon)
-        self._sync: zmq.Socket[bytes] | None = None
+        self._channel: Channel | None = None
         self.agents: dict[bytes, AgentRecord] = {}
         self.stats_port = 0
         self.run_planned = False  # from then on no agent joins this master
@@ -114,34 +112,24 @@ class Coordinator:
 
     # -- socket -------------------------------------------------------------------------
     def bind(self) -> str:
-        sock = self._sock = self._ctx.socket(zmq.ROUTER)
-        sock.linger = 0
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_LIMIT)
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        if ":" in self._host:
-            sock.setsockopt(zmq.IPV6, 1)
-        if self._port:
-            sock.bind(f"tcp://{host}:{self._port}")
-        else:
-            self._port = sock.bind_to_random_port(f"tcp://{host}")
-        self._sync = zmq.Socket.shadow(sock.underlying)
-        return f"tcp://{host}:{self._port}"
+        self._channel, endpoint = master_control(self._ctx, self._host, self._port,
+                                                 CONTROL_LIMIT)
+        return endpoint
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` lets queued messages (RUN_DONE, acks) leave first."""
-        if self._sock is not None:
-            self._sock.close(linger=linger_ms)
-            self._sock = self._sync = None
+        if self._channel is not None:
+            self._channel.close(linger_ms)
+            self._channel = None
 
     def send(self, agent: AgentRecord, msg: Message | list[bytes]) -> bool:
         """Send a message (or its encoded frames) without blocking; an unreachable or
         stalled agent is marked lost."""
-        if self._sync is None or agent.gone:
+        if self._channel is None or agent.gone:
             return False
         frames = msg if isinstance(msg, list) else encode(msg)
         try:
-            self._sync.send_multipart([agent.identity, *frames], flags=zmq.NOBLOCK)
+            self._channel.send([agent.identity, *frames])
             return True
         except zmq.ZMQError as e:
             if e.errno in (errno.EHOSTUNREACH, zmq.EAGAIN):
@@ -177,17 +165,12 @@ class Coordinator:
 
     async def serve(self) -> None:
         """Receive and handle control messages until cancelled."""
-        assert self._sock is not None
-        assert self._sync is not None
+        assert self._channel is not None
         while True:
-            if await self._sock.poll(int(HEARTBEAT * 500)):
+            if await self._channel.readable(HEARTBEAT / 2):
                 # everything queued first: after a stall, heartbeats waiting in the queue
                 # prove their agents alive before liveness is judged
-                for _ in range(DRAIN_BATCH):
-                    try:
-                        frames = self._sync.recv_multipart(flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in self._channel.drain(DRAIN_BATCH):
                     self._dispatch(frames)
             self.check_liveness()
 
@@ -258,9 +241,9 @@ class Coordinator:
 
     def _raw_send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer that may not be an agent (yet); False when it is unreachable."""
-        assert self._sync is not None
+        assert self._channel is not None
         try:
-            self._sync.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            self._channel.send([identity, *frames])
             return True
         except zmq.ZMQError:
             return False

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 
-from protocol.messages import TOKEN_ENV
+from protocol.wire.messages import TOKEN_ENV
 
 EXIT_WAIT = 5.0
 

@@ -15,7 +15,7 @@ from loadmaster.aggregator import WorkerLive
 from loadmaster.console import AgentLine, FinalView, GraceView
 from loadmaster.coordinator import AgentRecord, AgentState
 from loadmaster.exitcodes import ExitCode, first, for_signal
-from protocol.plan import users_of
+from protocol.plan import clients_of
 from protocol.stats import Totals
 
 __all__ = ["RunEnd", "agent_state", "final_report"]
@@ -84,7 +84,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         combined = agent_totals.combined()
         lines.append(AgentLine(
             name=agent.name, workers=len(agent.worker_ids),
-            clients=sum(users_of(w, end.total_workers, end.users) for w in agent.worker_ids),
+            clients=sum(clients_of(w, end.total_workers, end.users) for w in agent.worker_ids),
             rps=0.0, ok=combined.ok, fail=combined.fail, state=state,
             clock_offset=agent.clock_offset,
             start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))

@@ -35,10 +35,11 @@ from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
 from loadmaster.exitcodes import ExitCode, for_signal
 from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
-from protocol.codec import MessageTooLarge, encode
-from protocol.limits import format_size
-from protocol.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
-from protocol.plan import users_of
+from protocol.plan import clients_of
+from protocol.wire.channel import CONTROL_PORT
+from protocol.wire.codec import MessageTooLarge, encode
+from protocol.wire.limits import format_size
+from protocol.wire.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
 
 log = logging.getLogger("loadmaster")
 START_DELAY = 0.5
@@ -55,7 +56,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @dataclass
 class RunOptions:
     bind_host: str = "127.0.0.1"
-    bind_port: int = 5556
+    bind_port: int = CONTROL_PORT
     cpu_list: str = ""
 
 
@@ -329,7 +330,7 @@ class Run:
         errors = []
         for agent in self._live_agents:
             for w in agent.worker_ids:
-                if users_of(w, self._total_workers, self.cfg.users) == 0:
+                if clients_of(w, self._total_workers, self.cfg.users) == 0:
                     continue
                 if w not in agent.failing:
                     return None
@@ -390,10 +391,10 @@ class Run:
 
     def _covered(self, elapsed: float) -> int:
         """The last whole second every worker still running has reported."""
-        running = [self.agg.workers[(a.name, w)].interval for a in self._live_agents
+        running = [self.agg.workers[(a.name, w)].last_second for a in self._live_agents
                    for w in a.worker_ids if w not in a.finals and w not in a.lost_workers
                    and (a.name, w) in self.agg.workers]
-        return min(min(running, default=self.agg.latest_interval), int(elapsed))
+        return min(min(running, default=self.agg.latest_second), int(elapsed))
 
     def _print_live(self, now: float, stopping: str) -> None:
         elapsed = max(0.0, now - self._t0)

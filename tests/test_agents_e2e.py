@@ -24,8 +24,8 @@ from e2e_helpers import (
     write_job,
 )
 
-from protocol.codec import HEADER, MAGIC, PROTOCOL_VERSION, decode, encode
-from protocol.messages import (
+from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, decode, encode
+from protocol.wire.messages import (
     HEARTBEAT,
     BundleFile,
     Heartbeat,

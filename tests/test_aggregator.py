@@ -10,22 +10,22 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
-from protocol.codec import HEADER, MAGIC, encode_stats
-from protocol.messages import Delta, Hello
 from protocol.stats import Totals
+from protocol.wire.codec import HEADER, MAGIC, encode_stats
+from protocol.wire.messages import Delta, Hello
 
 RUN_ID = "0123456789abcdef"
 TOPIC = RUN_ID.encode()
 
 
-def delta(worker: int, seq: int, ok: int, interval: int | None = None,
+def delta(worker: int, seq: int, ok: int, second: int | None = None,
           agent: str = "a") -> Delta:
     t = Totals()
     st = t.op("op")
     for i in range(ok):
         st.record_ok(1_000_000 + i)
-    return Delta(agent=agent, worker=worker, seq=seq, interval=seq + 1 if interval is None
-                 else interval, clients=3, totals=t, cpu_seconds=0.5, loop_lag=0.0)
+    return Delta(agent=agent, worker=worker, seq=seq, second=seq + 1 if second is None
+                 else second, clients=3, totals=t, cpu_seconds=0.5, loop_lag=0.0)
 
 
 async def feed(frames: list[list[bytes]], until: Callable[[Aggregator], bool]) -> Aggregator:
@@ -70,7 +70,7 @@ def test_deltas_merge_and_sequence_gaps_are_counted() -> None:
     assert agg.workers[("a", 0)].missed == 1
     assert agg.totals.ok == 4 * 10 + 3 * 5
     assert agg.clients() == 6
-    assert agg.current_rps(1) == (15, 1)  # interval 1: seq 0 of both workers
+    assert agg.current_rps(1) == (15, 1)  # second 1: seq 0 of both workers
 
 
 def test_bad_messages_are_dropped_and_the_aggregator_keeps_going() -> None:
@@ -99,13 +99,13 @@ def test_duplicate_and_reordered_deltas_are_not_counted_twice() -> None:
     assert agg.missed_deltas == 0
 
 
-def test_current_rps_uses_complete_intervals_of_the_last_five_seconds() -> None:
+def test_current_rps_uses_complete_seconds_of_the_last_five_seconds() -> None:
     agg = Aggregator(zmq.asyncio.Context.instance(), "127.0.0.1", RUN_ID)
     agg.expect("a", 0)
-    for k in range(1, 11):  # interval k: 100 * k successes
-        agg.handle(encode_stats(TOPIC, delta(0, k - 1, ok=100 * k, interval=k)))
-    assert agg.latest_interval == 10
-    # through interval 9, the last five: (500+...+900) / 5
+    for k in range(1, 11):  # second k: 100 * k successes
+        agg.handle(encode_stats(TOPIC, delta(0, k - 1, ok=100 * k, second=k)))
+    assert agg.latest_second == 10
+    # through second 9, the last five: (500+...+900) / 5
     assert agg.current_rps(9) == (700, 5)
     assert agg.current_rps(10) == (800, 5)
     assert agg.current_rps(2) == (150, 2)  # only two complete seconds so far, and it says so

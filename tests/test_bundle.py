@@ -11,7 +11,7 @@ import pytest
 from loadagent.rundir import RunDir, write_bundle
 from loadmaster.bundle import Bundle, build_bundle
 from protocol.bundle import BundleError, check_bundle_path
-from protocol.messages import BundleFile
+from protocol.wire.messages import BundleFile
 
 # -- path rules ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tests for protocol.codec and protocol.messages: round trips and refusal of bad input."""
+"""protocol.wire.codec and protocol.wire.messages: round trips and refusal of bad input."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import codec
-from protocol import messages as m
-from protocol.codec import (
+from protocol.stats import Totals
+from protocol.wire import codec
+from protocol.wire import messages as m
+from protocol.wire.codec import (
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
@@ -34,7 +35,6 @@ from protocol.codec import (
     encode_stats,
     expect,
 )
-from protocol.stats import Totals
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=150)
 RUN_ID = "0123456789abcdef"
@@ -97,7 +97,7 @@ def examples() -> dict[type[Message], Message]:
         m.WorkerJob: m.WorkerJob(job=job(bundle=[]), worker=3, agent="agent-1",
                                  stats_endpoint="tcp://127.0.0.1:5557", run_dir="/tmp/x"),
         m.Hello: m.Hello(agent="agent-1", worker=0),
-        m.Delta: m.Delta(agent="agent-1", worker=1, seq=5, interval=4, clients=3,
+        m.Delta: m.Delta(agent="agent-1", worker=1, seq=5, second=4, clients=3,
                          totals=totals(), cpu_seconds=0.75, loop_lag=0.002),
     }
 

@@ -11,7 +11,7 @@ import uvloop
 from loadagent.early_failure import EVIDENCE, WINDOW, EarlyFailure, raised_before_io
 from loadagent.scheduler import ClientScheduler
 from protocol.client import ClientProtocol
-from protocol.http_errors import (
+from protocol.http import (
     HttpClientBusy,
     HttpClientClosed,
     HttpConnectError,
@@ -19,9 +19,9 @@ from protocol.http_errors import (
     HttpInvalidRequest,
     HttpInvalidUrl,
     HttpReadTimeout,
+    HttpResponse,
     HttpStatusError,
 )
-from protocol.http_response import HttpResponse
 from protocol.stats import Totals, error_key
 
 

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.plan import user_offsets, users_of
+from protocol.plan import client_offsets, clients_of
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 
 
 def shares(workers: int, users: int) -> list[int]:
-    return [users_of(w, workers, users) for w in range(workers)]
+    return [clients_of(w, workers, users) for w in range(workers)]
 
 
 @pytest.mark.parametrize(("workers", "users", "expected"), [
@@ -26,14 +26,14 @@ def shares(workers: int, users: int) -> list[int]:
     (7, 1000, [143, 143, 143, 143, 143, 143, 142]),
     (2, 3, [2, 1]),
 ])
-def test_users_of_awkward_numbers(workers: int, users: int, expected: list[int]) -> None:
+def test_clients_of_awkward_numbers(workers: int, users: int, expected: list[int]) -> None:
     assert shares(workers, users) == expected
     assert sum(shares(workers, users)) == users
 
 
 @FAST
 @given(st.integers(min_value=1, max_value=300), st.integers(min_value=0, max_value=100_000))
-def test_users_of_sums_exactly_and_is_even(workers: int, users: int) -> None:
+def test_clients_of_sums_exactly_and_is_even(workers: int, users: int) -> None:
     s = shares(workers, users)
     assert sum(s) == users
     assert max(s) - min(s) <= 1
@@ -43,8 +43,8 @@ def test_users_of_sums_exactly_and_is_even(workers: int, users: int) -> None:
 def merged_offsets(workers: int, users: int, hatch_rate: float) -> list[float]:
     out: list[float] = []
     for w in range(workers):
-        mine = user_offsets(w, workers, users, hatch_rate)
-        assert len(mine) == users_of(w, workers, users)
+        mine = client_offsets(w, workers, users, hatch_rate)
+        assert len(mine) == clients_of(w, workers, users)
         assert mine == sorted(mine)
         out += mine
     return sorted(out)
@@ -61,7 +61,7 @@ def test_user_offsets_follow_one_global_ramp(workers: int, users: int, hatch_rat
 def test_hatch_rate_one_over_four_workers_starts_one_user_a_second() -> None:
     starts = merged_offsets(4, 8, 1.0)
     assert starts == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    assert user_offsets(1, 4, 8, 1.0) == [1.0, 5.0]
+    assert client_offsets(1, 4, 8, 1.0) == [1.0, 5.0]
     # no two users start at once, whichever worker runs them
     assert len(set(starts)) == len(starts)
 
@@ -74,5 +74,5 @@ def test_user_offsets_random(workers: int, users: int, rate: Fraction) -> None:
     assert merged_offsets(workers, users, hatch_rate) == [k / hatch_rate for k in range(users)]
     # user k runs on worker k mod W
     for w in range(workers):
-        assert user_offsets(w, workers, users, hatch_rate) == [
+        assert client_offsets(w, workers, users, hatch_rate) == [
             k / hatch_rate for k in range(users) if k % workers == w]

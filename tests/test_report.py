@@ -11,8 +11,8 @@ from loadmaster.console import format_final
 from loadmaster.coordinator import AgentRecord, AgentState
 from loadmaster.exitcodes import ExitCode
 from loadmaster.report import RunEnd, agent_state, final_report
-from protocol.messages import Final, Register
 from protocol.stats import Totals
+from protocol.wire.messages import Final, Register
 
 T0 = 1_700_000_000.0
 NAME = "HttpClient"

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from protocol.http_response import HttpResponse
+    from protocol.http._response import HttpResponse
 
 
 class HttpError(Exception):

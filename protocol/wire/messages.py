@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.codec import Message, WireError
-from protocol.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 from protocol.stats import Totals
+from protocol.wire.codec import Message, WireError
+from protocol.wire.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 
 RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
 # Liveness, both sides: a heartbeat a second; a peer silent for MISSED_BEATS is lost.
@@ -323,7 +323,7 @@ class Delta(Message):
     agent: str
     worker: int
     seq: int
-    interval: int
+    second: int  # the second of the run it covers, from 1
     clients: int
     totals: Totals
     cpu_seconds: float

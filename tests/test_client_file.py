@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadagent.client_loader import ClientLoadError, load_client_class, run_global_init
+from loadagent.client_file import ClientLoadError, load_client_class, run_global_init
 
 TWO = '''
 from protocol import ClientProtocol

@@ -1,6 +1,6 @@
 """Every size limit of the wire, in one table.
 
-A limit is enforced where a message is built (``protocol.codec.encode`` refuses a body
+A limit is enforced where a message is built (``protocol.wire.codec.encode`` refuses a body
 over its type's limit with ``MessageTooLarge``; the master checks a config's custom
 values and a job against them before sending), so the error names the key or message at
 fault, and again where it is read (``decode``), before any field is used. libzmq's

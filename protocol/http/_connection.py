@@ -13,14 +13,14 @@ from typing import NamedTuple, cast
 
 import httptools
 
-from protocol.http_errors import (
+from protocol.http._errors import (
     HttpClientClosed,
     HttpConnectionClosed,
     HttpError,
     HttpProtocolError,
     HttpReadTimeout,
 )
-from protocol.http_response import HttpResponse
+from protocol.http._response import HttpResponse
 
 # The read-timeout timer fires up to this early (event loop clock granularity).
 _TIMER_SLACK = 0.001

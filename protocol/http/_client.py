@@ -38,7 +38,7 @@ encoding is complete when the server closes the connection. 1xx interim
 responses are skipped; 204 and 304 have no body.
 
 Non-2xx responses are returned, not raised: `raise_for_status()` raises
-`HttpStatusError`. Errors are typed by fault (see `protocol.http_errors`).
+`HttpStatusError`. Errors are typed by fault (see `protocol.http._errors`).
 Redirects are not followed and bodies are not decompressed.
 """
 
@@ -52,41 +52,17 @@ from ssl import SSLContext, SSLError, create_default_context
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from protocol.http_connection import ClosedBeforeResponse, HttpConnection, RequestHead
-from protocol.http_errors import (
+from protocol.http._connection import ClosedBeforeResponse, HttpConnection, RequestHead
+from protocol.http._errors import (
     HttpClientBusy,
     HttpClientClosed,
     HttpConnectError,
-    HttpConnectionClosed,
     HttpConnectTimeout,
-    HttpError,
     HttpInvalidRequest,
     HttpInvalidUrl,
     HttpLocalError,
-    HttpProtocolError,
-    HttpReadTimeout,
-    HttpRemoteError,
-    HttpStatusError,
 )
-from protocol.http_response import HttpResponse
-
-__all__ = [
-    "HttpClient",
-    "HttpClientBusy",
-    "HttpClientClosed",
-    "HttpConnectError",
-    "HttpConnectTimeout",
-    "HttpConnectionClosed",
-    "HttpError",
-    "HttpInvalidRequest",
-    "HttpInvalidUrl",
-    "HttpLocalError",
-    "HttpProtocolError",
-    "HttpReadTimeout",
-    "HttpRemoteError",
-    "HttpResponse",
-    "HttpStatusError",
-]
+from protocol.http._response import HttpResponse
 
 Body = bytes | bytearray | memoryview | str
 

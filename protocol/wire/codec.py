@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-from protocol.limits import CONTROL_MAX, format_size
+from protocol.wire.limits import CONTROL_MAX, format_size
 
 MAGIC = b"LT"
 PROTOCOL_VERSION = 2
@@ -45,7 +45,7 @@ class VersionMismatch(WireError):
 
 
 class MessageTooLarge(WireError):
-    """A message we are building is over its type's size limit (protocol/limits.py)."""
+    """A message we are building is over its type's size limit (protocol/wire/limits.py)."""
 
     def __init__(self, name: str, size: int, limit: int) -> None:
         super().__init__(f"{name} of {format_size(size)} is over its limit of "

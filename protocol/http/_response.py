@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from protocol.http_errors import HttpStatusError
+from protocol.http._errors import HttpStatusError
 
 
 class HttpResponse:

@@ -1,0 +1,213 @@
+"""Every ZeroMQ socket of the system, made in one place (docs/architecture.md, "Sockets").
+
+| role | type | who binds | options |
+| --- | --- | --- | --- |
+| master control | ROUTER | the master, ``--bind`` (5556) | ROUTER_MANDATORY, MAXMSGSIZE |
+| agent control | DEALER | dials the master | IMMEDIATE, RECONNECT_IVL(_MAX), MAXMSGSIZE |
+| stats SUB | SUB | the master, a free port | RCVHWM, MAXMSGSIZE, the run id as topic |
+| stats PUB | PUB | each worker dials the master | LINGER 2 s (its last delta) |
+
+Every socket is made with LINGER 0 unless said otherwise, and with IPV6 when its host
+is an IPv6 address (written ``[::1]`` in an endpoint). Security (CURVE) belongs here.
+
+The asyncio sockets are used through ``Channel``: the asyncio socket only polls, with
+a timeout, and every send and receive goes through a blocking view of the same socket
+with NOBLOCK. An asyncio ``recv`` could wait for an edge of ZMQ_FD that a send on the
+same socket had already consumed, for ever; a poll with a timeout cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import zmq
+import zmq.asyncio
+
+from protocol.wire.limits import SOCKET_SLACK, STATS_SOCKET_MAX
+
+__all__ = [
+    "CONTROL_PORT",
+    "Channel",
+    "EndpointError",
+    "agent_control",
+    "endpoint_host",
+    "master_control",
+    "parse_endpoint",
+    "parse_host_port",
+    "stats_endpoint",
+    "stats_pub",
+    "stats_sub",
+    "tcp_endpoint",
+]
+
+CONTROL_PORT = 5556  # the master's control port when none is given
+STATS_HWM = 100_000  # deltas queued on the master before PUB/SUB drops (counted as gaps)
+PUB_LINGER_MS = 2000  # a worker's last delta gets this long to leave
+
+
+class EndpointError(ValueError):
+    """An address that cannot be used; the message names it."""
+
+
+# -- addresses ---------------------------------------------------------------------------
+def tcp_endpoint(host: str, port: int | None = None) -> str:
+    """``tcp://HOST:PORT`` with an IPv6 host in brackets; no port: for a random bind."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"tcp://{shown}" if port is None else f"tcp://{shown}:{port}"
+
+
+def parse_host_port(text: str, default_port: int = CONTROL_PORT) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or a bare IPv6 address."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise EndpointError(f"{text!r}: unclosed '['")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise EndpointError(f"{text!r}: expected [ADDRESS]:PORT")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise EndpointError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """The host and port of ``tcp://HOST:PORT`` or ``tcp://[V6]:PORT``."""
+    usage = f"{endpoint!r}: expected tcp://HOST:PORT (an IPv6 address in brackets)"
+    rest = endpoint.removeprefix("tcp://")
+    if rest == endpoint:
+        raise EndpointError(usage)
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if ":" in host:
+            sep = ""
+    if not sep or not host:
+        raise EndpointError(usage)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise EndpointError(f"{endpoint!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of ``tcp://HOST:PORT``, without brackets."""
+    return parse_endpoint(endpoint)[0]
+
+
+# -- the asyncio channel -----------------------------------------------------------------
+class Channel:
+    """An asyncio socket that only polls, and a blocking view of it for NOBLOCK I/O."""
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self._sock = sock
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.closed = False
+
+    async def readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a message to read."""
+        return bool(await self._sock.poll(max(0, int(timeout * 1000))))
+
+    def recv(self) -> list[bytes] | None:
+        """The next queued message, or None when there is none."""
+        try:
+            return self._sync.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def drain(self, limit: int) -> Iterator[list[bytes]]:
+        """Up to ``limit`` queued messages, without a trip through the event loop each."""
+        for _ in range(limit):
+            frames = self.recv()
+            if frames is None:
+                return
+            yield frames
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send without blocking: ``zmq.Again`` when the peer is not reading (or, on the
+        agent's DEALER, not connected); EHOSTUNREACH from a ROUTER for an unknown peer."""
+        self._sync.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` lets queued messages leave first."""
+        if not self.closed:
+            self.closed = True
+            self._sock.close(linger=linger_ms)
+
+
+# -- one factory per role ----------------------------------------------------------------
+def _socket(ctx: zmq.asyncio.Context, kind: int, host: str) -> zmq.asyncio.Socket:
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    if ":" in host:
+        sock.ipv6 = True
+    return sock
+
+
+def _bind(sock: zmq.Socket[bytes] | zmq.asyncio.Socket, host: str, port: int) -> int:
+    """Bind to ``port``, or to a free one when it is 0; the port bound."""
+    if port:
+        sock.bind(tcp_endpoint(host, port))
+        return port
+    return sock.bind_to_random_port(tcp_endpoint(host))
+
+
+def master_control(ctx: zmq.asyncio.Context, host: str, port: int,
+                   max_message: int) -> tuple[Channel, str]:
+    """The master's ROUTER; the endpoint agents dial. A send to an agent that is gone
+    fails at once (ROUTER_MANDATORY) instead of being dropped silently."""
+    sock = _socket(ctx, zmq.ROUTER, host)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+    try:
+        port = _bind(sock, host, port)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return Channel(sock), tcp_endpoint(host, port)
+
+
+def agent_control(ctx: zmq.asyncio.Context, master: str, max_message: int,
+                  backoff_max: float) -> Channel:
+    """An agent's DEALER dialing ``master``. libzmq redials with back-off; with
+    IMMEDIATE a message is only queued on a live connection."""
+    sock = _socket(ctx, zmq.DEALER, endpoint_host(master))
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(backoff_max * 1000))
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message + SOCKET_SLACK)
+    sock.connect(master)
+    return Channel(sock)
+
+
+def stats_sub(ctx: zmq.asyncio.Context, host: str, topic: bytes) -> tuple[Channel, int]:
+    """The master's SUB for one run's HELLO and DELTA messages, on a free port."""
+    sock = _socket(ctx, zmq.SUB, host)
+    sock.rcvhwm = STATS_HWM
+    sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
+    sock.subscribe(topic)
+    try:
+        port = _bind(sock, host, 0)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return Channel(sock), port
+
+
+def stats_endpoint(master: str, stats_port: int) -> str:
+    """Where workers publish: the master's host (as the agent dialed it), its stats port."""
+    return tcp_endpoint(endpoint_host(master), stats_port)
+
+
+def stats_pub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+    """A worker's PUB (blocking: a PUB never blocks; it drops at its high-water mark)."""
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+    sock.linger = PUB_LINGER_MS
+    if ":" in endpoint_host(endpoint):
+        sock.ipv6 = True
+    sock.connect(endpoint)
+    return sock
