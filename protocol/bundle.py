@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+__all__ = [
+    "RESERVED_TOP_LEVEL",
+    "BundleError",
+    "check_bundle_path",
+]
+
+
 RESERVED_TOP_LEVEL = ("protocol", "protocol.py")
 
 

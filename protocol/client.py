@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+__all__ = [
+    "ClientProtocol",
+]
+
 
 class ClientProtocol:
     """One simulated client. Subclass it and implement ``execute``.

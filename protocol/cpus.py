@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "parse_cpu_list",
+]
+
 
 def parse_cpu_list(text: str) -> set[int]:
     """The CPUs named by ``text``; ValueError naming the text when it is not a CPU list."""

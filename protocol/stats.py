@@ -28,6 +28,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "HISTOGRAM_LAYOUT",
+    "MAX_ERRORS_PER_NAME",
+    "MAX_ERROR_TEXT",
+    "MAX_INDEX",
+    "MAX_VALUE_NS",
+    "OTHER_ERRORS",
+    "RELATIVE_ERROR",
+    "SUB_BUCKET_BITS",
+    "ErrorKey",
+    "Histogram",
+    "OpStats",
+    "StatsFormatError",
+    "Totals",
+    "bucket_bounds",
+    "bucket_index",
+    "bucket_value",
+    "error_key",
+    "merge_all",
+]
+
+
 HISTOGRAM_LAYOUT = 1
 SUB_BUCKET_BITS = 7
 # A bucket's midpoint is within this fraction of any value it holds.

@@ -25,6 +25,30 @@ import msgpack
 
 from protocol.wire.limits import CONTROL_MAX, format_size
 
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "REFUSED_TYPE",
+    "Message",
+    "MessageTooLarge",
+    "Refused",
+    "VersionMismatch",
+    "WireError",
+    "decode",
+    "decode_joined",
+    "decode_stats",
+    "encode",
+    "encode_joined",
+    "encode_refused",
+    "encode_stats",
+    "expect",
+    "pack",
+    "read_header",
+    "unpack_body",
+]
+
+
 MAGIC = b"LT"
 PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!2sBB")

@@ -13,6 +13,38 @@ from protocol.stats import Totals
 from protocol.wire.codec import Message, WireError
 from protocol.wire.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 
+__all__ = [
+    "HEARTBEAT",
+    "MAX_NOTES",
+    "MISSED_BEATS",
+    "RUN_ID_LEN",
+    "TOKEN_ENV",
+    "Abort",
+    "AgentReady",
+    "BundleFile",
+    "ClientsFailing",
+    "Delta",
+    "Farewell",
+    "Final",
+    "FinalAck",
+    "Heartbeat",
+    "Hello",
+    "Job",
+    "JobFailed",
+    "JobRefused",
+    "Leaving",
+    "Register",
+    "RunDone",
+    "RunDoneAck",
+    "Start",
+    "Stop",
+    "Welcome",
+    "WorkerJob",
+    "WorkerLost",
+    "WorkerReady",
+]
+
+
 RUN_ID_LEN = 16  # hex characters; the stats topic is exactly this many bytes
 # Liveness, both sides: a heartbeat a second; a peer silent for MISSED_BEATS is lost.
 HEARTBEAT = 1.0
