@@ -12,30 +12,14 @@ from typing import Annotated
 
 import typer
 
-from protocol import __version__
+from protocol.command import new_app
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
 from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_endpoint, tcp_endpoint
 from protocol.wire.limits import JOB_MAX, JOB_MIN
 from protocol.wire.messages import TOKEN_ENV
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Load-generating agent: dials a loadmaster and runs its jobs.")
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"loadagent {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True,
-        help="Print the version and exit.")] = False,
-) -> None:
-    """Load-generating agent: dials a loadmaster and runs its jobs."""
+app = new_app("loadagent", "Load-generating agent: dials a loadmaster and runs its jobs.")
 
 
 @app.command()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from protocol.bundle import BundleError, check_bundle_path
+from protocol.bundle import BundleError, check_bundle_file
 from protocol.wire.messages import BundleFile
 
 
@@ -25,9 +24,7 @@ def write_bundle(files: list[BundleFile], root: Path) -> None:
     checked: dict[PurePosixPath, Path] = {}
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     for f in files:
-        rel = check_bundle_path(f.path)
-        if not 0 <= f.mode <= 0o177777 or stat.S_IFMT(f.mode) not in (0, stat.S_IFREG):
-            raise BundleError(f"bundle path {f.path!r}: only regular files are accepted")
+        rel = check_bundle_file(f.path, f.mode)
         parent = checked.get(rel.parent)
         if parent is None:
             parent = _make_folders(root, rel, f.path)

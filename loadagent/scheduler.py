@@ -101,11 +101,10 @@ class ClientScheduler:
         early = self._early
         try:
             client = self._cls()
-            self._clients.append(client)
             r = client.init_before_use(self._host)
             if inspect.isawaitable(r):
                 await r
-        except Exception as e:
+        except Exception as e:  # no shutdown() for it: as __exit__ after a failed __enter__
             st = self._delta.op(self._name)
             st.fail += 1
             key = error_key(self._name, e)
@@ -113,6 +112,7 @@ class ClientScheduler:
             if early.armed:
                 early.init_failed(key, time.monotonic())
             return
+        self._clients.append(client)
         self.started += 1
         if early.armed:
             early.init_ok(time.monotonic())
@@ -234,7 +234,8 @@ class ClientScheduler:
             task.cancel()
 
     async def shutdown_clients(self, timeout: float) -> None:
-        """``shutdown()`` on every client, concurrently, within ``timeout``."""
+        """``shutdown()`` on every client whose ``init_before_use`` returned, concurrently,
+        within ``timeout``."""
         if not self._clients:
             return
         clients, self._clients = self._clients, []
@@ -243,7 +244,7 @@ class ClientScheduler:
             await asyncio.wait_for(results, timeout)
         except TimeoutError:
             self._delta.add_error((self._name, "ShutdownTimeout",
-                                      f"shutdown() still running after {timeout:g}s"))
+                                   f"shutdown() still running after {timeout:g}s"))
 
     async def _shutdown_one(self, client: ClientProtocol) -> None:
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.bundle import BundleError, check_bundle_path
+from protocol.bundle import BundleError, check_bundle_file, check_bundle_path
 from protocol.wire.limits import format_size
 from protocol.wire.messages import BundleFile
 
@@ -64,6 +64,7 @@ class BundleBuilder:
         return rel
 
     def add_bytes(self, rel: str, data: bytes, mode: int = 0o644) -> None:
+        check_bundle_file(rel, mode)  # what agents will check
         self._seen.add(rel)
         self._bundle.files.append(BundleFile(path=rel, mode=mode, data=data))
 
@@ -96,8 +97,7 @@ class BundleBuilder:
                 if entry.name != "__pycache__":
                     self._add_folder(entry.path, rel, what)
             elif entry.is_file(follow_symlinks=False):
-                rel = str(check_bundle_path(rel))
-                if rel not in self._seen:
+                if rel not in self._seen:  # a name under a checked folder: add_bytes checks
                     with open(entry.path, "rb") as f:
                         data = f.read()
                     self.add_bytes(rel, data, stat.S_IMODE(entry.stat().st_mode))

@@ -16,29 +16,13 @@ from loadmaster.bundle import build_bundle
 from loadmaster.config import ConfigError, load_config
 from loadmaster.exitcodes import ExitCode
 from loadmaster.run import Run, RunFailed, RunOptions
-from protocol import __version__
 from protocol.bundle import BundleError
+from protocol.command import new_app
 from protocol.cpus import parse_cpu_list
 from protocol.fdlimit import raise_open_files_limit
 from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_host_port
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distributed load tester: drives loadagent workers and reports.")
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"loadmaster {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True,
-        help="Print the version and exit.")] = False,
-) -> None:
-    """Distributed load tester: drives loadagent workers and reports."""
+app = new_app("loadmaster", "Distributed load tester: drives loadagent workers and reports.")
 
 
 def _fail(code: int, message: str) -> typer.Exit:

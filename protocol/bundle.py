@@ -1,12 +1,19 @@
-"""Rules for paths inside a job's bundle, shared by the master (building) and agents (writing)."""
+"""The rules of a job's bundle, one owner for both sides.
+
+The master builds a bundle from its disk (``loadmaster.bundle``) and every agent writes
+it into a fresh run directory (``loadagent.rundir``); both check each entry here, so
+what the master ships is exactly what an agent accepts.
+"""
 
 from __future__ import annotations
 
+import stat
 from pathlib import PurePosixPath
 
 __all__ = [
     "RESERVED_TOP_LEVEL",
     "BundleError",
+    "check_bundle_file",
     "check_bundle_path",
 ]
 
@@ -35,3 +42,12 @@ def check_bundle_path(path: str) -> PurePosixPath:
             f"bundle path {path!r}: a top-level {parts[0]} would shadow the project's "
             f"`protocol` package; rename it")
     return PurePosixPath(*parts)
+
+
+def check_bundle_file(path: str, mode: int) -> PurePosixPath:
+    """A bundle entry: a checked path, and a mode that is a regular file's (or bare
+    permission bits)."""
+    rel = check_bundle_path(path)
+    if not 0 <= mode <= 0o177777 or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+        raise BundleError(f"bundle path {path!r}: only regular files are accepted")
+    return rel

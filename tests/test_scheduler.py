@@ -310,3 +310,39 @@ def test_many_clients_due_at_once_are_started_while_the_loop_keeps_turning() -> 
     # started in batches of HATCH_BATCH, the loop turning between them; all at once, the
     # other task would get no turn between the first client started and the last
     assert turns_while_starting >= clients // HATCH_BATCH // 2, turns_while_starting
+
+
+def test_shutdown_runs_only_for_clients_whose_init_returned() -> None:
+    """A client whose init_before_use raised is never shut down (as __exit__ is not called
+    after a failed __enter__); every other client is, once."""
+    shut: list[int] = []
+
+    class HalfFailing(ClientProtocol):
+        made = 0
+
+        def init_before_use(self, host: str) -> None:
+            HalfFailing.made += 1
+            self.number = HalfFailing.made
+            if self.number % 2 == 0:
+                raise ConnectionError("init failed")
+
+        async def execute(self) -> None:
+            await asyncio.sleep(0.001)
+
+        async def shutdown(self) -> None:
+            shut.append(self.number)
+
+    totals = Totals()
+
+    async def main() -> None:
+        sched = ClientScheduler(HalfFailing, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 6)
+        await asyncio.sleep(0.05)
+        await sched.stop(1.0)
+        await sched.shutdown_clients(1.0)
+        assert sched.started == 3
+
+    run(main)
+    assert sorted(shut) == [1, 3, 5]
+    assert totals.op("HalfFailing").fail >= 3  # the three failed inits are counted
+    assert not any("shutdown" in key[0] for key, _ in totals.iter_errors())
