@@ -5,6 +5,17 @@ Workers are started from the agent's forkserver (never forked from a process wit
 running loop or a ZeroMQ context). Each is watched through its pipe and its process
 sentinel; a worker that exits without sending its totals is reported as lost, never
 restarted.
+
+Theory of operation: a worker's life, as the agent sees it, is one ``WorkerPhase``,
+moved only along ``TRANSITIONS``. It is STARTING from its spawn (the job is in its
+pipe); WORKER_READY makes it READY, JOB_FAILED (its client failed before load) FAILED.
+Its FINAL makes it FINISHED: the totals are resent every heartbeat until the master's
+FINAL_ACK makes it ACKED. A process that exits while STARTING or READY went without its
+totals: LOST, and the master hears WORKER_LOST. That the process has exited is a fact
+apart (``WorkerHandle.process_exited``): a FINISHED worker may still be shutting its
+clients down, and the ack may come after its exit. Anything off the table (a second
+READY, a FINAL before READY, a JOB_FAILED after it) is logged and ignored: a bad message
+from a worker never crashes the agent.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -45,17 +57,46 @@ log = logging.getLogger("loadagent")
 EXIT_WAIT = 3.0
 
 
+class WorkerPhase(Enum):
+    STARTING = "starting"  # process started, job sent
+    READY = "ready"  # WORKER_READY: client imported, global_init done
+    FINISHED = "finished"  # FINAL in hand, not yet acknowledged by the master
+    ACKED = "acked"  # the master acknowledged the FINAL
+    FAILED = "failed"  # JOB_FAILED: the client failed before load; no totals will come
+    LOST = "lost"  # the process exited without its totals
+
+
+TRANSITIONS: dict[WorkerPhase, frozenset[WorkerPhase]] = {
+    WorkerPhase.STARTING: frozenset({WorkerPhase.READY, WorkerPhase.FAILED, WorkerPhase.LOST}),
+    WorkerPhase.READY: frozenset({WorkerPhase.FINISHED, WorkerPhase.LOST}),
+    WorkerPhase.FINISHED: frozenset({WorkerPhase.ACKED}),
+    WorkerPhase.ACKED: frozenset(),
+    WorkerPhase.FAILED: frozenset(),
+    WorkerPhase.LOST: frozenset(),
+}
+# the phases a worker reaches only through READY: it counts as ready for AGENT_READY
+WAS_READY = frozenset({WorkerPhase.READY, WorkerPhase.FINISHED, WorkerPhase.ACKED})
+# the phases an exit without totals makes LOST
+NO_TOTALS_YET = frozenset({WorkerPhase.STARTING, WorkerPhase.READY})
+
+
 @dataclass
 class WorkerHandle:
     index: int  # global worker id in the run
     process: BaseProcess
     conn: Connection
-    ready: bool = False
-    notes: list[str] = field(default_factory=list)
-    final: Final | None = None
-    acked: bool = False
-    exited: bool = False
-    failed: bool = False
+    phase: WorkerPhase = WorkerPhase.STARTING
+    process_exited: bool = False  # its sentinel fired; apart from the phase (see above)
+    notes: list[str] = field(default_factory=list)  # from its WORKER_READY
+    final: Final | None = None  # its totals from FINISHED on, resent until ACKED
+
+    def advance(self, to: WorkerPhase, why: str) -> bool:
+        """Move to ``to`` if ``TRANSITIONS`` allows it; otherwise log, stay, and say so."""
+        if to not in TRANSITIONS[self.phase]:
+            log.warning("worker %d: %s while %s: ignored", self.index, why, self.phase.value)
+            return False
+        self.phase = to
+        return True
 
 
 class JobRun:
@@ -69,7 +110,6 @@ class JobRun:
         self._clock = clock  # (offset, rtt) of the agent's clock estimate
         self._rundir: RunDir | None = None
         self._workers: dict[int, WorkerHandle] = {}
-        self._ready_sent = False
         self._starting: asyncio.Task[None] | None = None
         self._closing = False
         self._pending: Stop | Abort | None = None  # for workers spawned after it came
@@ -150,33 +190,43 @@ class JobRun:
             asyncio.get_running_loop().remove_reader(h.conn.fileno())
 
     def _from_worker(self, h: WorkerHandle, msg: Message) -> None:
-        if isinstance(msg, WorkerReady) and msg.worker == h.index:
-            h.ready = True
-            h.notes = msg.notes
-            for note in msg.notes:  # the master shows them to the user
-                log.info("run %s: %s", self.run_id, note)
-            if not self._ready_sent and len(self._workers) == len(self.job.worker_ids) \
-                    and all(w.ready for w in self._workers.values()):
-                self._ready_sent = True
-                offset, rtt = self._clock()
-                notes = [n for w in self._workers.values() for n in w.notes]
-                if len(notes) > MAX_NOTES:
-                    notes[MAX_NOTES - 1:] = [f"... and {len(notes) - MAX_NOTES + 1} more "
-                                             f"notes in agent {self._agent}'s log"]
-                self._send(AgentReady(workers=len(self._workers), clock_offset=offset,
-                                      rtt=rtt, notes=notes))
-                log.info("run %s: all %d worker(s) ready", self.run_id, len(self._workers))
-        elif isinstance(msg, JobFailed) and msg.worker == h.index:
-            h.failed = True
-            log.info("run %s: worker %d: the client failed before load", self.run_id, h.index)
-            self._send(msg)
-        elif isinstance(msg, ClientsFailing) and msg.worker == h.index:
+        if not isinstance(msg, WorkerReady | JobFailed | ClientsFailing | Final) \
+                or msg.worker != h.index:
+            log.warning("run %s: worker %d sent an unexpected %s: ignored", self.run_id,
+                        h.index, type(msg).__name__)
+        elif isinstance(msg, WorkerReady):
+            if h.advance(WorkerPhase.READY, "WORKER_READY"):
+                h.notes = msg.notes
+                for note in msg.notes:  # the master shows them to the user
+                    log.info("run %s: %s", self.run_id, note)
+                self._ready_if_all()
+        elif isinstance(msg, JobFailed):
+            if h.advance(WorkerPhase.FAILED, "JOB_FAILED"):
+                log.info("run %s: worker %d: the client failed before load", self.run_id,
+                         h.index)
+                self._send(msg)
+        elif isinstance(msg, ClientsFailing):
             log.info("run %s: worker %d: every client fails: %s", self.run_id, h.index,
                      msg.error)
             self._send(msg)
-        elif isinstance(msg, Final) and msg.worker == h.index:
+        elif h.advance(WorkerPhase.FINISHED, "FINAL"):
             h.final = msg
             self._send(msg)
+
+    def _ready_if_all(self) -> None:
+        """AGENT_READY when every worker of the job was spawned and is ready: called on each
+        move to READY, which a worker makes once, so this is true at most once."""
+        if len(self._workers) != len(self.job.worker_ids) \
+                or any(w.phase not in WAS_READY for w in self._workers.values()):
+            return
+        offset, rtt = self._clock()
+        notes = [n for w in self._workers.values() for n in w.notes]
+        if len(notes) > MAX_NOTES:
+            notes[MAX_NOTES - 1:] = [f"... and {len(notes) - MAX_NOTES + 1} more "
+                                     f"notes in agent {self._agent}'s log"]
+        self._send(AgentReady(workers=len(self._workers), clock_offset=offset, rtt=rtt,
+                              notes=notes))
+        log.info("run %s: all %d worker(s) ready", self.run_id, len(self._workers))
 
     def _on_exit(self, h: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -185,9 +235,10 @@ class JobRun:
         with contextlib.suppress(OSError, ValueError):
             loop.remove_reader(h.conn.fileno())
         h.process.join(0)
-        h.exited = True
+        h.process_exited = True
         code = h.process.exitcode if h.process.exitcode is not None else -1
-        if h.final is None and not h.failed:
+        if h.phase in NO_TOTALS_YET:
+            h.advance(WorkerPhase.LOST, "exit")
             log.error("run %s: worker %d exited (code %s) without its totals",
                       self.run_id, h.index, code)
             self._send(WorkerLost(worker=h.index, exitcode=code,
@@ -197,7 +248,7 @@ class JobRun:
         self._exits.set()
 
     async def _all_watched_exited(self) -> None:
-        while not all(h.exited for h in self._workers.values()):
+        while not all(h.process_exited for h in self._workers.values()):
             self._exits.clear()
             await self._exits.wait()
 
@@ -207,31 +258,33 @@ class JobRun:
             self._pending = msg
         data = encode_joined(msg)
         for h in self._workers.values():
-            if not h.exited:
+            if not h.process_exited:
                 with contextlib.suppress(OSError):
                     h.conn.send_bytes(data)
 
     def ack(self, worker: int) -> None:
         h = self._workers.get(worker)
-        if h is not None:
-            h.acked = True
+        if h is None or h.phase is WorkerPhase.ACKED:
+            return  # ACKED: the ack of a FINAL resent before the first ack arrived
+        h.advance(WorkerPhase.ACKED, "FINAL_ACK")
 
     def resend_unacked(self) -> None:
         for h in self._workers.values():
-            if h.final is not None and not h.acked:
+            if h.phase is WorkerPhase.FINISHED and h.final is not None:
                 self._send(h.final)
 
     @property
     def settled(self) -> bool:
         """Every worker has exited and each one's totals were acknowledged (or lost)."""
-        return all(h.exited and (h.final is None or h.acked) for h in self._workers.values())
+        return all(h.process_exited and h.phase is not WorkerPhase.FINISHED
+                   for h in self._workers.values())
 
     async def close(self) -> None:
         """Abort what still runs, wait briefly, kill the rest, remove the run directory."""
         self._closing = True
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
-        alive = [h for h in self._workers.values() if not h.exited]
+        alive = [h for h in self._workers.values() if not h.process_exited]
         if alive:
             self.forward(Abort("the agent is closing the run"))
             with contextlib.suppress(TimeoutError):

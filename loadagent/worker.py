@@ -96,6 +96,25 @@ def _exit_when_agent_gone(fd: int) -> None:
     threading.Thread(target=watch, name="agent-watch", daemon=True).start()
 
 
+class AbortLatch:
+    """A worker's abort, set once: the first reason (an ABORT, or the agent gone) stands,
+    and whoever waits for it (the clients' shutdown, cut short) wakes."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._event = asyncio.Event()
+
+    def set(self, reason: str) -> str:
+        """Abort, unless already aborted; the reason that stands."""
+        if self.reason is None:
+            self.reason = reason
+            self._event.set()
+        return self.reason
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class Worker:
     def __init__(self, conn: Connection, wj: WorkerJob, fd_limit: int = -1) -> None:
         self._conn = conn
@@ -107,8 +126,7 @@ class Worker:
         self._agent_alive = True
         self._start: asyncio.Future[float] | None = None
         self._done: asyncio.Event | None = None
-        self._abort_reason: str | None = None  # set once: an ABORT (or the agent gone)
-        self._aborted = asyncio.Event()
+        self._aborted = AbortLatch()
         self._stopped_at = 0.0  # wall clock of the stop (run_time, STOP, ABORT); 0: none
         self._early = EarlyFailure(self._clients)
         self._sched: ClientScheduler | None = None
@@ -171,18 +189,20 @@ class Worker:
         self._stopped_at = max(self._stopped_at, t0 + self._job.run_time)
 
     def _abort(self, reason: str) -> None:
-        if self._abort_reason is None:
-            self._abort_reason = reason
-            self._aborted.set()
+        reason = self._aborted.set(reason)
         if self._sched is not None:
-            self._sched.abort(self._abort_reason)
+            self._sched.abort(reason)
         self._request_stop()
 
     # -- the run ----------------------------------------------------------------------
+    def _arm(self) -> None:
+        """The start (T0, or cancelled by an earlier STOP) and the stop, on the running loop."""
+        self._start = asyncio.get_running_loop().create_future()
+        self._done = asyncio.Event()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._start = loop.create_future()
-        self._done = asyncio.Event()
+        self._arm()
         loop.add_reader(self._conn.fileno(), self._on_pipe)
         # SIGTERM on a worker (systemd signals the whole group) is a STOP, as on the agent
         loop.add_signal_handler(signal.SIGTERM, self._request_stop)
@@ -246,7 +266,7 @@ class Worker:
                 last_end = max(last_end, (self._sched.last_call_end_ns - self._t0_perf_ns) / 1e9)
         return Final(
             worker=self._wj.worker, totals=self._cumulative, last_end=last_end, clients=started,
-            aborted=self._abort_reason is not None, start_lag=self._start_lag,
+            aborted=self._aborted.reason is not None, start_lag=self._start_lag,
             stopped_at=stopped_at, grace=grace.seconds, grace_finished=grace.finished,
             grace_cancelled=grace.cancelled)
 
@@ -272,16 +292,16 @@ class Worker:
                                               self._early)
         sched.start(loop_t0, client_offsets(self._wj.worker, job.total_workers, job.users,
                                           job.hatch_rate))
-        if self._abort_reason is not None:
-            sched.abort(self._abort_reason)
+        if self._aborted.reason is not None:
+            sched.abort(self._aborted.reason)
         stop_timer = loop.call_at(loop_t0 + job.run_time, self._run_time_reached, t0)
         helpers = [loop.create_task(self._publish_every_second(pub, loop_t0)),
                    loop.create_task(self._probe_lag())]
         try:
             await self._done.wait()
-            if self._abort_reason is not None:
-                sched.abort(self._abort_reason)
-            await sched.stop(0.0 if self._abort_reason is not None else job.stop_grace)
+            if self._aborted.reason is not None:
+                sched.abort(self._aborted.reason)
+            await sched.stop(0.0 if self._aborted.reason is not None else job.stop_grace)
             await self._shutdown_clients(sched)
         finally:
             stop_timer.cancel()
@@ -291,7 +311,7 @@ class Worker:
 
     async def _shutdown_clients(self, sched: ClientScheduler) -> None:
         """shutdown() every client; an ABORT cuts it short, so the totals still go out."""
-        if self._abort_reason is not None:
+        if self._aborted.reason is not None:
             await sched.shutdown_clients(SHUTDOWN_TIMEOUT_ON_ABORT)
             return
         shutdown = asyncio.ensure_future(
