@@ -4,6 +4,13 @@ Live figures come from here: the running cumulative totals, one merged histogram
 second, per-agent rates and clients, and gaps in each worker's sequence numbers
 (PUB/SUB drops silently at its high-water mark). The final report never sums these
 deltas, except for a worker that was lost before it could send its final totals.
+
+The deltas also carry the load generator's own health: the CPU each worker used and
+the worst lag of its event loop, counted while the worker runs clients. A worker is
+saturated once it used over ``SATURATION_CPU`` of a core, or its loop lagged over
+``SATURATION_LAG``, for ``SATURATION_SECONDS`` seconds in a row; from then on its
+figures measure the generator as much as the target. Only live deltas carry these
+figures (final totals do not).
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
 POLL_WAIT = 0.2  # seconds; a missed ZMQ_FD edge costs at most this
 RATE_WINDOW = 5  # complete seconds behind "current rps"
+# The saturation rule (one place: a later issue makes these configurable)
+SATURATION_CPU = 0.9  # of one core, per second
+SATURATION_LAG = 0.020  # seconds of event-loop lag
+SATURATION_SECONDS = 3  # in a row
 
 
 @dataclass
@@ -35,8 +46,67 @@ class WorkerLive:
     missed: int = 0
     clients: int = 0
     last_second: int = 0  # the latest second of the run it reported
+    # the generator's figures, from the deltas received while it ran clients
     cpu_seconds: float = 0.0
-    loop_lag: float = 0.0
+    cpu_span: int = 0  # the seconds of the run those deltas cover
+    loop_lag: float = 0.0  # the worst, seconds
+    counted: int = 0  # the second of the latest delta counted; 0: none, or a gap since
+    hot_seconds: int = 0  # seconds in a row over a saturation threshold, up to ``counted``
+    hot_from: int = 0  # the first second of that streak
+    saturated_from: int = 0  # the first second of the first streak that saturated it; 0: never
+
+    @property
+    def cpu(self) -> float | None:
+        """The share of one core it used over the seconds its deltas cover."""
+        return self.cpu_seconds / self.cpu_span if self.cpu_span else None
+
+    def observe(self, second: int, contiguous: bool, clients: int, cpu_seconds: float,
+                loop_lag: float) -> int:
+        """Count one delta's CPU and loop lag, and judge saturation.
+
+        ``contiguous``: no delta was lost before this one. The worker labels a delta it
+        publishes late (its loop was blocked past a whole second) with the second it was
+        due, then skips to the current second: the seconds skipped belong to that late
+        delta. Returns how many were credited to it now.
+        """
+        skipped = 0
+        if not contiguous:
+            self.counted = self.hot_seconds = 0  # what the lost deltas said is unknown
+        elif self.counted and second > self.counted + 1:
+            skipped = second - self.counted - 1
+            self.cpu_span += skipped
+            if self.hot_seconds:
+                self.hot_seconds += skipped
+                self._saturate()
+        if not clients:  # before its clients start, or after they stop: not the load's
+            self.counted = self.hot_seconds = 0
+            return skipped
+        self.counted = second
+        self.cpu_seconds += cpu_seconds
+        self.cpu_span += 1
+        self.loop_lag = max(self.loop_lag, loop_lag)
+        if cpu_seconds > SATURATION_CPU or loop_lag > SATURATION_LAG:
+            if not self.hot_seconds:
+                self.hot_from = second
+            self.hot_seconds += 1
+            self._saturate()
+        else:
+            self.hot_seconds = 0
+        return skipped
+
+    def _saturate(self) -> None:
+        if self.hot_seconds >= SATURATION_SECONDS and not self.saturated_from:
+            self.saturated_from = self.hot_from
+
+
+@dataclass
+class AgentSecond:
+    """What an agent's workers' deltas said of one second of the run."""
+
+    ok: int = 0
+    cpu_seconds: float = 0.0
+    cpu_span: int = 0  # worker-seconds those CPU seconds cover
+    loop_lag: float = 0.0  # the worst of its workers
 
 
 class Aggregator:
@@ -50,7 +120,7 @@ class Aggregator:
         self.workers: dict[tuple[str, int], WorkerLive] = {}
         self.totals = Totals()
         self._ok_per_second: dict[int, int] = defaultdict(int)
-        self._agent_ok_per_second: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self._agent_seconds: dict[str, dict[int, AgentSecond]] = defaultdict(dict)
         self.bad_messages = 0
         self.latest_second = 0  # the latest second any delta covered
 
@@ -97,19 +167,33 @@ class Aggregator:
             return  # not in this run's plan
         if d.seq < w.next_seq:
             return  # duplicate or reordered after a gap was already counted
-        w.missed += d.seq - w.next_seq
+        lost = d.seq - w.next_seq
+        w.missed += lost
         w.next_seq = d.seq + 1
         w.clients = d.clients
         w.last_second = max(w.last_second, d.second)
-        w.cpu_seconds += d.cpu_seconds
-        w.loop_lag = d.loop_lag
         w.totals.merge(d.totals)
         self.totals.merge(d.totals)
         ok = d.totals.ok
         if d.second > self.latest_second:
             self.latest_second = d.second
         self._ok_per_second[d.second] += ok
-        self._agent_ok_per_second[d.agent][d.second] += ok
+        seconds = self._agent_seconds[d.agent]
+        at = seconds.get(d.second)
+        if at is None:
+            at = seconds[d.second] = AgentSecond()
+        at.ok += ok
+        # the codec refuses a NaN or infinite float, not a negative one
+        cpu = max(0.0, d.cpu_seconds)
+        lag = max(0.0, d.loop_lag)
+        late = w.counted
+        skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag)
+        if skipped:
+            seconds[late].cpu_span += skipped
+        if d.clients:
+            at.cpu_seconds += cpu
+            at.cpu_span += 1
+            at.loop_lag = max(at.loop_lag, lag)
 
     # -- live figures -------------------------------------------------------------------
     @property
@@ -125,6 +209,24 @@ class Aggregator:
         first = max(1, last - RATE_WINDOW + 1)
         if last < first:
             return 0.0, 0
-        counts = self._ok_per_second if agent is None else self._agent_ok_per_second[agent]
         n = last - first + 1
-        return sum(counts.get(k, 0) for k in range(first, last + 1)) / n, n
+        if agent is None:
+            return sum(self._ok_per_second.get(k, 0) for k in range(first, last + 1)) / n, n
+        return sum(a.ok for a in self._window(last, agent)) / n, n
+
+    def generator_load(self, last: int, agent: str) -> tuple[float | None, float | None]:
+        """The agent's workers' share of a core each, and their worst loop lag (seconds),
+        over the complete seconds behind current rps; None without a delta there."""
+        seconds = self._window(last, agent)
+        span = sum(a.cpu_span for a in seconds)
+        if not span:
+            return None, None
+        return sum(a.cpu_seconds for a in seconds) / span, max(a.loop_lag for a in seconds)
+
+    def saturated(self, agent: str) -> bool:
+        return any(w.saturated_from for w in self.workers.values() if w.agent == agent)
+
+    def _window(self, last: int, agent: str) -> list[AgentSecond]:
+        seconds = self._agent_seconds.get(agent, {})
+        return [a for k in range(max(1, last - RATE_WINDOW + 1), last + 1)
+                if (a := seconds.get(k)) is not None]

@@ -24,6 +24,10 @@ class AgentLine:
     state: str = "ok"
     clock_offset: float = 0.0  # seconds, master - agent
     start_skew: float = 0.0  # seconds the agent's latest worker started after T0
+    # the load generator's health (live: over current rps's seconds; final: the run)
+    cpu: float | None = None  # share of one core per worker; None: no delta yet
+    loop_lag: float | None = None  # seconds, the worst of its workers
+    saturated: bool = False  # a worker met the saturation rule (aggregator.py)
 
 
 @dataclass
@@ -72,6 +76,14 @@ def _ms(ns: float | None) -> str:
     return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
 
 
+def _cpu(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}"
+
+
+def _lag(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.1f}"
+
+
 def _headline(run_time: float, users: int | str,
               total: OpStats) -> tuple[list[str], list[str]]:
     """The seed's fields before and after where the live block puts current rps."""
@@ -105,11 +117,14 @@ def format_live(view: LiveView) -> str:
     if view.behind >= 2:
         lines.append(_field("figures late", f"{view.behind} s behind the clock: a worker is "
                                             f"busy, or its deltas are lost"))
-    if len(view.agents) > 1:
-        for a in view.agents:
-            state = "" if a.state == "ok" else f" [{a.state}]"
-            lines.append(_field(f"agent {a.name}", f"{a.workers} workers, {a.clients} clients, "
-                                                   f"{a.rps:.1f} rps{state}"))
+    for a in view.agents:
+        cpu = "-" if a.cpu is None else f"{_cpu(a.cpu)}%"
+        lag = "-" if a.loop_lag is None else f"{_lag(a.loop_lag)} ms"
+        saturated = ", SATURATED" if a.saturated else ""
+        state = "" if a.state == "ok" else f" [{a.state}]"
+        lines.append(_field(f"agent {a.name}", f"{a.workers} workers, {a.clients} clients, "
+                                               f"{a.rps:.1f} rps, cpu {cpu}, loop lag {lag}"
+                                               f"{saturated}{state}"))
     if view.missed_deltas:
         lines.append(_field("live deltas lost", view.missed_deltas))
     lines.append(RULE)
@@ -154,13 +169,16 @@ def format_final(view: FinalView) -> str:
         if rest:
             lines.append(f"  {sum(c for _, c in rest):>8}  ... {len(rest)} more distinct "
                          f"error(s)")
-    if view.agents and (len(view.agents) > 1 or any(a.state != "ok" for a in view.agents)):
+    if view.agents:
         lines.append("agents:")
         lines.append(f"  {'name':<24} {'workers':>7} {'clients':>8} {'success':>10} {'fail':>8} "
-                     f"{'rps':>10} {'offset ms':>10} {'skew ms':>8}  state")
+                     f"{'rps':>10} {'cpu %':>7} {'max lag ms':>11}  {'generator':<9} "
+                     f"{'offset ms':>10} {'skew ms':>8}  state")
         for a in view.agents:
+            generator = "SATURATED" if a.saturated else "ok"
             lines.append(f"  {a.name[:24]:<24} {a.workers:>7} {a.clients:>8} {a.ok:>10} "
-                         f"{a.fail:>8} {a.rps:>10.1f} {1000 * a.clock_offset:>10.1f} "
+                         f"{a.fail:>8} {a.rps:>10.1f} {_cpu(a.cpu):>7} {_lag(a.loop_lag):>11}  "
+                         f"{generator:<9} {1000 * a.clock_offset:>10.1f} "
                          f"{1000 * a.start_skew:>8.1f}  {a.state}")
     if view.missed_deltas:
         lines.append(f"live deltas lost on the stats channel: {view.missed_deltas} "

@@ -1,7 +1,8 @@
 """The final report, built from what the run collected: a pure function, no I/O.
 
 Inputs are the agents' records (their workers' final totals, lost workers, state), the
-live totals of workers that never sent final ones, and how the run ended; the output is
+live records of every worker (live totals for those that never sent final ones; the
+generator's CPU, loop lag and saturation for all), and how the run ended; the output is
 the final block's view and the exit code. Nothing here sums live deltas of a worker that
 sent its final totals, so the headline is exact whenever every worker reported.
 """
@@ -11,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from loadmaster.aggregator import WorkerLive
+from loadmaster.aggregator import (
+    SATURATION_CPU,
+    SATURATION_LAG,
+    SATURATION_SECONDS,
+    WorkerLive,
+)
 from loadmaster.console import AgentLine, FinalView, GraceView
 from loadmaster.coordinator import AgentRecord, AgentState
 from loadmaster.exitcodes import ExitCode, first, for_signal
@@ -19,6 +25,7 @@ from protocol.plan import clients_of
 from protocol.stats import Totals
 
 __all__ = ["RunEnd", "agent_state", "final_report"]
+NAMED_WORKERS = 5  # saturated workers named in a note; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,29 @@ def agent_state(agent: AgentRecord) -> str:
     return "ok"
 
 
+def _saturation_note(agent: str, workers: Sequence[WorkerLive]) -> str:
+    """What the user should know of an agent whose saturated ``workers`` are given."""
+    named = ", ".join(f"worker {w.worker} from second {w.saturated_from}"
+                      for w in workers[:NAMED_WORKERS])
+    if len(workers) > NAMED_WORKERS:
+        named += f" and {len(workers) - NAMED_WORKERS} more"
+    return (f"note: agent {agent} was saturated (over {SATURATION_CPU:.0%} of a core or loop "
+            f"lag over {1000 * SATURATION_LAG:g} ms for {SATURATION_SECONDS} s in a row: "
+            f"{named}): its figures measure the load generator as much as the target; add "
+            f"workers or agents")
+
+
+def _generator(line: AgentLine, workers: Sequence[WorkerLive]) -> list[WorkerLive]:
+    """Set the agent's CPU share and worst loop lag over the run; its saturated workers."""
+    span = sum(w.cpu_span for w in workers)
+    if span:
+        line.cpu = sum(w.cpu_seconds for w in workers) / span
+        line.loop_lag = max(w.loop_lag for w in workers)
+    saturated = [w for w in workers if w.saturated_from]
+    line.saturated = bool(saturated)
+    return saturated
+
+
 def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], WorkerLive],
                  end: RunEnd) -> tuple[FinalView, ExitCode]:
     total = Totals()
@@ -54,6 +84,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     last_end = 0.0
     started = 0
     grace = GraceView(0.0, 0, 0)
+    saturation: list[str] = []
     for agent in agents:
         agent_totals = Totals()
         for w in agent.worker_ids:
@@ -82,15 +113,21 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         notes.extend(agent.notes)
         total.merge(agent_totals)
         combined = agent_totals.combined()
-        lines.append(AgentLine(
+        line = AgentLine(
             name=agent.name, workers=len(agent.worker_ids),
             clients=sum(clients_of(w, end.total_workers, end.users) for w in agent.worker_ids),
             rps=0.0, ok=combined.ok, fail=combined.fail, state=state,
             clock_offset=agent.clock_offset,
-            start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0)))
+            start_skew=max((f.start_lag for f in agent.finals.values()), default=0.0))
+        lines.append(line)
+        saturated = _generator(line, [rec for w in agent.worker_ids
+                                      if (rec := live.get((agent.name, w))) is not None])
+        if saturated:
+            saturation.append(_saturation_note(agent.name, saturated))
     run_time = last_end if last_end > 0 else max(0.0, end.now - end.t0)
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
+    notes.extend(saturation)
     if end.client_failure:
         notes.append("stopped early: every client failed the same way before any I/O (the "
                      "error is in the table above)")

@@ -407,11 +407,14 @@ class Run:
 
     def _live_view(self, elapsed: float, covered: int, stopping: str) -> LiveView:
         # the figures cover the complete seconds whose deltas arrived
-        lines = [AgentLine(name=a.name, workers=len(a.worker_ids),
-                           clients=self.agg.clients(a.name),
-                           rps=self.agg.current_rps(covered, a.name)[0],
-                           state="ok" if not a.gone else a.state.value)
-                 for a in self._agents]
+        lines = []
+        for a in self._agents:
+            cpu, lag = self.agg.generator_load(covered, a.name)
+            lines.append(AgentLine(name=a.name, workers=len(a.worker_ids),
+                                   clients=self.agg.clients(a.name),
+                                   rps=self.agg.current_rps(covered, a.name)[0],
+                                   state="ok" if not a.gone else a.state.value,
+                                   cpu=cpu, loop_lag=lag, saturated=self.agg.saturated(a.name)))
         rate, window = self.agg.current_rps(covered)
         return LiveView(run_time=float(covered), users=self.agg.clients(),
                         totals=self.agg.totals, current_rps=rate, rate_window=window,

@@ -6,10 +6,17 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
 import zmq
 import zmq.asyncio
 
-from loadmaster.aggregator import Aggregator
+from loadmaster.aggregator import (
+    SATURATION_CPU,
+    SATURATION_LAG,
+    SATURATION_SECONDS,
+    Aggregator,
+    WorkerLive,
+)
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, encode_stats
 from protocol.wire.messages import Delta, Hello
@@ -19,13 +26,13 @@ TOPIC = RUN_ID.encode()
 
 
 def delta(worker: int, seq: int, ok: int, second: int | None = None,
-          agent: str = "a") -> Delta:
+          agent: str = "a", cpu: float = 0.5, lag: float = 0.0, clients: int = 3) -> Delta:
     t = Totals()
     st = t.op("op")
     for i in range(ok):
         st.record_ok(1_000_000 + i)
     return Delta(agent=agent, worker=worker, seq=seq, second=seq + 1 if second is None
-                 else second, clients=3, totals=t, cpu_seconds=0.5, loop_lag=0.0)
+                 else second, clients=clients, totals=t, cpu_seconds=cpu, loop_lag=lag)
 
 
 async def feed(frames: list[list[bytes]], until: Callable[[Aggregator], bool]) -> Aggregator:
@@ -36,7 +43,7 @@ async def feed(frames: list[list[bytes]], until: Callable[[Aggregator], bool]) -
     agg.expect("a", 0)
     agg.expect("a", 1)
     serve = asyncio.get_running_loop().create_task(agg.serve())
-    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
     pub.linger = 1000
     pub.connect(f"tcp://127.0.0.1:{port}")
     try:
@@ -111,3 +118,118 @@ def test_current_rps_uses_complete_seconds_of_the_last_five_seconds() -> None:
     assert agg.current_rps(2) == (150, 2)  # only two complete seconds so far, and it says so
     assert agg.current_rps(0) == (0, 0)
     assert agg.current_rps(9, agent="a") == (700, 5)
+
+
+# -- the generator's CPU, loop lag and saturation ------------------------------------------
+
+HOT_CPU = (0.95, 0.0)  # (cpu seconds, loop lag) of one second: over a core's 90%
+HOT_LAG = (0.2, 0.035)  # a loop 35 ms late
+COOL = (0.5, 0.005)
+
+
+def seconds(*figures: tuple[float, float], clients: int = 3) -> tuple[Aggregator, WorkerLive]:
+    """An aggregator fed one delta a second, from second 1, with these (cpu, lag)."""
+    agg = Aggregator(zmq.asyncio.Context.instance(), "127.0.0.1", RUN_ID)
+    agg.expect("a", 0)
+    for k, (cpu, lag) in enumerate(figures):
+        agg.handle(encode_stats(TOPIC, delta(0, k, ok=10, cpu=cpu, lag=lag, clients=clients)))
+    return agg, agg.workers[("a", 0)]
+
+
+def test_the_thresholds_are_those_of_the_design() -> None:
+    assert (SATURATION_CPU, SATURATION_LAG, SATURATION_SECONDS) == (0.9, 0.020, 3)
+
+
+@pytest.mark.parametrize("hot", [HOT_CPU, HOT_LAG], ids=["cpu alone", "lag alone"])
+def test_three_hot_seconds_in_a_row_saturate_a_worker(hot: tuple[float, float]) -> None:
+    agg, w = seconds(COOL, hot, hot)
+    assert (w.saturated_from, agg.saturated("a")) == (0, False)
+    agg.handle(encode_stats(TOPIC, delta(0, 3, ok=1, cpu=hot[0], lag=hot[1])))
+    assert (w.saturated_from, agg.saturated("a")) == (2, True)  # the streak began in second 2
+
+
+def test_two_hot_seconds_then_a_normal_one_do_not_saturate() -> None:
+    agg, w = seconds(HOT_CPU, HOT_LAG, COOL, HOT_CPU, HOT_LAG, COOL, HOT_LAG)
+    assert w.saturated_from == 0 and not agg.saturated("a")
+    assert w.hot_seconds == 1
+
+
+def test_the_thresholds_themselves_are_not_hot() -> None:
+    _, w = seconds(*[(SATURATION_CPU, SATURATION_LAG)] * 5)
+    assert w.saturated_from == 0 and w.hot_seconds == 0
+
+
+def test_a_cpu_and_a_lag_second_count_in_the_same_streak() -> None:
+    _, w = seconds(HOT_CPU, HOT_LAG, HOT_CPU)
+    assert w.saturated_from == 1
+
+
+def test_lost_deltas_start_the_streak_again() -> None:
+    agg, w = seconds(HOT_CPU, HOT_CPU)
+    # seq 2 (second 3) is lost: seconds 2 and 4 are not known to be in a row
+    agg.handle(encode_stats(TOPIC, delta(0, 3, ok=1, cpu=0.95)))
+    assert w.saturated_from == 0 and w.hot_seconds == 1 and agg.missed_deltas == 1
+    agg.handle(encode_stats(TOPIC, delta(0, 4, ok=1, cpu=0.95)))
+    agg.handle(encode_stats(TOPIC, delta(0, 5, ok=1, cpu=0.95)))
+    assert w.saturated_from == 4
+
+
+def test_saturation_is_sticky_and_keeps_the_first_streak() -> None:
+    agg, w = seconds(COOL, HOT_LAG, HOT_LAG, HOT_LAG, COOL, COOL, HOT_CPU, HOT_CPU, HOT_CPU)
+    assert w.saturated_from == 2
+    assert agg.saturated("a")
+
+
+def test_seconds_without_clients_are_not_the_loads_figures() -> None:
+    # a blocking shutdown() after the stop: hot, but no client runs any more
+    agg, w = seconds(HOT_CPU, HOT_CPU, (0.99, 0.5), (0.99, 0.5), (0.99, 0.5), clients=0)
+    assert w.saturated_from == 0 and w.cpu is None and w.loop_lag == 0.0
+    assert agg.generator_load(5, "a") == (None, None)
+    agg2, w2 = seconds(HOT_CPU, HOT_CPU)
+    agg2.handle(encode_stats(TOPIC, delta(0, 2, ok=0, cpu=0.0, lag=0.0, clients=0)))
+    agg2.handle(encode_stats(TOPIC, delta(0, 3, ok=1, cpu=0.95)))
+    assert w2.saturated_from == 0  # the second without clients broke the streak
+    assert w2.cpu == pytest.approx((0.95 * 3) / 3)
+
+
+def test_a_late_delta_covers_the_seconds_the_worker_skipped() -> None:
+    """A loop blocked 3.5 s publishes second 1 late, then second 4: the delta of second 1
+    covered seconds 1-3, so its CPU is spread over them and they count in the streak."""
+    agg, w = seconds((3.5, 3.5))
+    assert w.saturated_from == 0 and w.hot_seconds == 1
+    assert agg.generator_load(1, "a") == (3.5, 3.5)  # until the next delta says otherwise
+    agg.handle(encode_stats(TOPIC, delta(0, 1, ok=1, second=4, cpu=0.5, lag=0.0)))
+    assert w.saturated_from == 1  # seconds 1, 2, 3 were hot
+    assert w.hot_seconds == 0  # second 4 was not
+    assert (w.cpu_seconds, w.cpu_span) == (4.0, 4)
+    assert agg.generator_load(4, "a") == (1.0, 3.5)
+    assert agg.generator_load(1, "a") == (3.5 / 3, 3.5)
+
+
+def test_cpu_share_and_worst_lag_per_worker_and_per_agent_window() -> None:
+    agg = Aggregator(zmq.asyncio.Context.instance(), "127.0.0.1", RUN_ID)
+    agg.expect("a", 0)
+    agg.expect("a", 1)
+    agg.expect("b", 2)
+    for k in range(1, 8):  # worker 0: 10% of a core, worker 1: 30%; lag k ms
+        agg.handle(encode_stats(TOPIC, delta(0, k - 1, ok=1, cpu=0.1, lag=k / 1000)))
+        agg.handle(encode_stats(TOPIC, delta(1, k - 1, ok=1, cpu=0.3, lag=k / 2000)))
+    w0, w1 = agg.workers[("a", 0)], agg.workers[("a", 1)]
+    assert w0.cpu == pytest.approx(0.1) and w1.cpu == pytest.approx(0.3)
+    assert (w0.loop_lag, w1.loop_lag) == (0.007, 0.0035)
+    # the window of current rps: seconds 3-7 of both workers
+    cpu, lag = agg.generator_load(7, "a")
+    assert cpu == pytest.approx(0.2) and lag == 0.007
+    assert agg.current_rps(7, "a") == (2, 5)
+    cpu, lag = agg.generator_load(2, "a")  # seconds 1-2 only
+    assert cpu == pytest.approx(0.2) and lag == 0.002
+    assert agg.generator_load(7, "b") == (None, None)  # no delta from agent b
+    assert not agg.saturated("a") and not agg.saturated("b")
+
+
+def test_a_negative_cpu_or_lag_figure_counts_as_zero() -> None:
+    # the codec refuses NaN and infinities; a negative figure decodes
+    agg, w = seconds((-1.0, -1.0), (0.5, 0.01))
+    assert w.cpu == pytest.approx(0.25) and w.loop_lag == 0.01
+    cpu, lag = agg.generator_load(2, "a")
+    assert cpu == pytest.approx(0.25) and lag == 0.01

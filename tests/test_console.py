@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -186,3 +187,91 @@ def test_the_live_block_says_the_rate_window_and_that_the_run_is_stopping() -> N
                                           current_rps=9.5, rate_window=5)))
     assert "stopping" not in running
     assert running["current rps (last 5 s)"] == "9.50"
+
+
+# -- the load generator: CPU, loop lag, saturation -----------------------------------------
+
+
+def agent_lines(text: str) -> dict[str, str]:
+    return {k: v for k, v in fields(text).items() if k.startswith("agent ")}
+
+
+def test_the_live_block_gives_each_agent_its_cpu_and_loop_lag() -> None:
+    view = LiveView(run_time=10.0, users=8, totals=totals(), current_rps=9.5, agents=[
+        AgentLine("a", 2, 4, 4.75, cpu=0.4567, loop_lag=0.0031),
+        AgentLine("b", 2, 4, 4.75, cpu=0.97, loop_lag=0.052, saturated=True),
+        AgentLine("c", 1, 0, 0.0, state="LOST")])
+    assert agent_lines(format_live(view)) == {
+        "agent a": "2 workers, 4 clients, 4.8 rps, cpu 45.7%, loop lag 3.1 ms",
+        "agent b": "2 workers, 4 clients, 4.8 rps, cpu 97.0%, loop lag 52.0 ms, SATURATED",
+        "agent c": "1 workers, 0 clients, 0.0 rps, cpu -, loop lag - [LOST]",
+    }
+
+
+def test_the_live_block_shows_a_single_agent_too() -> None:
+    text = format_live(LiveView(run_time=3.0, users=1, totals=totals(), current_rps=1.0,
+                                agents=[AgentLine("local", 1, 1, 1.0, cpu=1.0, loop_lag=0.5,
+                                                  saturated=True)]))
+    assert agent_lines(text) == {"agent local": "1 workers, 1 clients, 1.0 rps, cpu 100.0%, "
+                                                "loop lag 500.0 ms, SATURATED"}
+
+
+def table(text: str) -> tuple[str, list[str]]:
+    lines = text.splitlines()
+    start = lines.index("agents:")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("  "):
+            break
+        rows.append(line)
+    return lines[start + 1], rows
+
+
+def read_table(text: str) -> dict[str, dict[str, str]]:
+    """Each value read under the header label its text overlaps, as scripts read it."""
+    header, rows = table(text)
+    labels = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", header)]
+    out = {}
+    for line in rows:
+        row = {}
+        for m in re.finditer(r"\S+", line):
+            under = [name for a, b, name in labels if m.start() < b and a < m.end()]
+            assert len(under) == 1, f"{m.group()!r} is not under one label:\n{header}\n{line}"
+            row[under[0]] = m.group()
+        out[row["name"]] = row
+    return out
+
+
+def test_the_final_agents_table_has_cpu_max_lag_and_the_generators_state() -> None:
+    view = FinalView(run_time=20.0, users=8, totals=totals(), agents=[
+        AgentLine("a", 2, 4, 2.5, ok=50, fail=5, cpu=0.4567, loop_lag=0.0031),
+        AgentLine("busy-agent", 2, 4, 2.5, ok=50, cpu=12.345, loop_lag=61.2, saturated=True),
+        AgentLine("c", 1, 0, 0.0, state="LOST")])
+    rows = read_table(format_final(view))
+    assert [(r["cpu %"], r["max lag ms"], r["generator"], r["state"]) for r in rows.values()] \
+        == [("45.7", "3.1", "ok", "ok"), ("1234.5", "61200.0", "SATURATED", "ok"),
+            ("-", "-", "ok", "LOST")]
+    assert rows["a"]["success"] == "50" and rows["a"]["workers"] == "2"
+    # scripts read the state as the last word and the success count as the fourth
+    _, lines = table(format_final(view))
+    assert [(line.split()[-1], line.split()[3]) for line in lines] \
+        == [("ok", "50"), ("ok", "50"), ("LOST", "0")]
+
+
+def test_a_single_agent_has_its_table_row() -> None:
+    text = format_final(FinalView(run_time=5.0, users=1, totals=totals(), agents=[
+        AgentLine("local", 1, 1, 19.5, ok=98, cpu=0.993, loop_lag=0.066)]))
+    assert read_table(text)["local"]["cpu %"] == "99.3"
+    assert "SATURATED" not in text
+
+
+def test_notes_follow_the_agents_table() -> None:
+    note = ("note: agent a was saturated (over 90% of a core or loop lag over 20 ms for 3 s "
+            "in a row: worker 0 from second 4): its figures measure the load generator as "
+            "much as the target; add workers or agents")
+    text = format_final(FinalView(run_time=5.0, users=1, totals=totals(), notes=[note],
+                                  agents=[AgentLine("a", 1, 1, 1.0, cpu=1.0, loop_lag=0.1,
+                                                    saturated=True)]))
+    lines = text.splitlines()
+    assert lines[-1] == note
+    assert lines[-2].split()[0] == "a" and "SATURATED" in lines[-2].split()

@@ -223,3 +223,81 @@ def test_grace_figures_are_summed_over_workers_and_the_longest_is_kept() -> None
     assert (view.grace.seconds, view.grace.finished, view.grace.cancelled) == (2.0, 7, 3)
     assert ("stop grace: 2.000 s; calls in flight at the stop: "
             "7 finished, 3 cancelled") in format_final(view)
+
+
+# -- the load generator: CPU, loop lag, saturation -----------------------------------------
+
+
+def worker_live(name: str, w: int, cpu_seconds: float, span: int, lag: float,
+                saturated_from: int = 0) -> WorkerLive:
+    return WorkerLive(agent=name, worker=w, clients=25, cpu_seconds=cpu_seconds,
+                      cpu_span=span, loop_lag=lag, saturated_from=saturated_from)
+
+
+def generator(*records: WorkerLive) -> dict[tuple[str, int], WorkerLive]:
+    return {(r.agent, r.worker): r for r in records}
+
+
+def test_cpu_share_and_worst_lag_over_the_run_per_agent() -> None:
+    a, b = two_agents()
+    live_records = generator(worker_live("a", 0, 4.0, 10, 0.004),  # 40% of a core
+                             worker_live("a", 1, 2.0, 10, 0.012),  # 20%
+                             worker_live("b", 2, 9.0, 9, 0.001))  # 100%, over fewer seconds
+    view, code = final_report([a, b], live_records, end())
+    assert code is ExitCode.OK
+    assert view.agents[0].cpu == pytest.approx(0.3) and view.agents[0].loop_lag == 0.012
+    # worker 3 never sent a delta: agent b's share is worker 2's
+    assert view.agents[1].cpu == pytest.approx(1.0) and view.agents[1].loop_lag == 0.001
+    assert not any(line.saturated for line in view.agents)
+    assert not any("saturated" in n for n in view.notes)
+    assert view.totals.ok == 460  # live records of workers with final totals add nothing
+
+
+def test_an_agent_without_deltas_has_no_cpu_figure() -> None:
+    a, b = two_agents()
+    view, _ = final_report([a, b], {}, end())
+    assert [(line.cpu, line.loop_lag, line.saturated) for line in view.agents] \
+        == [(None, None, False), (None, None, False)]
+
+
+def test_a_saturated_worker_flags_its_agent_with_a_note_and_keeps_exit_0() -> None:
+    a, b = two_agents()
+    live_records = generator(worker_live("a", 0, 2.0, 10, 0.004),
+                             worker_live("b", 2, 9.8, 10, 0.250, saturated_from=4),
+                             worker_live("b", 3, 3.0, 10, 0.010))
+    view, code = final_report([a, b], live_records, end())
+    assert code is ExitCode.OK
+    assert [line.saturated for line in view.agents] == [False, True]
+    assert view.notes == [
+        "note: agent b was saturated (over 90% of a core or loop lag over 20 ms for 3 s in "
+        "a row: worker 2 from second 4): its figures measure the load generator as much as "
+        "the target; add workers or agents"]
+    text = format_final(view)
+    assert text.endswith(view.notes[0])
+    row = next(line for line in text.splitlines() if line.startswith("  b "))
+    assert "SATURATED" in row.split() and "64.0" in row.split()  # (9.8 + 3.0) / 20
+
+
+def test_the_note_names_a_few_saturated_workers_and_counts_the_rest() -> None:
+    rec = agent("big", 0, list(range(8)), [final(w, 10) for w in range(8)])
+    live_records = generator(*(worker_live("big", w, 9.5, 10, 0.03, saturated_from=w + 1)
+                               for w in range(8)))
+    view, code = final_report([rec], live_records, end(workers=8))
+    assert code is ExitCode.OK
+    (note,) = view.notes
+    assert ("(over 90% of a core or loop lag over 20 ms for 3 s in a row: worker 0 from "
+            "second 1, worker 1 from second 2, worker 2 from second 3, worker 3 from second "
+            "4, worker 4 from second 5 and 3 more)") in note
+
+
+def test_saturation_notes_come_before_an_early_stop_and_with_a_lost_agent() -> None:
+    a, b = two_agents()
+    lose(b, AgentState.LOST, 3.0, "no heartbeat for 3.0s")
+    live_records = generator(worker_live("a", 0, 9.5, 10, 0.5, saturated_from=1),
+                             worker_live("b", 2, 2.0, 2, 0.5, saturated_from=1))
+    view, code = final_report([a, b], live_records, end(client_failure="x: y"))
+    assert code is ExitCode.CLIENT_FAILED  # saturation changes no exit code
+    saturated = [n for n in view.notes if "was saturated" in n]
+    assert [n.split()[2] for n in saturated] == ["a", "b"]
+    assert view.notes[-1].startswith("stopped early")
+    assert view.agents[1].state == "LOST" and view.agents[1].saturated

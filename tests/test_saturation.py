@@ -1,0 +1,96 @@
+"""A saturated load generator is flagged end to end: real master, agent and worker.
+
+The busy client spins the CPU for 70 ms in each call without awaiting, so its worker
+uses a whole core and its event loop lags; the sleeping client does neither. No network:
+neither client does any I/O.
+
+Why 70 ms and not 50: the worker's lag probe sleeps 100 ms from the moment it woke, so
+a loop blocked in slices that fit 100 ms exactly (two of 50 ms) keeps waking it right
+on time, and the lag it reports falls to a few ms after the first second.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from e2e_helpers import Result, run_master, write_job
+
+BUSY_CLIENT = '''
+import time
+from protocol import ClientProtocol
+
+class Busy(ClientProtocol):
+    async def execute(self):
+        end = time.perf_counter() + 0.07
+        while time.perf_counter() < end:
+            pass
+'''
+
+SLEEPY_CLIENT = '''
+import asyncio
+from protocol import ClientProtocol
+
+class Sleepy(ClientProtocol):
+    async def execute(self):
+        await asyncio.sleep(0.01)
+'''
+
+
+def run(workdir: Path, tag: str, client: str, wait_time: float) -> Result:
+    conf = write_job(workdir, {"host": "http://127.0.0.1:1/", "users": 1, "hatch_rate": 10,
+                               "run_time": 5, "worker": 1, "wait_time": wait_time},
+                     client=client, client_path="client.py")
+    r = run_master(workdir, conf, tag, timeout=60)
+    assert r.code == 0, (r.stdout, r.stderr)  # saturation does not change the exit code
+    return r
+
+
+def agent_row(r: Result) -> dict[str, str]:
+    """The final agents table's only row, read by its header's labels."""
+    i = r.stdout.rfind("final benchmark:")
+    lines = r.stdout[i:].splitlines()
+    header = lines[lines.index("agents:") + 1]
+    labels = re.split(r"\s{2,}", header.strip())
+    (row,) = r.section("agents:")
+    values = row.split()
+    assert len(values) == len(labels), (header, row)
+    return dict(zip(labels, values, strict=True))
+
+
+# wait_time 0: the scheduler turns the loop only every 32 calls (1.6 s here), so the
+# worker skips seconds; a small wait_time turns it after each call
+@pytest.mark.parametrize("wait_time", [0, 0.001])
+def test_a_client_that_spins_the_cpu_saturates_its_agent(
+        tmp_path: Path, tag: str, wait_time: float) -> None:
+    r = run(tmp_path, tag, BUSY_CLIENT, wait_time)
+    row = agent_row(r)
+    assert row["generator"] == "SATURATED", r.stdout
+    assert float(row["cpu %"]) >= 85, r.stdout
+    assert float(row["max lag ms"]) > 20, r.stdout
+    assert row["state"] == "ok"
+    (note,) = [line for line in r.stdout.splitlines() if line.startswith("note: agent local")]
+    assert re.fullmatch(r"note: agent local was saturated \(over 90% of a core or loop lag over "
+                        r"20 ms for 3 s in a row: worker 0 from second [1-3]\): its figures "
+                        r"measure the load generator as much as the target; add workers or "
+                        r"agents", note), note
+    live = [line for line in r.stdout.splitlines() if line.startswith("agent local ")]
+    assert live, r.stdout
+    if wait_time:  # the live blocks said so too, once three seconds had been seen
+        assert live[-1].endswith(", SATURATED"), r.stdout
+    else:  # its first delta, 2 s late, is all the live blocks could show before the stop
+        lag = re.search(r"loop lag (\d+\.\d) ms", live[-1])
+        assert lag is not None and float(lag.group(1)) > 1000, r.stdout
+
+
+def test_a_client_that_sleeps_is_not_flagged(tmp_path: Path, tag: str) -> None:
+    r = run(tmp_path, tag, SLEEPY_CLIENT, 0)
+    row = agent_row(r)
+    assert row["generator"] == "ok", r.stdout
+    assert float(row["cpu %"]) < 50, r.stdout
+    assert float(row["max lag ms"]) < 20, r.stdout
+    assert r.final_int("success count") > 100
+    assert "saturated" not in r.stdout and "SATURATED" not in r.stdout
+    live = [line for line in r.stdout.splitlines() if line.startswith("agent local ")]
+    assert live and all("cpu " in line and "loop lag " in line for line in live), r.stdout
