@@ -12,8 +12,9 @@ Glossary
 The call loop is the hot path of the whole project: it touches only locals and the
 slots of one ``OpStats``, reuses the end time of a call as the start of the next one
 when nothing waits between them, and yields to the event loop every
-``YIELD_EVERY`` calls so that a client whose ``execute()`` never suspends cannot
-starve the publisher or the other clients.
+``YIELD_EVERY`` calls, or sooner once it has held the loop ``YIELD_AFTER_NS``, so that
+a client whose ``execute()`` never suspends cannot starve the publisher, the stop or
+the other clients.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from protocol.client import ClientProtocol
 from protocol.stats import SUB_BUCKET_BITS, Totals, error_key
 
 YIELD_EVERY = 32
+YIELD_AFTER_NS = 5_000_000  # a client that holds the loop this long yields at once
 # clients due at once are started this many at a time, the loop turning between batches,
 # so 50,000 clients due at T0 do not keep the publisher (and everything else) waiting
 HATCH_BATCH = 64
@@ -147,7 +149,8 @@ class ClientScheduler:
         # a local flag, so the loop pays a fast local test per call, not an attribute read
         watching = self._early.armed
         n = 0
-        t0 = clock()
+        t0 = yielded = clock()
+        yield_after = YIELD_AFTER_NS
         ended = 0  # the end of this client's last call that finished by itself
         try:
             while True:
@@ -196,13 +199,13 @@ class ClientScheduler:
                     t0 = clock()
                 else:
                     n += 1
-                    if n & (YIELD_EVERY - 1) == 0:
+                    if n & (YIELD_EVERY - 1) == 0 or t0 - yielded > yield_after:
                         idle.add(task)
                         try:
                             await sleep(0)
                         finally:
                             idle.discard(task)
-                        t0 = clock()
+                        t0 = yielded = clock()
         finally:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended

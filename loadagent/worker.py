@@ -288,6 +288,7 @@ class Worker:
         loop_t0 = loop.time() + (t0 - now)
         self._t0_perf_ns = time.perf_counter_ns() + int((t0 - now) * 1e9)
         self._start_lag = max(0.0, now - t0)
+        self._cpu_mark = time.process_time()  # the first delta's CPU is the load's, not start-up's
         sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._delta,
                                               self._early)
         sched.start(loop_t0, client_offsets(self._wj.worker, job.total_workers, job.users,
@@ -355,10 +356,16 @@ class Worker:
         pub.send_multipart(frames, flags=zmq.NOBLOCK)  # PUB drops at HWM; seq shows gaps
 
     async def _probe_lag(self) -> None:
+        """How late the loop runs a callback due on a fixed schedule (a schedule relative
+        to the last wake-up would fall into step with a client that blocks the loop)."""
         loop = asyncio.get_running_loop()
+        due = loop.time() + LAG_PROBE_EVERY
         while True:
-            before = loop.time()
-            await asyncio.sleep(LAG_PROBE_EVERY)
-            lag = loop.time() - before - LAG_PROBE_EVERY
+            await asyncio.sleep(due - loop.time())
+            now = loop.time()
+            lag = now - due
             if lag > self._lag_max:
                 self._lag_max = lag
+            due += LAG_PROBE_EVERY
+            if due <= now:  # blocked past whole periods: the next one from now
+                due = now + LAG_PROBE_EVERY

@@ -183,9 +183,7 @@ class Aggregator:
         if at is None:
             at = seconds[d.second] = AgentSecond()
         at.ok += ok
-        # the codec refuses a NaN or infinite float, not a negative one
-        cpu = max(0.0, d.cpu_seconds)
-        lag = max(0.0, d.loop_lag)
+        cpu, lag = d.cpu_seconds, d.loop_lag  # the codec refused negative, NaN, infinite
         late = w.counted
         skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag)
         if skipped:

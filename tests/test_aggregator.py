@@ -225,11 +225,3 @@ def test_cpu_share_and_worst_lag_per_worker_and_per_agent_window() -> None:
     assert cpu == pytest.approx(0.2) and lag == 0.002
     assert agg.generator_load(7, "b") == (None, None)  # no delta from agent b
     assert not agg.saturated("a") and not agg.saturated("b")
-
-
-def test_a_negative_cpu_or_lag_figure_counts_as_zero() -> None:
-    # the codec refuses NaN and infinities; a negative figure decodes
-    agg, w = seconds((-1.0, -1.0), (0.5, 0.01))
-    assert w.cpu == pytest.approx(0.25) and w.loop_lag == 0.01
-    cpu, lag = agg.generator_load(2, "a")
-    assert cpu == pytest.approx(0.25) and lag == 0.01

@@ -368,6 +368,8 @@ INVALID_VALUES: dict[str, Callable[[], list[bytes]]] = {
     "Register.cores negative": lambda: replaced(examples()[m.Register], "cores", -1),
     "Delta.seq negative": lambda: replaced(examples()[m.Delta], "seq", -1),
     "Delta.clients negative": lambda: replaced(examples()[m.Delta], "clients", -3),
+    "Delta.cpu_seconds negative": lambda: replaced(examples()[m.Delta], "cpu_seconds", -0.5),
+    "Delta.loop_lag negative": lambda: replaced(examples()[m.Delta], "loop_lag", -0.001),
     "WorkerJob with a bad job": lambda: replaced(
         examples()[m.WorkerJob], "job", ["x", *wire_of(job())[1:]]),
 }

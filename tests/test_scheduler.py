@@ -346,3 +346,32 @@ def test_shutdown_runs_only_for_clients_whose_init_returned() -> None:
     assert sorted(shut) == [1, 3, 5]
     assert totals.op("HalfFailing").fail >= 3  # the three failed inits are counted
     assert not any("shutdown" in key[0] for key, _ in totals.iter_errors())
+
+
+def test_a_client_that_blocks_the_loop_yields_after_each_call() -> None:
+    """execute() that never suspends but holds the loop for ms at a time gives the loop a
+    turn after every call (not every YIELD_EVERY calls): the publisher and the stop
+    still run on time."""
+    calls = 0
+
+    class Blocking(ClientProtocol):
+        async def execute(self) -> None:
+            nonlocal calls
+            calls += 1
+            time.sleep(0.006)  # holds the loop longer than YIELD_AFTER_NS
+
+    between: list[int] = []
+
+    async def main() -> None:
+        sched = ClientScheduler(Blocking, "h", 0.0, Totals())
+        sched.start(asyncio.get_running_loop().time(), [0.0, 0.0])
+        seen = calls
+        for _ in range(40):
+            await asyncio.sleep(0)
+            between.append(calls - seen)
+            seen = calls
+        await sched.stop(1.0)
+
+    run(main)
+    # two clients, each yields after one call: at most two calls between the probe's turns
+    assert max(between) <= 2 and sum(between) >= 20

@@ -362,4 +362,5 @@ class Delta(Message):
     loop_lag: float
 
     def __post_init__(self) -> None:
-        _nonneg("Delta", seq=self.seq, clients=self.clients)
+        _nonneg("Delta", seq=self.seq, clients=self.clients, cpu_seconds=self.cpu_seconds,
+                loop_lag=self.loop_lag)
