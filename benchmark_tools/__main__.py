@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     import typer
 
     from loadmaster import cli
-    from loadmaster.exitcodes import ExitCode
+    from protocol.exitcodes import ExitCode
 
     # loadmaster's `run` as the only command of its own app: usage and --help then read
     # "python -m benchmark_tools [OPTIONS]", with no subcommand name in between

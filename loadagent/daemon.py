@@ -35,6 +35,7 @@ import zmq.asyncio
 from loadagent.job import JobRun
 from loadagent.rundir import sweep_stale_rundirs
 from protocol import __version__
+from protocol.exitcodes import AgentExitCode
 from protocol.wire.channel import Channel, agent_control, stats_endpoint
 from protocol.wire.codec import (
     PROTOCOL_VERSION,
@@ -169,12 +170,13 @@ class AgentDaemon:
             while True:
                 welcome = await self._connect(ctx)
                 if welcome is None:
-                    return 0
+                    return AgentExitCode.OK
                 lost = await self._serve(welcome)
                 if not lost or self.should_exit:
-                    return 0  # done, or told to stop: no next master for a departing agent
+                    # done, or told to stop: no next master for a departing agent
+                    return AgentExitCode.OK
                 if self._opts.embedded:
-                    return 5  # an embedded agent serves one master only
+                    return AgentExitCode.MASTER_LOST  # an embedded agent serves one master
         except AgentExit as e:
             log.error("%s", e)
             return e.code
@@ -213,11 +215,13 @@ class AgentDaemon:
                 return await asyncio.to_thread(decode, frames, self._opts.max_message)
             return decode(frames, self._opts.max_message)
         except VersionMismatch as e:
-            raise AgentExit(2, f"master at {self._opts.master} speaks protocol version "
-                               f"{e.theirs}, this agent speaks {e.ours}: upgrade one of them "
-                               f"(agent {__version__})") from None
+            raise AgentExit(AgentExitCode.USAGE,
+                            f"master at {self._opts.master} speaks protocol version "
+                            f"{e.theirs}, this agent speaks {e.ours}: upgrade one of them "
+                            f"(agent {__version__})") from None
         except Refused as e:
-            raise AgentExit(2, f"master at {self._opts.master} refused this agent: {e}") from None
+            raise AgentExit(AgentExitCode.USAGE,
+                            f"master at {self._opts.master} refused this agent: {e}") from None
         except WireError as e:
             log.warning("dropped a bad message from the master: %s", e)
             if is_job:  # say so, or the master waits for READY
@@ -252,7 +256,7 @@ class AgentDaemon:
                 return msg
             log.info("master %s keeps this agent idle: %s", self._opts.master, msg.reason)
             if self._opts.embedded:
-                raise AgentExit(2, f"embedded agent not accepted: {msg.reason}")
+                raise AgentExit(AgentExitCode.USAGE, f"embedded agent not accepted: {msg.reason}")
             await self._sleep_or_wake(NOT_ACCEPTED_RETRY)
         return None
 

@@ -26,6 +26,7 @@ from loadagent.client_file import describe_failure, load_client_class, run_globa
 from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import ClientScheduler, GraceReport
 from protocol.client import ClientProtocol
+from protocol.exitcodes import AgentExitCode
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
 from protocol.plan import client_offsets, clients_of
 from protocol.stats import Totals
@@ -57,7 +58,6 @@ LAG_PROBE_EVERY = 0.1
 # well inside the master's wait for totals after an abort (loadmaster ABORT_WAIT, 2 s)
 SHUTDOWN_TIMEOUT_ON_ABORT = 1.0
 AGENT_GONE_GRACE = 2.0
-EXIT_AGENT_GONE = 70
 
 
 def worker_main(conn: Connection) -> None:
@@ -91,7 +91,7 @@ def _exit_when_agent_gone(fd: int) -> None:
                 if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR
                              | select.POLLNVAL):
                     time.sleep(AGENT_GONE_GRACE)  # the loop's clean abort comes first
-                    os._exit(EXIT_AGENT_GONE)
+                    os._exit(AgentExitCode.AGENT_GONE)
 
     threading.Thread(target=watch, name="agent-watch", daemon=True).start()
 

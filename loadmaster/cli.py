@@ -14,11 +14,11 @@ import typer
 
 from loadmaster.bundle import build_bundle
 from loadmaster.config import ConfigError, load_config
-from loadmaster.exitcodes import ExitCode
 from loadmaster.run import Run, RunFailed, RunOptions
 from protocol.bundle import BundleError
 from protocol.command import new_app
 from protocol.cpus import parse_cpu_list
+from protocol.exitcodes import ExitCode
 from protocol.fdlimit import raise_open_files_limit
 from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_host_port
 

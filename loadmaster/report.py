@@ -20,7 +20,7 @@ from loadmaster.aggregator import (
 )
 from loadmaster.console import AgentLine, FinalView, GraceView
 from loadmaster.coordinator import AgentRecord, AgentState
-from loadmaster.exitcodes import ExitCode, first, for_signal
+from protocol.exitcodes import ExitCode, first, for_signal
 from protocol.plan import clients_of
 from protocol.stats import Totals
 

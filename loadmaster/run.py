@@ -32,9 +32,9 @@ from loadmaster.bundle import Bundle
 from loadmaster.config import Config
 from loadmaster.console import AgentLine, BlockPrinter, LiveView, format_final, format_live
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
-from loadmaster.exitcodes import ExitCode, for_signal
 from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
+from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
 from protocol.wire.channel import CONTROL_PORT
 from protocol.wire.codec import MessageTooLarge, encode

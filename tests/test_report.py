@@ -9,8 +9,8 @@ import pytest
 from loadmaster.aggregator import WorkerLive
 from loadmaster.console import format_final
 from loadmaster.coordinator import AgentRecord, AgentState
-from loadmaster.exitcodes import ExitCode
 from loadmaster.report import RunEnd, agent_state, final_report
+from protocol.exitcodes import ExitCode
 from protocol.stats import Totals
 from protocol.wire.messages import Final, Register
 

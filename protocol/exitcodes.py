@@ -1,7 +1,8 @@
-"""The master's exit codes, in one place (docs/architecture.md, "Exit codes").
+"""Every exit code of the project, in one place (docs/architecture.md, "Exit codes").
 
-When several apply, the first of ``PRECEDENCE`` wins: an internal error hides
-everything, a config error hides a failed client, and so on down to OK.
+``ExitCode`` is ``loadmaster``'s: when several apply, the first of ``PRECEDENCE`` wins
+(an internal error hides everything, a config error hides a failed client, and so on
+down to OK). ``AgentExitCode`` is ``loadagent start``'s, and a worker process's own.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import signal
 from enum import IntEnum
 
-__all__ = ["PRECEDENCE", "ExitCode", "first", "for_signal"]
+__all__ = ["PRECEDENCE", "AgentExitCode", "ExitCode", "first", "for_signal"]
 
 
 class ExitCode(IntEnum):
@@ -24,6 +25,14 @@ class ExitCode(IntEnum):
     REGRESSION = 8  # loadmaster compare found a regression
     INTERRUPTED = 130  # SIGINT (Ctrl-C); the final block is still printed
     TERMINATED = 143  # SIGTERM; the final block is still printed
+
+
+class AgentExitCode(IntEnum):
+    OK = 0  # stopped by a signal (after leaving its master cleanly), or told to stop
+    INTERNAL = 1  # an error of ours (traceback shown)
+    USAGE = 2  # a bad option, a master that refused it, or a protocol version mismatch
+    MASTER_LOST = 5  # an embedded agent lost its master (a daemon dials again instead)
+    AGENT_GONE = 70  # a worker process whose agent is gone (its pipe closed)
 
 
 PRECEDENCE = (
