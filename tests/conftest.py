@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from e2e_helpers import Target, kill_tagged, new_tag, wait_no_tagged
+from tests.e2e_helpers import Target, kill_tagged, new_tag, wait_no_tagged
 
 
 @pytest.fixture

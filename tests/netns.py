@@ -33,7 +33,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import pytest
-from e2e_helpers import kill_tagged
+
+from tests.e2e_helpers import kill_tagged
 
 NETNS_DIR = "/run/netns"
 SUBNET_PREFIX = "10.237"

@@ -13,16 +13,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-from e2e_helpers import (
-    LineReader,
-    Result,
-    Target,
-    free_port,
-    run_master,
-    start_agent,
-    started_master,
-    write_job,
-)
 
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, decode, encode
 from protocol.wire.messages import (
@@ -34,6 +24,16 @@ from protocol.wire.messages import (
     Register,
     RunDone,
     Welcome,
+)
+from tests.e2e_helpers import (
+    LineReader,
+    Result,
+    Target,
+    free_port,
+    run_master,
+    start_agent,
+    started_master,
+    write_job,
 )
 
 # The seed's client, posting to <host>/<agent name> so the target counts per agent.

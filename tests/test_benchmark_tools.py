@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import ROOT, Result, Target, run_master, tagged_env
 
 import benchmark_tools
 import protocol
 from protocol.client import ClientProtocol
+from tests.e2e_helpers import ROOT, Result, Target, run_master, tagged_env
 
 SEED = Path(__file__).resolve().parent / "data" / "seed"
 SEED_README = Path("/work/shared/seed/README.seed.md")  # absent in CI: that test skips

@@ -7,9 +7,8 @@ import re
 import subprocess
 import sys
 
-from e2e_helpers import ROOT
-
 from protocol import __version__
+from tests.e2e_helpers import ROOT
 
 # Wide and plain, so that no help line wraps and no colour code splits a word.
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb",

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_helpers import (
+
+from tests.e2e_helpers import (
     LineReader,
     Result,
     Target,

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from http_servers import HttpTestServer, Request, response
 
 from protocol.http import (
     HttpClient,
@@ -36,6 +35,7 @@ from protocol.http import (
     HttpRemoteError,
     HttpStatusError,
 )
+from tests.http_servers import HttpTestServer, Request, response
 
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, T]], T]

@@ -18,7 +18,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (
+
+from tests.e2e_helpers import (
     LineReader,
     Result,
     Target,
@@ -27,7 +28,7 @@ from e2e_helpers import (
     wait_no_tagged,
     write_job,
 )
-from netns import Host, Network, parent_pid, private_network
+from tests.netns import Host, Network, parent_pid, private_network
 
 CONTROL_PORT = 5556
 

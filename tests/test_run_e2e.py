@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (
+
+from tests.e2e_helpers import (
     LineReader,
     Result,
     Target,

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Result, run_master, write_job
+
+from tests.e2e_helpers import Result, run_master, write_job
 
 BUSY_CLIENT = '''
 import time
