@@ -12,9 +12,10 @@ Glossary
 The call loop is the hot path of the whole project: it touches only locals and the
 slots of one ``OpStats``, reuses the end time of a call as the start of the next one
 when nothing waits between them, and yields to the event loop every
-``YIELD_EVERY`` calls, or sooner once it has held the loop ``YIELD_AFTER_NS``, so that
+``YIELD_EVERY`` calls, or after a call that held the loop ``YIELD_AFTER_NS``, so that
 a client whose ``execute()`` never suspends cannot starve the publisher, the stop or
-the other clients.
+the other clients. "Held the loop" is told apart from "waited long" by a ticker that
+stamps each turn the loop gets: a long call during which no stamp came held it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from protocol.client import ClientProtocol
 from protocol.stats import SUB_BUCKET_BITS, Totals, error_key
 
 YIELD_EVERY = 32
-YIELD_AFTER_NS = 5_000_000  # a client that holds the loop this long yields at once
+YIELD_AFTER_NS = 5_000_000  # a call that held the loop this long yields at once
+TURN_TICK = 0.002  # seconds between the ticker's stamps of a turn of the loop
 # clients due at once are started this many at a time, the loop turning between batches,
 # so 50,000 clients due at T0 do not keep the publisher (and everything else) waiting
 HATCH_BATCH = 64
@@ -69,6 +71,8 @@ class ClientScheduler:
         # tasks not inside execute(): cancelled at once on stop
         self._idle: set[asyncio.Task[None]] = set()
         self._hatcher: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._last_turn = 0  # perf_counter_ns of the ticker's latest stamp
         # what a call cancelled now is counted as: the grace ran out, or an abort
         self._cancelled_as = CANCELLED_AT_STOP
         self.running = 0
@@ -79,7 +83,19 @@ class ClientScheduler:
 
     def start(self, t0_loop: float, offsets: Sequence[float]) -> None:
         """Start one client at each loop time ``t0_loop + offset`` (offsets ascending)."""
-        self._hatcher = asyncio.get_running_loop().create_task(self._hatch(t0_loop, offsets))
+        loop = asyncio.get_running_loop()
+        self._hatcher = loop.create_task(self._hatch(t0_loop, offsets))
+        self._tick()
+
+    def _tick(self) -> None:
+        """Stamp a turn of the loop, every TURN_TICK while clients run."""
+        self._last_turn = time.perf_counter_ns()
+        self._ticker = asyncio.get_running_loop().call_later(TURN_TICK, self._tick)
+
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     async def _hatch(self, t0_loop: float, offsets: Sequence[float]) -> None:
         loop = asyncio.get_running_loop()
@@ -149,12 +165,13 @@ class ClientScheduler:
         # a local flag, so the loop pays a fast local test per call, not an attribute read
         watching = self._early.armed
         n = 0
-        t0 = yielded = clock()
+        t0 = clock()
         yield_after = YIELD_AFTER_NS
         ended = 0  # the end of this client's last call that finished by itself
         try:
             while True:
                 try:
+                    began = t0
                     r = await execute()
                 except asyncio.CancelledError:
                     st.fail += 1
@@ -199,13 +216,16 @@ class ClientScheduler:
                     t0 = clock()
                 else:
                     n += 1
-                    if n & (YIELD_EVERY - 1) == 0 or t0 - yielded > yield_after:
+                    # every YIELD_EVERY calls, or after a long call in which the loop had
+                    # no turn (the ticker stamps the turns): it held the loop all along
+                    if n & (YIELD_EVERY - 1) == 0 or (
+                            t0 - began > yield_after and self._last_turn < began):
                         idle.add(task)
                         try:
                             await sleep(0)
                         finally:
                             idle.discard(task)
-                        t0 = yielded = clock()
+                        t0 = clock()
         finally:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
@@ -226,6 +246,7 @@ class ClientScheduler:
                 task.cancel()
             if still:  # a client that swallows its cancellation must not hold the totals
                 await asyncio.wait(still, timeout=CANCEL_WAIT)
+        self._stop_ticker()
 
     def abort(self, reason: str) -> None:
         """Cancel every call at once."""
@@ -235,6 +256,7 @@ class ClientScheduler:
             self._hatcher.cancel()
         for task in list(self._tasks):
             task.cancel()
+        self._stop_ticker()
 
     async def shutdown_clients(self, timeout: float) -> None:
         """``shutdown()`` on every client whose ``init_before_use`` returned, concurrently,

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import zmq.asyncio
 
@@ -58,7 +60,7 @@ class WorkerLive:
     @property
     def cpu(self) -> float | None:
         """The share of one core it used over the seconds its deltas cover."""
-        return self.cpu_seconds / self.cpu_span if self.cpu_span else None
+        return generator_figures([self])[0]
 
     def observe(self, second: int, contiguous: bool, clients: int, cpu_seconds: float,
                 loop_lag: float) -> int:
@@ -204,27 +206,43 @@ class Aggregator:
     def current_rps(self, last: int, agent: str | None = None) -> tuple[float, int]:
         """Successes per second over the complete seconds ``last - RATE_WINDOW + 1 .. last``
         (fewer at the start), and how many seconds that is."""
-        first = max(1, last - RATE_WINDOW + 1)
-        if last < first:
+        window = _window(last)
+        n = len(window)
+        if not n:
             return 0.0, 0
-        n = last - first + 1
         if agent is None:
-            return sum(self._ok_per_second.get(k, 0) for k in range(first, last + 1)) / n, n
-        return sum(a.ok for a in self._window(last, agent)) / n, n
+            return sum(self._ok_per_second.get(k, 0) for k in window) / n, n
+        return sum(a.ok for a in self._agent_window(last, agent)) / n, n
 
     def generator_load(self, last: int, agent: str) -> tuple[float | None, float | None]:
         """The agent's workers' share of a core each, and their worst loop lag (seconds),
         over the complete seconds behind current rps; None without a delta there."""
-        seconds = self._window(last, agent)
-        span = sum(a.cpu_span for a in seconds)
-        if not span:
-            return None, None
-        return sum(a.cpu_seconds for a in seconds) / span, max(a.loop_lag for a in seconds)
+        return generator_figures(self._agent_window(last, agent))
 
     def saturated(self, agent: str) -> bool:
         return any(w.saturated_from for w in self.workers.values() if w.agent == agent)
 
-    def _window(self, last: int, agent: str) -> list[AgentSecond]:
+    def _agent_window(self, last: int, agent: str) -> list[AgentSecond]:
         seconds = self._agent_seconds.get(agent, {})
-        return [a for k in range(max(1, last - RATE_WINDOW + 1), last + 1)
-                if (a := seconds.get(k)) is not None]
+        return [a for k in _window(last) if (a := seconds.get(k)) is not None]
+
+
+def _window(last: int) -> range:
+    """The complete seconds behind current rps: the last RATE_WINDOW up to ``last``."""
+    return range(max(1, last - RATE_WINDOW + 1), last + 1)
+
+
+class GeneratorFigures(Protocol):
+    cpu_seconds: float
+    cpu_span: int
+    loop_lag: float
+
+
+def generator_figures(parts: Iterable[GeneratorFigures]) -> tuple[float | None, float | None]:
+    """The share of a core each that ``parts`` used over the seconds they cover, and their
+    worst loop lag in seconds; None for both when they cover no second."""
+    parts = list(parts)
+    span = sum(p.cpu_span for p in parts)
+    if not span:
+        return None, None
+    return sum(p.cpu_seconds for p in parts) / span, max(p.loop_lag for p in parts)

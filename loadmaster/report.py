@@ -17,6 +17,7 @@ from loadmaster.aggregator import (
     SATURATION_LAG,
     SATURATION_SECONDS,
     WorkerLive,
+    generator_figures,
 )
 from loadmaster.console import AgentLine, FinalView, GraceView
 from loadmaster.coordinator import AgentRecord, AgentState
@@ -67,10 +68,7 @@ def _saturation_note(agent: str, workers: Sequence[WorkerLive]) -> str:
 
 def _generator(line: AgentLine, workers: Sequence[WorkerLive]) -> list[WorkerLive]:
     """Set the agent's CPU share and worst loop lag over the run; its saturated workers."""
-    span = sum(w.cpu_span for w in workers)
-    if span:
-        line.cpu = sum(w.cpu_seconds for w in workers) / span
-        line.loop_lag = max(w.loop_lag for w in workers)
+    line.cpu, line.loop_lag = generator_figures(workers)
     saturated = [w for w in workers if w.saturated_from]
     line.saturated = bool(saturated)
     return saturated

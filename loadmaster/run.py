@@ -36,7 +36,7 @@ from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
-from protocol.wire.channel import CONTROL_PORT
+from protocol.wire.channel import CONTROL_PORT, tcp_endpoint
 from protocol.wire.codec import MessageTooLarge, encode
 from protocol.wire.limits import format_size
 from protocol.wire.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
@@ -151,8 +151,8 @@ class Run:
                 endpoint = self.coord.bind()
                 self.coord.stats_port = self.agg.bind()
             except zmq.ZMQError as e:
-                raise RunFailed(ExitCode.USAGE, f"--bind {self.opts.bind_host}:"
-                                                f"{self.opts.bind_port}: {e}") from None
+                where = tcp_endpoint(self.opts.bind_host, self.opts.bind_port or None)
+                raise RunFailed(ExitCode.USAGE, f"--bind {where}: {e}") from None
             if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("control and stats channels on %s are unauthenticated: any host "
                             "that reaches them can join or read", self.opts.bind_host)

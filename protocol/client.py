@@ -22,7 +22,8 @@ class ClientProtocol:
     - ``execute()``: one timed call. Raising, or returning ``False``, is a failure;
       returning ``None`` or ``True`` is a success. The framework sleeps ``wait_time``
       after each call.
-    - ``shutdown()``: once per client at the end of the run.
+    - ``shutdown()``: once per client at the end of the run, if its
+      ``init_before_use`` returned.
 
     ``name`` labels the calls in the statistics; it defaults to the class name.
     """

@@ -1,4 +1,4 @@
-"""Tests for protocol.plan: one global timeline of user starts over every worker."""
+"""Tests for protocol.plan: one global timeline of client starts over every worker."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def merged_offsets(workers: int, users: int, hatch_rate: float) -> list[float]:
     (4, 10, 1.0), (3, 7, 2.0), (7, 1000, 33.0), (4, 1, 1.0), (4, 0, 5.0), (1, 6, 0.5),
     (16, 5, 0.25), (5, 100, 100.0),
 ])
-def test_user_offsets_follow_one_global_ramp(workers: int, users: int, hatch_rate: float) -> None:
+def test_client_offsets_follow_one_global_ramp(workers: int, users: int, hatch_rate: float) -> None:
     assert merged_offsets(workers, users, hatch_rate) == [k / hatch_rate for k in range(users)]
 
 
@@ -69,7 +69,7 @@ def test_hatch_rate_one_over_four_workers_starts_one_user_a_second() -> None:
 @FAST
 @given(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=2000),
        st.fractions(min_value=Fraction(1, 100), max_value=1000, max_denominator=100))
-def test_user_offsets_random(workers: int, users: int, rate: Fraction) -> None:
+def test_client_offsets_random(workers: int, users: int, rate: Fraction) -> None:
     hatch_rate = float(rate)
     assert merged_offsets(workers, users, hatch_rate) == [k / hatch_rate for k in range(users)]
     # user k runs on worker k mod W

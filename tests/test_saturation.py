@@ -1,12 +1,9 @@
 """A saturated load generator is flagged end to end: real master, agent and worker.
 
 The busy client spins the CPU for 70 ms in each call without awaiting, so its worker
-uses a whole core and its event loop lags; the sleeping client does neither. No network:
-neither client does any I/O.
-
-Why 70 ms and not 50: the worker's lag probe sleeps 100 ms from the moment it woke, so
-a loop blocked in slices that fit 100 ms exactly (two of 50 ms) keeps waking it right
-on time, and the lag it reports falls to a few ms after the first second.
+uses a whole core and its event loop lags (the scheduler gives the loop a turn after
+each such call; the lag probe, due every 100 ms on a fixed schedule, runs up to 70 ms
+late); the sleeping client does neither. No network: neither client does any I/O.
 """
 
 from __future__ import annotations
@@ -60,8 +57,6 @@ def agent_row(r: Result) -> dict[str, str]:
     return dict(zip(labels, values, strict=True))
 
 
-# wait_time 0: the scheduler turns the loop only every 32 calls (1.6 s here), so the
-# worker skips seconds; a small wait_time turns it after each call
 @pytest.mark.parametrize("wait_time", [0, 0.001])
 def test_a_client_that_spins_the_cpu_saturates_its_agent(
         tmp_path: Path, tag: str, wait_time: float) -> None:
@@ -78,11 +73,8 @@ def test_a_client_that_spins_the_cpu_saturates_its_agent(
                         r"agents", note), note
     live = [line for line in r.stdout.splitlines() if line.startswith("agent local ")]
     assert live, r.stdout
-    if wait_time:  # the live blocks said so too, once three seconds had been seen
-        assert live[-1].endswith(", SATURATED"), r.stdout
-    else:  # its first delta, 2 s late, is all the live blocks could show before the stop
-        lag = re.search(r"loop lag (\d+\.\d) ms", live[-1])
-        assert lag is not None and float(lag.group(1)) > 1000, r.stdout
+    # the live blocks said so too, once three seconds had been seen
+    assert live[-1].endswith(", SATURATED"), r.stdout
 
 
 def test_a_client_that_sleeps_is_not_flagged(tmp_path: Path, tag: str) -> None:

@@ -375,3 +375,34 @@ def test_a_client_that_blocks_the_loop_yields_after_each_call() -> None:
     run(main)
     # two clients, each yields after one call: at most two calls between the probe's turns
     assert max(between) <= 2 and sum(between) >= 20
+
+
+def test_a_call_that_waits_long_does_not_add_yields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that takes long because it waited (I/O, a busy loop) gave the loop turns:
+    the scheduler adds no sleep(0) of its own after it, only the one every YIELD_EVERY."""
+    yields = 0
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        nonlocal yields
+        if delay == 0:
+            yields += 1
+        await real_sleep(delay)
+
+    class Waiting(ClientProtocol):
+        async def execute(self) -> None:
+            await real_sleep(0.006)  # longer than YIELD_AFTER_NS, but waiting
+
+    totals = Totals()
+    monkeypatch.setattr("loadagent.scheduler.asyncio.sleep", counting_sleep)
+
+    async def main() -> None:
+        sched = ClientScheduler(Waiting, "h", 0.0, totals)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * 20)
+        await real_sleep(0.3)
+        await sched.stop(1.0)
+
+    run(main)
+    calls = totals.op("Waiting").ok
+    assert calls > 200
+    assert yields <= calls // 32 + 20  # the periodic yields only, not one per call

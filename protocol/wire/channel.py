@@ -18,7 +18,9 @@ same socket had already consumed, for ever; a poll with a timeout cannot.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -50,6 +52,10 @@ class EndpointError(ValueError):
 
 
 # -- addresses ---------------------------------------------------------------------------
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def tcp_endpoint(host: str, port: int | None = None) -> str:
     """``tcp://HOST:PORT`` with an IPv6 host in brackets; no port: for a random bind."""
     shown = f"[{host}]" if ":" in host else host
@@ -70,7 +76,7 @@ def parse_host_port(text: str, default_port: int = CONTROL_PORT) -> tuple[str, i
             port = rest[1:]
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not _is_number(port) or not 0 <= int(port) <= 65535:
         raise EndpointError(f"{text!r}: the port must be a number from 0 to 65535")
     return host or "127.0.0.1", int(port)
 
@@ -87,9 +93,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         host, sep, port = rest.rpartition(":")
         if ":" in host:
             sep = ""
-    if not sep or not host:
+    if not sep or not host or not host.isprintable() or " " in host:
         raise EndpointError(usage)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not _is_number(port) or not 1 <= int(port) <= 65535:
         raise EndpointError(f"{endpoint!r}: the port must be a number from 1 to 65535")
     return host, int(port)
 
@@ -140,15 +146,25 @@ class Channel:
 
 
 # -- one factory per role ----------------------------------------------------------------
-def _socket(ctx: zmq.asyncio.Context, kind: int, host: str) -> zmq.asyncio.Socket:
+_S = TypeVar("_S", bound=zmq.Socket[Any])
+
+
+@contextlib.contextmanager
+def _made(ctx: zmq.Context[_S], kind: int, host: str, linger_ms: int = 0) -> Iterator[_S]:
+    """A new socket for ``host`` (IPV6 for an IPv6 address), closed again if setting it
+    up fails: a socket left open would hold ``ctx.term()`` for ever."""
     sock = ctx.socket(kind)
-    sock.linger = 0
-    if ":" in host:
-        sock.ipv6 = True
-    return sock
+    try:
+        sock.linger = linger_ms
+        if ":" in host:
+            sock.ipv6 = True
+        yield sock
+    except BaseException:
+        sock.close(linger=0)
+        raise
 
 
-def _bind(sock: zmq.Socket[bytes] | zmq.asyncio.Socket, host: str, port: int) -> int:
+def _bind(sock: zmq.Socket[Any], host: str, port: int) -> int:
     """Bind to ``port``, or to a free one when it is 0; the port bound."""
     if port:
         sock.bind(tcp_endpoint(host, port))
@@ -160,14 +176,10 @@ def master_control(ctx: zmq.asyncio.Context, host: str, port: int,
                    max_message: int) -> tuple[Channel, str]:
     """The master's ROUTER; the endpoint agents dial. A send to an agent that is gone
     fails at once (ROUTER_MANDATORY) instead of being dropped silently."""
-    sock = _socket(ctx, zmq.ROUTER, host)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
-    try:
+    with _made(ctx, zmq.ROUTER, host) as sock:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         port = _bind(sock, host, port)
-    except BaseException:
-        sock.close(linger=0)
-        raise
     return Channel(sock), tcp_endpoint(host, port)
 
 
@@ -175,26 +187,22 @@ def agent_control(ctx: zmq.asyncio.Context, master: str, max_message: int,
                   backoff_max: float) -> Channel:
     """An agent's DEALER dialing ``master``. libzmq redials with back-off; with
     IMMEDIATE a message is only queued on a live connection."""
-    sock = _socket(ctx, zmq.DEALER, endpoint_host(master))
-    sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(backoff_max * 1000))
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message + SOCKET_SLACK)
-    sock.connect(master)
+    with _made(ctx, zmq.DEALER, endpoint_host(master)) as sock:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(backoff_max * 1000))
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message + SOCKET_SLACK)
+        sock.connect(master)
     return Channel(sock)
 
 
 def stats_sub(ctx: zmq.asyncio.Context, host: str, topic: bytes) -> tuple[Channel, int]:
     """The master's SUB for one run's HELLO and DELTA messages, on a free port."""
-    sock = _socket(ctx, zmq.SUB, host)
-    sock.rcvhwm = STATS_HWM
-    sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
-    sock.subscribe(topic)
-    try:
+    with _made(ctx, zmq.SUB, host) as sock:
+        sock.rcvhwm = STATS_HWM
+        sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
+        sock.subscribe(topic)
         port = _bind(sock, host, 0)
-    except BaseException:
-        sock.close(linger=0)
-        raise
     return Channel(sock), port
 
 
@@ -205,9 +213,6 @@ def stats_endpoint(master: str, stats_port: int) -> str:
 
 def stats_pub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
     """A worker's PUB (blocking: a PUB never blocks; it drops at its high-water mark)."""
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
-    sock.linger = PUB_LINGER_MS
-    if ":" in endpoint_host(endpoint):
-        sock.ipv6 = True
-    sock.connect(endpoint)
+    with _made(ctx, zmq.PUB, endpoint_host(endpoint), PUB_LINGER_MS) as sock:
+        sock.connect(endpoint)
     return sock
