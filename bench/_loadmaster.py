@@ -79,8 +79,8 @@ class ProjectRun:
 
     def load_window(self) -> tuple[float, float] | None:
         """From the first to the last live console block: the clients are all running."""
-        first = self.run.first_line(r"^current rps\s*:")
-        last = self.run.last_line(r"^current rps\s*:")
+        first = self.run.first_line(r"^current rps\b[^:]*:")
+        last = self.run.last_line(r"^current rps\b[^:]*:")
         if first is None or last is None or last - first < 1.0:
             return None
         return first, last
