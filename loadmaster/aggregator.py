@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import zmq.asyncio
 
+from loadmaster.series import AgentSecond, Merged, Series
 from protocol.stats import Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
@@ -43,7 +43,7 @@ SATURATION_SECONDS = 3  # in a row
 class WorkerLive:
     agent: str
     worker: int
-    totals: Totals = field(default_factory=Totals)
+    totals: Totals = field(default_factory=lambda: Totals(dense=True))
     next_seq: int = 0
     missed: int = 0
     clients: int = 0
@@ -101,16 +101,6 @@ class WorkerLive:
             self.saturated_from = self.hot_from
 
 
-@dataclass
-class AgentSecond:
-    """What an agent's workers' deltas said of one second of the run."""
-
-    ok: int = 0
-    cpu_seconds: float = 0.0
-    cpu_span: int = 0  # worker-seconds those CPU seconds cover
-    loop_lag: float = 0.0  # the worst of its workers
-
-
 class Aggregator:
     def __init__(self, ctx: zmq.asyncio.Context, host: str, run_id: str) -> None:
         self._ctx = ctx
@@ -120,11 +110,9 @@ class Aggregator:
         self.port = 0
         self.hellos: set[tuple[str, int]] = set()
         self.workers: dict[tuple[str, int], WorkerLive] = {}
-        self.totals = Totals()
-        self._ok_per_second: dict[int, int] = defaultdict(int)
-        self._agent_seconds: dict[str, dict[int, AgentSecond]] = defaultdict(dict)
+        self.totals = Totals(dense=True)
+        self.series = Series()
         self.bad_messages = 0
-        self.latest_second = 0  # the latest second any delta covered
 
     def bind(self) -> int:
         self._channel, self.port = stats_sub(self._ctx, self._host, self._topic)
@@ -176,20 +164,13 @@ class Aggregator:
         w.last_second = max(w.last_second, d.second)
         w.totals.merge(d.totals)
         self.totals.merge(d.totals)
-        ok = d.totals.ok
-        if d.second > self.latest_second:
-            self.latest_second = d.second
-        self._ok_per_second[d.second] += ok
-        seconds = self._agent_seconds[d.agent]
-        at = seconds.get(d.second)
-        if at is None:
-            at = seconds[d.second] = AgentSecond()
-        at.ok += ok
+        series = self.series
+        at = series.add(d.second, d.agent, d.clients, d.totals).agent(d.agent)
         cpu, lag = d.cpu_seconds, d.loop_lag  # the codec refused negative, NaN, infinite
         late = w.counted
         skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag)
         if skipped:
-            seconds[late].cpu_span += skipped
+            series.at(late).agent(d.agent).cpu_span += skipped
         if d.clients:
             at.cpu_seconds += cpu
             at.cpu_span += 1
@@ -211,7 +192,7 @@ class Aggregator:
         if not n:
             return 0.0, 0
         if agent is None:
-            return sum(self._ok_per_second.get(k, 0) for k in window) / n, n
+            return sum(s.ok for s in self.series.window(window[0], last)) / n, n
         return sum(a.ok for a in self._agent_window(last, agent)) / n, n
 
     def generator_load(self, last: int, agent: str) -> tuple[float | None, float | None]:
@@ -222,9 +203,20 @@ class Aggregator:
     def saturated(self, agent: str) -> bool:
         return any(w.saturated_from for w in self.workers.values() if w.agent == agent)
 
+    def recent(self, last: int) -> Merged:
+        """Every name merged over the complete seconds behind current rps."""
+        window = _window(last)
+        return Series.merged(self.series.window(window.start, last))
+
+    @property
+    def latest_second(self) -> int:
+        """The latest second any delta covered."""
+        return self.series.latest
+
     def _agent_window(self, last: int, agent: str) -> list[AgentSecond]:
-        seconds = self._agent_seconds.get(agent, {})
-        return [a for k in _window(last) if (a := seconds.get(k)) is not None]
+        window = _window(last)
+        return [a for s in self.series.window(window.start, last)
+                if (a := s.agents.get(agent)) is not None]
 
 
 def _window(last: int) -> range:

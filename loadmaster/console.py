@@ -41,6 +41,8 @@ class LiveView:
     rate_window: int = 0  # complete seconds behind current rps
     stopping: str = ""  # why and how the run is stopping; empty while it runs
     behind: int = 0  # whole seconds the figures lag the clock (a busy or silent worker)
+    # p50, p90, p99 (ns) over the same complete seconds as current_rps; None: no success
+    recent: tuple[int | None, int | None, int | None] = (None, None, None)
 
 
 @dataclass
@@ -111,7 +113,12 @@ def format_live(view: LiveView) -> str:
     head, tail = _headline(view.run_time, view.users, total)
     rate = (f"current rps (last {view.rate_window} s)" if view.rate_window
             else "current rps")
-    lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}"), *tail]
+    lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}")]
+    if view.rate_window and view.recent[0] is not None:
+        p50, p90, p99 = (_ms(p) for p in view.recent)
+        lines.append(_field(f"p50/p90/p99 (last {view.rate_window} s)",
+                            f"{p50} / {p90} / {p99}"))
+    lines += tail
     if view.stopping:
         lines.append(_field("stopping", view.stopping))
     if view.behind >= 2:

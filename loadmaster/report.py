@@ -76,7 +76,7 @@ def _generator(line: AgentLine, workers: Sequence[WorkerLive]) -> list[WorkerLiv
 
 def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], WorkerLive],
                  end: RunEnd) -> tuple[FinalView, ExitCode]:
-    total = Totals()
+    total = Totals(dense=True)
     notes: list[str] = []
     lines: list[AgentLine] = []
     last_end = 0.0
@@ -84,7 +84,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     grace = GraceView(0.0, 0, 0)
     saturation: list[str] = []
     for agent in agents:
-        agent_totals = Totals()
+        agent_totals = Totals(dense=True)
         for w in agent.worker_ids:
             final = agent.finals.get(w)
             if final is not None:

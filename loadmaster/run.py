@@ -152,6 +152,7 @@ class Run:
                 self.coord.stats_port = self.agg.bind()
             except zmq.ZMQError as e:
                 where = tcp_endpoint(self.opts.bind_host, self.opts.bind_port or None)
+                where = where.removeprefix("tcp://")  # as the user writes it, [::1]:5556
                 raise RunFailed(ExitCode.USAGE, f"--bind {where}: {e}") from None
             if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("control and stats channels on %s are unauthenticated: any host "
@@ -416,10 +417,13 @@ class Run:
                                    state="ok" if not a.gone else a.state.value,
                                    cpu=cpu, loop_lag=lag, saturated=self.agg.saturated(a.name)))
         rate, window = self.agg.current_rps(covered)
+        recent = self.agg.recent(covered).hist
         return LiveView(run_time=float(covered), users=self.agg.clients(),
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
                         agents=lines, missed_deltas=self.agg.missed_deltas, stopping=stopping,
-                        behind=0 if stopping else int(elapsed) - covered)
+                        behind=0 if stopping else int(elapsed) - covered,
+                        recent=(recent.percentile(0.5), recent.percentile(0.9),
+                                recent.percentile(0.99)))
 
     def _finish(self, incomplete: bool) -> int:
         """Print the final block, built from the final totals; return the exit code."""

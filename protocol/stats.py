@@ -1,64 +1,46 @@
-"""Mergeable statistics: a log-linear latency histogram, per-operation totals, error counts.
+"""Mergeable statistics: per-operation totals, their histograms, error counts.
 
-Theory of operation
--------------------
-Latencies are integer nanoseconds. Values below 256 have a bucket each (exact); above
-that, each power of two is split into 128 equal buckets, chosen by the value's top 8
-bits::
+Only successful calls are timed into the histogram (``protocol.histogram``); failures
+are counted, and their errors grouped by (operation name, exception type, message).
+The built-in HTTP client adds, per name, counts by status code and bytes sent and
+received (``OpStats.statuses``, ``sent``, ``received``); they stay empty for other
+clients.
 
-    s = v.bit_length() - 8          # how many low bits the bucket ignores
-    index = v            if s <= 0
-    index = (s << 7) + (v >> s)     otherwise
-
-so indexes are contiguous (0..255 are exact values, each later block of 128 covers one
-power of two). A bucket spans ``2**s`` values starting at ``mantissa << s`` with
-``mantissa >= 128``; reporting its integer midpoint is off by at most
-``2**(s-1) / (128 * 2**s) = 1/256``, a relative error under 0.4%, for every value.
-The layout is a protocol constant (``HISTOGRAM_LAYOUT``): merging two histograms is
-adding their counts, so workers, agents and the master can merge in any order.
-
-Only successful calls are timed into the histogram; failures are counted, and their
-errors grouped by (operation name, exception type, message).
+A ``Totals`` records sparsely (a worker's deltas and totals) or, with ``dense=True``,
+accumulates into dense histograms (the master, which merges thousands of deltas a
+second with vector adds).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.histogram import (
+    MAX_VALUE_NS,
+    DenseHistogram,
+    Histogram,
+    HistogramFormatError,
+)
+
 __all__ = [
-    "HISTOGRAM_LAYOUT",
     "MAX_ERRORS_PER_NAME",
     "MAX_ERROR_TEXT",
-    "MAX_INDEX",
-    "MAX_VALUE_NS",
+    "MAX_STATUS_CODES",
     "OTHER_ERRORS",
-    "RELATIVE_ERROR",
-    "SUB_BUCKET_BITS",
     "ErrorKey",
-    "Histogram",
     "OpStats",
     "StatsFormatError",
     "Totals",
-    "bucket_bounds",
-    "bucket_index",
-    "bucket_value",
     "error_key",
     "merge_all",
 ]
 
-
-HISTOGRAM_LAYOUT = 1
-SUB_BUCKET_BITS = 7
-# A bucket's midpoint is within this fraction of any value it holds.
-RELATIVE_ERROR = 1 / 256
-MAX_VALUE_NS = (1 << 63) - 1
-MAX_INDEX = ((MAX_VALUE_NS.bit_length() - 8) << SUB_BUCKET_BITS) + 255
 # Sender-side limits, part of the protocol.
 MAX_ERRORS_PER_NAME = 100
 MAX_ERROR_TEXT = 300
+MAX_STATUS_CODES = 100  # distinct status codes per name in one message
 OTHER_ERRORS = "other"
 _NO_MIN = MAX_VALUE_NS
 
@@ -67,98 +49,23 @@ class StatsFormatError(ValueError):
     """A statistics payload from a peer does not have the documented shape."""
 
 
-def bucket_index(value_ns: int) -> int:
-    """The bucket that holds ``value_ns`` (negative values count as 0)."""
-    if value_ns <= 0:
-        return 0
-    if value_ns > MAX_VALUE_NS:
-        value_ns = MAX_VALUE_NS
-    s = value_ns.bit_length() - 8
-    return value_ns if s <= 0 else (s << SUB_BUCKET_BITS) + (value_ns >> s)
-
-
-def bucket_bounds(index: int) -> tuple[int, int]:
-    """The inclusive lowest and highest value of bucket ``index``."""
-    if index < 256:
-        return index, index
-    s = (index >> SUB_BUCKET_BITS) - 1
-    low = (index - (s << SUB_BUCKET_BITS)) << s
-    return low, low + (1 << s) - 1
-
-
-def bucket_value(index: int) -> int:
-    """The integer midpoint of bucket ``index``: what the histogram reports for it."""
-    low, high = bucket_bounds(index)
-    return (low + high) // 2
-
-
-class Histogram:
-    """Counts of latencies per log-linear bucket; see the module docstring."""
-
-    __slots__ = ("counts",)
-
-    def __init__(self, counts: dict[int, int] | None = None) -> None:
-        self.counts: dict[int, int] = counts if counts is not None else {}
-
-    def record(self, value_ns: int, count: int = 1) -> None:
-        i = bucket_index(value_ns)
-        self.counts[i] = self.counts.get(i, 0) + count
-
-    def merge(self, other: Histogram) -> None:
-        counts = self.counts
-        for i, c in other.counts.items():
-            counts[i] = counts.get(i, 0) + c
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def percentile(self, q: float) -> int | None:
-        """The nearest-rank ``q`` quantile (0 < q <= 1) as a bucket midpoint, in ns."""
-        total = self.total
-        if total == 0:
-            return None
-        rank = max(1, math.ceil(q * total - 1e-9))  # the epsilon absorbs float drift (0.9*10)
-        seen = 0
-        for i in sorted(self.counts):
-            seen += self.counts[i]
-            if seen >= rank:
-                return bucket_value(i)
-        return bucket_value(max(self.counts))
-
-    def to_wire(self) -> tuple[list[int], list[int]]:
-        indexes = sorted(self.counts)
-        return indexes, [self.counts[i] for i in indexes]
-
-    @classmethod
-    def from_wire(cls, indexes: Any, counts: Any) -> Histogram:
-        if not isinstance(indexes, list) or not isinstance(counts, list):
-            raise StatsFormatError("histogram: indexes and counts must be arrays")
-        if len(indexes) != len(counts):
-            raise StatsFormatError("histogram: indexes and counts differ in length")
-        out: dict[int, int] = {}
-        for i, c in zip(indexes, counts, strict=True):
-            if type(i) is not int or not 0 <= i <= MAX_INDEX:
-                raise StatsFormatError(f"histogram: bad bucket index {i!r}")
-            if type(c) is not int or c <= 0:
-                raise StatsFormatError(f"histogram: bad count {c!r}")
-            out[i] = out.get(i, 0) + c
-        return cls(out)
-
-
 class OpStats:
     """Totals of one operation name. The hot path updates the fields directly."""
 
-    __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "sum_ns")
+    __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "received", "sent",
+                 "statuses", "sum_ns")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dense: bool = False) -> None:
         self.name = name
         self.ok = 0
         self.fail = 0
         self.sum_ns = 0
         self.min_ns = _NO_MIN
         self.max_ns = 0
-        self.hist = Histogram()
+        self.hist: Histogram | DenseHistogram = DenseHistogram() if dense else Histogram()
+        self.statuses: dict[int, int] = {}  # HTTP status code -> responses (built-in client)
+        self.sent = 0  # bytes of requests (built-in client)
+        self.received = 0  # bytes of responses (built-in client)
 
     def record_ok(self, elapsed_ns: int) -> None:
         self.ok += 1
@@ -176,12 +83,19 @@ class OpStats:
         self.min_ns = min(self.min_ns, other.min_ns)
         self.max_ns = max(self.max_ns, other.max_ns)
         self.hist.merge(other.hist)
+        if other.statuses:
+            statuses = self.statuses
+            for code, n in other.statuses.items():
+                statuses[code] = statuses.get(code, 0) + n
+        self.sent += other.sent
+        self.received += other.received
 
     def reset(self) -> None:
         """Zero in place: hot loops keep references to ``hist.counts``."""
-        self.ok = self.fail = self.sum_ns = self.max_ns = 0
+        self.ok = self.fail = self.sum_ns = self.max_ns = self.sent = self.received = 0
         self.min_ns = _NO_MIN
-        self.hist.counts.clear()
+        self.hist.clear()
+        self.statuses.clear()
 
     @property
     def min_value(self) -> int | None:
@@ -201,25 +115,48 @@ class OpStats:
     def to_wire(self) -> list[Any]:
         indexes, counts = self.hist.to_wire()
         mn = 0 if self.ok == 0 else self.min_ns
-        return [self.name, self.ok, self.fail, self.sum_ns, mn, self.max_ns, indexes, counts]
+        statuses = [[code, n] for code, n in self.statuses.items()]
+        return [self.name, self.ok, self.fail, self.sum_ns, mn, self.max_ns, indexes, counts,
+                statuses, self.sent, self.received]
 
     @classmethod
     def from_wire(cls, obj: Any) -> OpStats:
-        if not isinstance(obj, list) or len(obj) != 8:
-            raise StatsFormatError("operation stats: expected an array of 8")
-        name, ok, fail, sum_ns, mn, mx, indexes, counts = obj
+        if not isinstance(obj, list) or len(obj) != 11:
+            raise StatsFormatError("operation stats: expected an array of 11")
+        name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
-        for label, v in (("ok", ok), ("fail", fail), ("sum", sum_ns), ("min", mn), ("max", mx)):
+        for label, v in (("ok", ok), ("fail", fail), ("sum", sum_ns), ("min", mn), ("max", mx),
+                         ("bytes sent", sent), ("bytes received", received)):
             if type(v) is not int or v < 0:
                 raise StatsFormatError(f"operation stats {name!r}: bad {label} {v!r}")
         st = cls(name)
-        st.hist = Histogram.from_wire(indexes, counts)
+        try:
+            st.hist = Histogram.from_wire(indexes, counts)
+        except HistogramFormatError as e:
+            raise StatsFormatError(f"operation stats {name!r}: {e}") from None
         if st.hist.total != ok:
             raise StatsFormatError(f"operation stats {name!r}: histogram total != ok count")
         st.ok, st.fail, st.sum_ns, st.max_ns = ok, fail, sum_ns, mx
         st.min_ns = mn if ok else _NO_MIN
+        st.sent, st.received = sent, received
+        st.statuses = _statuses_from_wire(name, statuses)
         return st
+
+
+def _statuses_from_wire(name: str, obj: Any) -> dict[int, int]:
+    if not isinstance(obj, list) or len(obj) > MAX_STATUS_CODES:
+        raise StatsFormatError(f"operation stats {name!r}: status codes must be an array of "
+                               f"at most {MAX_STATUS_CODES}")
+    out: dict[int, int] = {}
+    for pair in obj:
+        if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int
+                and 100 <= pair[0] <= 999 and type(pair[1]) is int and pair[1] > 0
+                and pair[0] not in out):
+            raise StatsFormatError(f"operation stats {name!r}: bad status count "
+                                   f"{str(pair)[:40]}")
+        out[pair[0]] = pair[1]
+    return out
 
 
 ErrorKey = tuple[str, str, str]  # (operation name, exception type, message)
@@ -232,16 +169,19 @@ def error_key(name: str, exc: BaseException) -> ErrorKey:
 
 @dataclass(slots=True)
 class Totals:
-    """Per-name operation stats and grouped errors: a delta or a cumulative total."""
+    """Per-name operation stats and grouped errors: a delta or a cumulative total.
+
+    ``dense``: its histograms are ``DenseHistogram`` (for accumulating many merges)."""
 
     ops: dict[str, OpStats] = field(default_factory=dict)
     errors: dict[ErrorKey, int] = field(default_factory=dict)
+    dense: bool = False
     _distinct: dict[str, int] = field(default_factory=dict, repr=False)
 
     def op(self, name: str) -> OpStats:
         st = self.ops.get(name)
         if st is None:
-            st = self.ops[name] = OpStats(name)
+            st = self.ops[name] = OpStats(name, self.dense)
         return st
 
     def add_error(self, key: ErrorKey, count: int = 1) -> None:
@@ -273,7 +213,7 @@ class Totals:
 
     def combined(self) -> OpStats:
         """Every operation merged into one, for the headline figures."""
-        out = OpStats("total")
+        out = OpStats("total", self.dense)
         for st in self.ops.values():
             out.merge(st)
         return out
@@ -319,8 +259,9 @@ class Totals:
         return iter(sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def merge_all(parts: Iterable[Totals]) -> Totals:
-    out = Totals()
+def merge_all(parts: Iterable[Totals], dense: bool = True) -> Totals:
+    """``parts`` merged into one (dense by default: merging many is what it is for)."""
+    out = Totals(dense=dense)
     for p in parts:
         out.merge(p)
     return out

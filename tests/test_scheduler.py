@@ -18,7 +18,8 @@ from loadagent.scheduler import (
     ClientScheduler,
 )
 from protocol.client import ClientProtocol
-from protocol.stats import Totals, bucket_index
+from protocol.histogram import bucket_index
+from protocol.stats import Totals
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:

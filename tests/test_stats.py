@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from fractions import Fraction
 from typing import Any
 
@@ -11,20 +12,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.stats import (
-    MAX_ERROR_TEXT,
-    MAX_ERRORS_PER_NAME,
+from protocol.histogram import (
+    MAX_COUNT,
     MAX_INDEX,
     MAX_VALUE_NS,
-    OTHER_ERRORS,
     RELATIVE_ERROR,
+    DenseHistogram,
     Histogram,
-    OpStats,
-    StatsFormatError,
-    Totals,
+    HistogramFormatError,
     bucket_bounds,
     bucket_index,
     bucket_value,
+)
+from protocol.stats import (
+    MAX_ERROR_TEXT,
+    MAX_ERRORS_PER_NAME,
+    OTHER_ERRORS,
+    OpStats,
+    StatsFormatError,
+    Totals,
     error_key,
     merge_all,
 )
@@ -381,14 +387,71 @@ def full_totals() -> Totals:
     return t
 
 
+def u16(values: list[int]) -> bytes:
+    return array("H", values).tobytes()
+
+
+def u32(values: list[int]) -> bytes:
+    return array("I", values).tobytes()
+
+
+def u64(values: list[int]) -> bytes:
+    return array("Q", values).tobytes()
+
+
 def test_histogram_wire_round_trip() -> None:
     h = Histogram()
     for v in interesting_values()[:3000]:
         h.record(v)
     indexes, counts = h.to_wire()
-    assert indexes == sorted(indexes)
-    assert Histogram.from_wire(indexes, counts).counts == h.counts
-    assert Histogram.from_wire([], []).counts == {}
+    assert isinstance(indexes, bytes) and len(counts) == 2 * len(indexes)  # uint16, uint32
+    back = Histogram.from_wire(indexes, counts)
+    assert back.counts == h.counts and back.total == h.total
+    assert back.to_wire() == (indexes, counts)  # re-encoded as it came
+    assert Histogram.from_wire(b"", b"").counts == {}
+
+
+def test_a_count_over_32_bits_travels_as_uint64() -> None:
+    h = Histogram({300: 1 << 33, 5: 1})
+    indexes, counts = h.to_wire()
+    assert len(counts) == 4 * len(indexes)
+    assert Histogram.from_wire(indexes, counts).counts == {5: 1, 300: 1 << 33}
+
+
+def test_dense_and_sparse_histograms_agree() -> None:
+    rng = random.Random(3)
+    sparse, dense = Histogram(), DenseHistogram()
+    for _ in range(20):
+        part = Histogram()
+        for _ in range(rng.randint(0, 300)):
+            part.record(int(rng.lognormvariate(rng.uniform(5, 30), 1.5)))
+        sparse.merge(part)
+        dense.merge(Histogram.from_wire(*part.to_wire()))  # as the master merges deltas
+    assert dense.counts == sparse.counts and dense.total == sparse.total
+    for q in QUANTILES:
+        assert dense.percentile(q) == sparse.percentile(q)
+    assert dense.sparse().counts == sparse.counts
+
+
+BAD_HISTOGRAMS: dict[str, tuple[Any, Any]] = {
+    "lengths differ": (u16([1, 2]), u32([1])),
+    "odd index bytes": (b"\x01", b""),
+    "zero count": (u16([1]), u32([0])),
+    "count over the limit": (u16([1]), u64([MAX_COUNT + 1])),
+    "index too big": (u16([MAX_INDEX + 1]), u32([1])),
+    "indexes not increasing": (u16([5, 3]), u32([1, 1])),
+    "index twice": (u16([5, 5]), u32([1, 1])),
+    "lists, not bytes": ([1], [1]),
+    "str": ("1", "1"),
+    "none": (None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HISTOGRAMS))
+def test_histogram_from_wire_rejects(case: str) -> None:
+    indexes, counts = BAD_HISTOGRAMS[case]
+    with pytest.raises(HistogramFormatError):
+        Histogram.from_wire(indexes, counts)
 
 
 def test_opstats_wire_round_trip() -> None:
@@ -396,10 +459,13 @@ def test_opstats_wire_round_trip() -> None:
     for v in (5, 500, 5_000_000, 10**12):
         st.record_ok(v)
     st.fail = 3
+    st.statuses = {200: 4, 503: 3}
+    st.sent, st.received = 1234, 56789
     back = OpStats.from_wire(st.to_wire())
     assert (back.name, back.ok, back.fail, back.sum_ns, back.min_ns, back.max_ns) == (
         st.name, st.ok, st.fail, st.sum_ns, st.min_ns, st.max_ns)
     assert back.hist.counts == st.hist.counts
+    assert (back.statuses, back.sent, back.received) == ({200: 4, 503: 3}, 1234, 56789)
     failed = OpStats("f")
     failed.fail = 2
     back = OpStats.from_wire(failed.to_wire())
@@ -417,7 +483,7 @@ def test_totals_wire_round_trip() -> None:
 
 
 def good_op() -> list[Any]:
-    return ["op", 2, 0, 30, 10, 20, [10, 20], [1, 1]]
+    return ["op", 2, 0, 30, 10, 20, u16([10, 20]), u32([1, 1]), [[200, 2]], 100, 2000]
 
 
 def with_field(i: int, value: Any) -> list[Any]:
@@ -426,35 +492,13 @@ def with_field(i: int, value: Any) -> list[Any]:
     return o
 
 
-BAD_HISTOGRAMS = {
-    "lengths differ": ([1, 2], [1]),
-    "zero count": ([1], [0]),
-    "negative count": ([1], [-1]),
-    "index too big": ([MAX_INDEX + 1], [1]),
-    "negative index": ([-1], [1]),
-    "bool index": ([True], [1]),
-    "bool count": ([1], [True]),
-    "float count": ([1], [1.0]),
-    "str index": (["1"], [1]),
-    "not arrays": ({1: 1}, [1]),
-    "none": (None, None),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_HISTOGRAMS))
-def test_histogram_from_wire_rejects(case: str) -> None:
-    indexes, counts = BAD_HISTOGRAMS[case]
-    with pytest.raises(StatsFormatError):
-        Histogram.from_wire(indexes, counts)
-
-
 BAD_OPS: dict[str, Any] = {
     "short": good_op()[:7],
     "long": [*good_op(), 1],
     "not a list": tuple(good_op()),
     "empty name": with_field(0, ""),
     "int name": with_field(0, 5),
-    "bool ok": ["op", True, 0, 10, 10, 10, [10], [1]],
+    "bool ok": with_field(1, True),
     "negative ok": with_field(1, -2),
     "negative fail": with_field(2, -1),
     "bool fail": with_field(2, False),
@@ -462,9 +506,16 @@ BAD_OPS: dict[str, Any] = {
     "negative min": with_field(4, -1),
     "str max": with_field(5, "20"),
     "histogram total != ok": with_field(1, 3),
-    "mismatched arrays": with_field(7, [1]),
-    "zero count": with_field(7, [2, 0]),
-    "index out of range": with_field(6, [10, MAX_INDEX + 1]),
+    "mismatched arrays": with_field(7, u32([1])),
+    "zero count": with_field(7, u32([2, 0])),
+    "index out of range": with_field(6, u16([10, MAX_INDEX + 1])),
+    "negative bytes sent": with_field(9, -1),
+    "float bytes received": with_field(10, 1.5),
+    "status not a pair": with_field(8, [[200]]),
+    "status code out of range": with_field(8, [[42, 2]]),
+    "status count zero": with_field(8, [[200, 0]]),
+    "status listed twice": with_field(8, [[200, 1], [200, 1]]),
+    "too many status codes": with_field(8, [[100 + i, 1] for i in range(101)]),
 }
 
 

@@ -1,0 +1,134 @@
+"""Every second of a run, merged over every worker of every agent.
+
+Second k holds what the deltas of second k said (each delta covers (T0 + k - 1,
+T0 + k] of its worker): per name ok, fail and the merged latency histogram; clients;
+and per agent ok, fail, the CPU its workers used and their worst loop lag. Live
+figures (current rps, recent percentiles), the result file, and later the dashboard
+and windowed thresholds read from here.
+
+A second's histograms are dense (vector adds) while deltas still arrive for it, and
+are made sparse once the run is ``SETTLE`` seconds past it (a fraction of the memory:
+an hour of one name is a few MB); a delta later than that is still merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protocol.histogram import DenseHistogram, Histogram
+from protocol.stats import Totals
+
+__all__ = ["SETTLE", "AgentSecond", "Merged", "NameSecond", "Second", "Series"]
+
+SETTLE = 10  # seconds after which a second's histograms are made sparse
+
+
+@dataclass(slots=True)
+class NameSecond:
+    ok: int = 0
+    fail: int = 0
+    hist: DenseHistogram | Histogram = field(default_factory=DenseHistogram)
+
+
+@dataclass(slots=True)
+class AgentSecond:
+    """What an agent's workers' deltas said of one second of the run."""
+
+    ok: int = 0
+    fail: int = 0
+    cpu_seconds: float = 0.0
+    cpu_span: int = 0  # worker-seconds those CPU seconds cover
+    loop_lag: float = 0.0  # the worst of its workers
+
+
+@dataclass(slots=True)
+class Second:
+    clients: int = 0  # summed over the deltas of this second
+    ok: int = 0
+    fail: int = 0
+    names: dict[str, NameSecond] = field(default_factory=dict)
+    agents: dict[str, AgentSecond] = field(default_factory=dict)
+    settled: bool = False  # its histograms are sparse
+
+    def agent(self, name: str) -> AgentSecond:
+        at = self.agents.get(name)
+        if at is None:
+            at = self.agents[name] = AgentSecond()
+        return at
+
+
+class Series:
+    def __init__(self) -> None:
+        self.seconds: dict[int, Second] = {}
+        self.latest = 0  # the latest second any delta covered
+        self._settled_to = 0  # every second up to this one is settled
+
+    def at(self, second: int) -> Second:
+        s = self.seconds.get(second)
+        if s is None:
+            s = self.seconds[second] = Second()
+            if second > self.latest:
+                self.latest = second
+                self._settle(second - SETTLE)
+        return s
+
+    def add(self, second: int, agent: str, clients: int, totals: Totals) -> Second:
+        """Merge one worker's delta of ``second``; the second, for the caller's figures."""
+        s = self.at(second)
+        s.clients += clients
+        at = s.agent(agent)
+        for name, st in totals.ops.items():
+            ns = s.names.get(name)
+            if ns is None:
+                ns = s.names[name] = NameSecond()
+            ns.ok += st.ok
+            ns.fail += st.fail
+            if st.ok:
+                if isinstance(ns.hist, Histogram):  # a delta later than SETTLE seconds
+                    dense = DenseHistogram()
+                    dense.merge(ns.hist)
+                    ns.hist = dense
+                    s.settled = False
+                ns.hist.merge(st.hist)
+            s.ok += st.ok
+            s.fail += st.fail
+            at.ok += st.ok
+            at.fail += st.fail
+        return s
+
+    def _settle(self, up_to: int) -> None:
+        for k in range(self._settled_to + 1, up_to + 1):
+            s = self.seconds.get(k)
+            if s is not None and not s.settled:
+                for ns in s.names.values():
+                    if isinstance(ns.hist, DenseHistogram):
+                        ns.hist = ns.hist.sparse()
+                s.settled = True
+        self._settled_to = max(self._settled_to, up_to)
+
+    def window(self, first: int, last: int) -> list[Second]:
+        """The seconds from ``first`` to ``last`` that have figures."""
+        return [s for k in range(max(1, first), last + 1)
+                if (s := self.seconds.get(k)) is not None]
+
+    @staticmethod
+    def merged(seconds: Iterable[Second], name: str | None = None) -> Merged:
+        """One name's (or every name's) ok, fail and histogram over ``seconds``."""
+        out = Merged(0, 0, DenseHistogram())
+        for s in seconds:
+            for n, ns in s.names.items():
+                if name is None or n == name:
+                    out.ok += ns.ok
+                    out.fail += ns.fail
+                    out.hist.merge(ns.hist)
+        return out
+
+
+@dataclass(slots=True)
+class Merged:
+    """Seconds merged: counts and the histogram (percentiles are bucket midpoints)."""
+
+    ok: int
+    fail: int
+    hist: DenseHistogram
