@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from loadmaster.bundle import build_bundle
-from loadmaster.config import ConfigError, load_config
+from loadmaster.config import Config, ConfigError, load_config
+from loadmaster.result import Ending, ResultFileError, build_result, check_writable, save_result
 from loadmaster.run import Run, RunFailed, RunOptions
 from protocol.bundle import BundleError
 from protocol.command import new_app
@@ -53,9 +55,23 @@ def _check_client_compiles(path: Path) -> None:
         compile(path.read_bytes(), str(path), "exec")
     except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte in the source
         # the user's file, line and caret; not our own frames
-        print("".join(traceback.format_exception_only(e)), file=sys.stderr, end="")
-        raise _fail(ExitCode.CLIENT_FAILED, f"{path}: the client file does not compile; "
-                                            f"no load was started") from None
+        detail = "".join(traceback.format_exception_only(e))
+        print(detail, file=sys.stderr, end="")
+        failed = RunFailed(ExitCode.CLIENT_FAILED, f"{path}: the client file does not "
+                                                   f"compile; no load was started")
+        failed.detail = detail
+        raise failed from None
+
+
+def _early_result(cfg: Config, opts: RunOptions, failed: RunFailed) -> None:
+    """The result file of a run stopped by a check before it started (no run id, no load)."""
+    if opts.out is None:
+        return
+    error = f"{failed}\n{failed.detail}".rstrip() if failed.detail else str(failed)
+    ending = Ending(run_id=None, t0=None, end=time.time(), exit_code=failed.code, error=error)
+    problem = save_result(opts.out, lambda: build_result(cfg, opts.mask, ending))
+    if problem is not None:
+        print(f"loadmaster: {problem}", file=sys.stderr)
 
 
 def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
@@ -69,12 +85,16 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
                         format="%(asctime)s loadmaster %(levelname)s %(message)s")
     for warning in cfg.warnings:
         print(f"loadmaster: warning: {warning}", file=sys.stderr)
-    _check_client_compiles(cfg.benchmark_class_file)
     try:
-        bundle = build_bundle(Path.cwd(), cfg.benchmark_class_file, cfg.files, cfg.custom,
-                              remote=cfg.agents > 0)
-    except BundleError as e:
-        raise _fail(ExitCode.USAGE, f"{conf}: {e}") from None
+        _check_client_compiles(cfg.benchmark_class_file)
+        try:
+            bundle = build_bundle(Path.cwd(), cfg.benchmark_class_file, cfg.files, cfg.custom,
+                                  remote=cfg.agents > 0)
+        except BundleError as e:
+            raise RunFailed(ExitCode.USAGE, f"{conf}: {e}") from None
+    except RunFailed as e:
+        _early_result(cfg, opts, e)
+        raise _fail(e.code, str(e)) from None
     for warning in bundle.warnings:
         print(f"loadmaster: warning: {conf}: {warning}", file=sys.stderr)
     print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
@@ -111,6 +131,13 @@ def run(
     cpu_list: Annotated[str, typer.Option(
         help="Pin the embedded agent and its workers to these CPUs, e.g. 1 or 0,2-3.")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "",
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write the result file here at the end (JSON; a name ending .gz is "
+                      "gzip-compressed), also when the run fails or is interrupted.")] = None,
+    mask: Annotated[list[str] | None, typer.Option(
+        "--mask", metavar="<key>",
+        help="Hide this config key's value in the result file (repeatable); keys containing "
+             "token, secret, password or key are always hidden.")] = None,
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
@@ -124,9 +151,14 @@ def run(
         bind_host, bind_port = parse_bind(bind)
         if cpu_list:
             check_cpu_list(cpu_list)
-    except ValueError as e:
+        if any(not key.strip() for key in mask or ()):
+            raise ValueError("--mask: expected a config key, got an empty one")
+        if out is not None:
+            check_writable(out)
+    except (ValueError, ResultFileError) as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
-    code = run_config(file, overrides, RunOptions(bind_host, bind_port, cpu_list), log_level)
+    opts = RunOptions(bind_host, bind_port, cpu_list, out=out, mask=tuple(mask or ()))
+    code = run_config(file, overrides, opts, log_level)
     raise typer.Exit(code)
 
 

@@ -40,7 +40,7 @@ from loadmaster.config_values import parse_duration
 from protocol.wire.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 
 __all__ = ["KEYS", "SYSTEM_KEYS", "Config", "ConfigError", "keys_table", "load_config",
-           "parse_duration"]
+           "parse_duration", "resolved_keys"]
 
 CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["custom"] whole
 
@@ -128,6 +128,22 @@ def keys_table() -> str:
     rows.append(f"| `{CUSTOM_KEY}` | (none) | never read by the system: a mapping under it "
                 f"reaches `global_init` whole, as `custom_conf[\"{CUSTOM_KEY}\"]` |")
     return "\n".join(rows)
+
+
+def resolved_keys(cfg: Config) -> dict[str, Any]:
+    """Every system key with the value the run uses (defaults, overrides and ``${NAME}``
+    applied), as YAML would write it: paths as strings, ``worker`` unset as ``auto``."""
+    out: dict[str, Any] = {}
+    for f in KEYS:
+        value = getattr(cfg, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif f.name == "worker" and value is None:
+            value = "auto"
+        elif isinstance(value, list):
+            value = list(value)
+        out[f.name] = value
+    return out
 
 
 def _option(key: str) -> str:

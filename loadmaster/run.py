@@ -8,6 +8,10 @@ the block marked incomplete); the run loop acts on them. Exit 130 or 143 after t
 
 At the end every agent gets RUN_DONE and the master waits (briefly) for each one's
 RUN_DONE_ACK before it closes its socket, so nothing sent before is lost.
+
+With ``--out`` the result file (loadmaster/result.py) is written last, once everything
+is closed, on every path: a completed run, a failure (``RunFailed``), an interrupt, an
+internal error. A failure to write it turns exit 0 into 1 and leaves any other code.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import msgpack
@@ -30,10 +35,18 @@ import zmq.asyncio
 from loadmaster.aggregator import Aggregator
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
-from loadmaster.console import AgentLine, BlockPrinter, LiveView, format_final, format_live
+from loadmaster.console import (
+    AgentLine,
+    BlockPrinter,
+    FinalView,
+    LiveView,
+    format_final,
+    format_live,
+)
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
 from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
+from loadmaster.result import Ending, build_result, save_result
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
 from protocol.wire.channel import CONTROL_PORT, tcp_endpoint
@@ -50,6 +63,8 @@ FINAL_MARGIN = 10.0  # beyond run_time + grace + shutdown, before missing totals
 # Live blocks are printed this long after a whole second of the run, when that second's
 # deltas have arrived: the block then shows complete seconds only.
 LIVE_DELAY = 0.3
+# With --out: how long the last deltas (sent just before the finals) may take to arrive
+SERIES_WAIT = 1.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -58,12 +73,15 @@ class RunOptions:
     bind_host: str = "127.0.0.1"
     bind_port: int = CONTROL_PORT
     cpu_list: str = ""
+    out: Path | None = None  # the result file (--out), checked writable by the CLI
+    mask: tuple[str, ...] = ()  # config keys hidden in it (--mask), beyond the secret words
 
 
 class RunFailed(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.detail = ""  # shown before the message (the user's traceback), kept in --out
 
 
 class Run:
@@ -92,6 +110,7 @@ class Run:
         self._crashed: BaseException | None = None
         self._t0 = 0.0
         self._client_failure: str | None = None
+        self._view: FinalView | None = None  # the final block's, once printed
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -142,6 +161,37 @@ class Run:
 
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> int:
+        """The run, then the result file (``--out``) on every path; the exit code."""
+        try:
+            code = await self._execute()
+        except RunFailed as e:
+            self._save_result(e.code, str(e))
+            raise
+        except Exception as e:
+            self._save_result(ExitCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            raise
+        error = None
+        if self._client_failure is not None:
+            error = f"every client fails the same way before doing any I/O: " \
+                    f"{self._client_failure}"
+        if not self._save_result(code, error) and code == ExitCode.OK:
+            return int(ExitCode.INTERNAL)
+        return code
+
+    def _save_result(self, code: int, error: str | None) -> bool:
+        """Write the result file, if asked for; False when it could not be written."""
+        if self.opts.out is None:
+            return True
+        ending = Ending(run_id=self.run_id, t0=self._t0 or None, end=time.time(),
+                        exit_code=code, signal=self._signal, error=error)
+        problem = save_result(self.opts.out, lambda: build_result(
+            self.cfg, self.opts.mask, ending, view=self._view,
+            agents=self._agents or self.coord.accepted, series=self.agg.series))
+        if problem is not None:
+            print(f"loadmaster: {problem}", file=sys.stderr, flush=True)
+        return problem is None
+
+    async def _execute(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -388,7 +438,20 @@ class Run:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
-        return self._finish(incomplete=aborted or time.time() >= deadline)
+        incomplete = aborted or time.time() >= deadline
+        if self.opts.out is not None and not incomplete:
+            await self._wait(self._series_complete, SERIES_WAIT, interruptible=False)
+        return self._finish(incomplete)
+
+    def _series_complete(self) -> bool:
+        """Every final's calls are in the live series too (for the result file)."""
+        for a in self._agents:
+            for w, final in a.finals.items():
+                live = self.agg.workers.get((a.name, w))
+                if live is not None and not live.missed and \
+                        (live.totals.ok, live.totals.fail) != (final.totals.ok, final.totals.fail):
+                    return False
+        return True
 
     def _covered(self, elapsed: float) -> int:
         """The last whole second every worker still running has reported."""
@@ -432,4 +495,5 @@ class Run:
             total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
             client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas))
         self._printer.final(format_final(view))
+        self._view = view
         return int(code)

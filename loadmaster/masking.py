@@ -1,0 +1,47 @@
+"""Secrets hidden from what the master shows or writes of the config (the result file,
+later the dashboard): one rule, in one place.
+
+A value is replaced by ``MASK`` when its key contains one of ``SECRET_WORDS`` (any
+case: ``api_token``, ``DB_PASSWORD``, ``signing_key``), or is one of the extra keys the
+user named (``--mask KEY``, compared without regard to case). Keys are matched at every
+depth, in mappings nested in mappings and lists, so ``auth: {password: ...}`` is hidden
+too; a masked value is replaced whole, whatever it holds. The system keys contain none of
+the words, so only ``--mask`` hides one of them (``--mask host``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["MASK", "SECRET_WORDS", "is_secret", "masked"]
+
+MASK = "***"
+SECRET_WORDS = ("token", "secret", "password", "key")
+
+
+def is_secret(key: str, extra: frozenset[str] = frozenset()) -> bool:
+    """Whether the value under ``key`` is hidden; ``extra``: names in lower case."""
+    low = key.lower()
+    return low in extra or any(word in low for word in SECRET_WORDS)
+
+
+def masked(config: Mapping[str, Any], extra_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of ``config`` with every secret value replaced by ``MASK`` (at any depth);
+    ``config`` itself is left as it is."""
+    extra = frozenset(k.lower() for k in extra_keys)
+    return {k: _hide(k, v, extra) for k, v in config.items()}
+
+
+def _hide(key: Any, value: Any, extra: frozenset[str]) -> Any:
+    if isinstance(key, str) and is_secret(key, extra):
+        return MASK
+    return _walk(value, extra)
+
+
+def _walk(value: Any, extra: frozenset[str]) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _hide(k, v, extra) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_walk(v, extra) for v in value]
+    return value
