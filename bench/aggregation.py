@@ -1,13 +1,16 @@
 """How much of a core the master's stats aggregation needs for many workers.
 
-Simulated workers publish realistic deltas (one operation, a latency histogram of
-~100 buckets, a few errors) once a second, each on its own PUB socket, from a few
-publisher processes; the master's real `Aggregator` (SUB socket, decode, validate,
-merge per worker, per second and in total) runs in this process on asyncio, as in
-`loadmaster run`. Printed: deltas received, deltas lost, and this process's CPU time
-over the measured window as a share of one core.
+Simulated workers send realistic deltas (one operation, a latency histogram of ~500
+buckets, a few errors) once a second. A real worker has a PUB socket of its own; one
+process cannot hold 10,000 of them, so each publisher process has one PUB socket and
+sends the deltas of its share of workers through it, pre-encoded: the totals are
+packed once per sample and each worker's message is assembled from bytes each second
+(checked equal to what `encode_stats` makes). The master's real `Aggregator` (SUB
+socket, decode, validate, merge per worker, per second and in total) runs in this
+process on asyncio, as in `loadmaster run`. Printed: deltas received, deltas lost, and
+this process's CPU time over the measured window as a share of one core.
 
-    python bench/aggregation.py [--workers 1000] [--seconds 20] [--publishers 4]
+    python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2]
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import random
 import sys
 import time
@@ -23,22 +25,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import msgpack
 import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
 from protocol.stats import Totals
-from protocol.wire.codec import encode_stats
+from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta
 
 RUN_ID = "bench0aggregate0"
+AGENT = "bench"
+SAMPLES = 8
+HEADER_FRAME = HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE)
 
 
 def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> Delta:
     totals = Totals()
     st = totals.op("HttpClient")
     for _ in range(rng.randint(2000, 4000)):  # ~3,000 calls/s per worker
-        st.record_ok(int(rng.lognormvariate(13.5, 0.6)))  # ~0.7 ms median
+        st.record_ok(int(rng.lognormvariate(13.5, 0.6)))  # ~0.7 ms median: ~500 buckets
     st.fail = rng.randint(0, 3)
     for _ in range(st.fail):
         totals.add_error(("HttpClient", "ValueError",
@@ -47,32 +53,46 @@ def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> De
                  totals=totals, cpu_seconds=0.9, loop_lag=0.001)
 
 
+def delta_frames(topic: bytes, totals_packed: bytes, worker: int, seq: int) -> list[bytes]:
+    """The frames of a Delta, assembled from its pre-packed totals (see ``check_frames``)."""
+    body = b"".join((
+        b"\x98",  # a msgpack array of Delta's 8 fields
+        msgpack.packb(AGENT), msgpack.packb(worker), msgpack.packb(seq),
+        msgpack.packb(seq + 1), msgpack.packb(50), totals_packed,
+        msgpack.packb(0.9), msgpack.packb(0.001)))
+    return [topic, HEADER_FRAME, body]
+
+
+def check_frames(sample: Totals) -> None:
+    """The assembled frames are byte for byte those of the real encoder."""
+    topic = RUN_ID.encode()
+    real = encode_stats(topic, Delta(agent=AGENT, worker=7, seq=3, second=4, clients=50,
+                                     totals=sample, cpu_seconds=0.9, loop_lag=0.001))
+    ours = delta_frames(topic, msgpack.packb(sample.to_wire(), use_bin_type=True), 7, 3)
+    assert ours == real, "the bench's deltas differ from the real encoder's"
+
+
 def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: float) -> None:
-    """``count`` simulated workers, each with its own PUB socket, one delta a second."""
+    """``count`` simulated workers through one PUB socket, one delta each a second."""
     rng = random.Random(first)
     ctx = zmq.Context()
-    socks = []
-    for _ in range(count):
-        s = ctx.socket(zmq.PUB)
-        s.linger = 1000
-        s.connect(endpoint)
-        socks.append(s)
-    # a few distinct payloads per publisher, re-sent with each worker's own seq number
-    samples = [realistic_delta(rng, "bench", 0, 0) for _ in range(8)]
+    sock = ctx.socket(zmq.PUB)
+    sock.sndhwm = 0  # this bench measures the master, not our send queue
+    sock.linger = 5000
+    sock.connect(endpoint)
+    samples = [msgpack.packb(realistic_delta(rng, AGENT, 0, 0).totals.to_wire(),
+                             use_bin_type=True) for _ in range(SAMPLES)]
     topic = RUN_ID.encode()
     time.sleep(max(0.0, start_at - time.time()))
     seq = 0
     while time.time() < start_at + seconds:
         tick = start_at + seq + 1
-        for i, s in enumerate(socks):
-            sample = samples[(i + seq) % len(samples)]
-            d = Delta(agent="bench", worker=first + i, seq=seq, second=seq + 1,
-                      clients=50, totals=sample.totals, cpu_seconds=0.9, loop_lag=0.001)
-            s.send_multipart(encode_stats(topic, d))
+        for i in range(count):
+            sock.send_multipart(delta_frames(topic, samples[(i + seq) % SAMPLES], first + i,
+                                             seq))
         seq += 1
         time.sleep(max(0.0, tick - time.time()))
-    for s in socks:
-        s.close()
+    sock.close()
     ctx.term()
 
 
@@ -114,7 +134,7 @@ async def measure(workers: int, seconds: float, publishers: int) -> None:
     sample = realistic_delta(random.Random(1), "bench", 0, 0)
     size = len(encode_stats(RUN_ID.encode(), sample)[2])
     buckets = len(sample.totals.ops["HttpClient"].hist.counts)
-    print(f"workers simulated        : {workers} (one PUB socket each, {publishers} processes)")
+    print(f"workers simulated        : {workers} ({publishers} publisher processes)")
     print(f"delta body size          : ~{size} bytes (1 operation, {buckets} histogram buckets)")
     print(f"deltas received          : {rate:.0f}/s over {wall1 - wall0:.1f}s")
     print(f"deltas lost (seq gaps)   : {agg.missed_deltas}")
@@ -125,10 +145,11 @@ async def measure(workers: int, seconds: float, publishers: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--publishers", type=int, default=max(1, (os.cpu_count() or 2) * 2))
+    p.add_argument("--publishers", type=int, default=2)
     a = p.parse_args()
+    check_frames(realistic_delta(random.Random(0), AGENT, 0, 0).totals)
     asyncio.run(measure(a.workers, a.seconds, a.publishers))
 
 

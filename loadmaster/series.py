@@ -62,12 +62,13 @@ class Series:
     def __init__(self) -> None:
         self.seconds: dict[int, Second] = {}
         self.latest = 0  # the latest second any delta covered
-        self._settled_to = 0  # every second up to this one is settled
+        self._open: set[int] = set()  # seconds whose histograms are dense
 
     def at(self, second: int) -> Second:
         s = self.seconds.get(second)
         if s is None:
             s = self.seconds[second] = Second()
+            self._open.add(second)
             if second > self.latest:
                 self.latest = second
                 self._settle(second - SETTLE)
@@ -90,6 +91,7 @@ class Series:
                     dense.merge(ns.hist)
                     ns.hist = dense
                     s.settled = False
+                    self._open.add(second)
                 ns.hist.merge(st.hist)
             s.ok += st.ok
             s.fail += st.fail
@@ -98,14 +100,13 @@ class Series:
         return s
 
     def _settle(self, up_to: int) -> None:
-        for k in range(self._settled_to + 1, up_to + 1):
-            s = self.seconds.get(k)
-            if s is not None and not s.settled:
-                for ns in s.names.values():
-                    if isinstance(ns.hist, DenseHistogram):
-                        ns.hist = ns.hist.sparse()
-                s.settled = True
-        self._settled_to = max(self._settled_to, up_to)
+        for k in [k for k in self._open if k <= up_to]:
+            s = self.seconds[k]
+            for ns in s.names.values():
+                if isinstance(ns.hist, DenseHistogram):
+                    ns.hist = ns.hist.sparse()
+            s.settled = True
+            self._open.discard(k)
 
     def window(self, first: int, last: int) -> list[Second]:
         """The seconds from ``first`` to ``last`` that have figures."""

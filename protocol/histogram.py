@@ -24,7 +24,7 @@ Two forms, one meaning:
   and builds the dict only if asked.
 - ``DenseHistogram`` is what the master accumulates into: a numpy array over the range
   of buckets seen so far (it grows), so a merge is one vector operation,
-  ``counts[index - low] += count``.
+  ``np.add.at(counts, index - low, count)``.
 
 On the wire a histogram is two byte strings: bucket indexes as little-endian uint16,
 strictly increasing (so each appears once), and their counts as little-endian uint32,
@@ -69,7 +69,7 @@ MAX_INDEX = ((MAX_VALUE_NS.bit_length() - 8) << SUB_BUCKET_BITS) + 255
 MAX_COUNT = 1 << 48
 _GROW_SLACK = 64  # buckets added on each side when a dense histogram grows
 
-Indexes = npt.NDArray[np.uint16]
+Indexes = npt.NDArray[np.intp]  # intp: numpy indexes with it without a conversion
 Counts = npt.NDArray[np.uint64]
 _INDEX = np.dtype("<u2")
 _COUNT32 = np.dtype("<u4")
@@ -125,13 +125,13 @@ def unpack(indexes: Any, counts: Any) -> tuple[Indexes, Counts]:
         raise HistogramFormatError(f"histogram: {n} indexes but {len(counts)} bytes of counts")
     idx = np.frombuffer(indexes, _INDEX)
     if n:
-        if int(idx[-1]) > MAX_INDEX:
-            raise HistogramFormatError(f"histogram: bucket index {int(idx.max())} out of range")
-        if n > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+        if n > 1 and not (idx[1:] > idx[:-1]).all():
             raise HistogramFormatError("histogram: bucket indexes not strictly increasing")
-        if int(cnt.min()) == 0 or int(cnt.max()) > MAX_COUNT:
+        if int(idx[-1]) > MAX_INDEX:
+            raise HistogramFormatError(f"histogram: bucket index {int(idx[-1])} out of range")
+        if not ((cnt - 1) < MAX_COUNT).all():  # a zero count wraps round to 2**64 - 1
             raise HistogramFormatError("histogram: a count is zero or out of range")
-    return idx, cnt
+    return idx.astype(np.intp), cnt
 
 
 class Histogram:
@@ -183,7 +183,7 @@ class Histogram:
             assert self._packed is not None
             return self._packed
         keys = sorted(self._counts)
-        return (np.array(keys, dtype=np.uint16),
+        return (np.array(keys, dtype=np.intp),
                 np.array([self._counts[k] for k in keys], dtype=np.uint64))
 
     def clear(self) -> None:
@@ -248,7 +248,7 @@ class DenseHistogram:
         low, high = int(indexes[0]), int(indexes[-1]) + 1
         if low < self._low or high > self._low + self._counts.size or not self._counts.size:
             self._grow(low, high)
-        self._counts[indexes - self._low] += counts
+        np.add.at(self._counts, indexes - self._low, counts)
 
     def _grow(self, low: int, high: int) -> None:
         if self._counts.size:
@@ -264,12 +264,12 @@ class DenseHistogram:
         self.add(*other.packed())
 
     def record(self, value_ns: int, count: int = 1) -> None:
-        self.add(np.array([bucket_index(value_ns)], np.uint16),
+        self.add(np.array([bucket_index(value_ns)], np.intp),
                  np.array([count], np.uint64))
 
     def packed(self) -> tuple[Indexes, Counts]:
         nonzero = np.flatnonzero(self._counts)
-        return (nonzero + self._low).astype(np.uint16), self._counts[nonzero]
+        return nonzero + self._low, self._counts[nonzero]
 
     def items(self) -> list[tuple[int, int]]:
         idx, cnt = self.packed()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections.abc import Callable
 
+import msgpack
 import pytest
 import zmq
 import zmq.asyncio
@@ -17,8 +19,9 @@ from loadmaster.aggregator import (
     Aggregator,
     WorkerLive,
 )
+from protocol.histogram import MAX_COUNT, MAX_INDEX
 from protocol.stats import Totals
-from protocol.wire.codec import HEADER, MAGIC, encode_stats
+from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta, Hello
 
 RUN_ID = "0123456789abcdef"
@@ -95,6 +98,39 @@ def test_bad_messages_are_dropped_and_the_aggregator_keeps_going() -> None:
     agg = asyncio.run(feed(frames, lambda a: a.bad_messages >= 5 and a.totals.ok >= 7))
     assert agg.bad_messages == 5
     assert agg.totals.ok == 7  # the good one, not the unplanned worker's 100
+
+
+def forged(base: Delta, indexes: bytes, counts: bytes, ok: int) -> list[bytes]:
+    """``base`` re-encoded with its one operation's histogram arrays replaced."""
+    wire = base.to_wire()
+    op = wire[5][0][0]  # totals -> operations -> the first
+    op[1], op[6], op[7] = ok, indexes, counts
+    return [TOPIC, HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE),
+            msgpack.packb(wire, use_bin_type=True)]
+
+
+def u16(values: list[int]) -> bytes:
+    return array("H", values).tobytes()
+
+
+def u32(values: list[int]) -> bytes:
+    return array("I", values).tobytes()
+
+
+def test_a_delta_with_a_bad_histogram_is_dropped_whole_and_counted() -> None:
+    base = delta(0, 0, ok=3)
+    frames = [
+        forged(base, u16([10, MAX_INDEX + 1]), u32([1, 2]), 3),  # a bucket out of range
+        forged(base, u16([10, 11]), u32([3]), 3),                # arrays of unequal length
+        forged(base, u16([10]), array("Q", [MAX_COUNT + 1]).tobytes(), 3),  # count overflow
+        forged(base, u16([12, 10]), u32([1, 2]), 3),             # indexes out of order
+        encode_stats(TOPIC, delta(0, 1, ok=7)),
+    ]
+    agg = asyncio.run(feed(frames, lambda a: a.bad_messages >= 4 and a.totals.ok >= 7))
+    assert agg.bad_messages == 4
+    assert agg.totals.ok == 7  # nothing of a bad delta was merged
+    assert agg.series.seconds[2].ok == 7 and 1 not in agg.series.seconds
+    assert agg.totals.ops["op"].hist.total == 7
 
 
 def test_duplicate_and_reordered_deltas_are_not_counted_twice() -> None:

@@ -368,6 +368,9 @@ INVALID_VALUES: dict[str, Callable[[], list[bytes]]] = {
     "Register.cores negative": lambda: replaced(examples()[m.Register], "cores", -1),
     "Delta.seq negative": lambda: replaced(examples()[m.Delta], "seq", -1),
     "Delta.clients negative": lambda: replaced(examples()[m.Delta], "clients", -3),
+    "Delta.second 0": lambda: replaced(examples()[m.Delta], "second", 0),
+    "Delta.second past MAX_SECOND": lambda: replaced(examples()[m.Delta], "second",
+                                                     m.MAX_SECOND + 1),
     "Delta.cpu_seconds negative": lambda: replaced(examples()[m.Delta], "cpu_seconds", -0.5),
     "Delta.loop_lag negative": lambda: replaced(examples()[m.Delta], "loop_lag", -0.001),
     "WorkerJob with a bad job": lambda: replaced(

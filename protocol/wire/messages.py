@@ -16,6 +16,7 @@ from protocol.wire.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MA
 __all__ = [
     "HEARTBEAT",
     "MAX_NOTES",
+    "MAX_SECOND",
     "MISSED_BEATS",
     "RUN_ID_LEN",
     "TOKEN_ENV",
@@ -52,6 +53,7 @@ MISSED_BEATS = 3
 # The embedded agent's one-time token travels in its environment, not its command line.
 TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
 MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load starts
+MAX_SECOND = 10_000_000  # the largest second of a run a delta may cover: 115 days
 
 
 def _nonneg(cls: str, **values: float) -> None:
@@ -364,3 +366,5 @@ class Delta(Message):
     def __post_init__(self) -> None:
         _nonneg("Delta", seq=self.seq, clients=self.clients, cpu_seconds=self.cpu_seconds,
                 loop_lag=self.loop_lag)
+        if not 1 <= self.second <= MAX_SECOND:
+            raise WireError(f"Delta.second must be 1 to {MAX_SECOND}, got {self.second}")
