@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import msgpack
 import zmq
 import zmq.asyncio
 
@@ -44,15 +43,14 @@ from loadmaster.console import (
     format_live,
 )
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
+from loadmaster.jobs import JobTooLarge, check_sizes, job_frames, plan_workers
 from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
 from loadmaster.result import Ending, build_result, save_result
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
 from protocol.wire.channel import CONTROL_PORT, tcp_endpoint
-from protocol.wire.codec import MessageTooLarge, encode
-from protocol.wire.limits import format_size
-from protocol.wire.messages import RUN_ID_LEN, Abort, Job, RunDone, Start, Stop
+from protocol.wire.messages import RUN_ID_LEN, Abort, RunDone, Start, Stop
 
 log = logging.getLogger("loadmaster")
 START_DELAY = 0.5
@@ -262,62 +260,32 @@ class Run:
         self._agents = self.coord.accepted[:wanted]
         self.coord.run_planned = True
 
-    def _plan(self) -> int:
-        """Give every agent its global worker ids, in registration order."""
-        next_id = 0
-        for agent in self._agents:
-            n = self.cfg.worker or agent.info.workers
-            agent.worker_ids = list(range(next_id, next_id + n))
-            next_id += n
-        self._total_workers = next_id
-        return next_id
-
-    def _job_frames(self, agent: AgentRecord, total: int) -> list[bytes]:
-        cfg = self.cfg
-        return encode(Job(
-            run_id=self.run_id, host=cfg.host, class_file=self.bundle.class_file,
-            class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
-            hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
-            stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
-            bundle=self.bundle.files))
-
-    def _too_large(self, agent: AgentRecord, size: int) -> RunFailed:
-        files = sum(len(f.data) for f in self.bundle.files)
-        return RunFailed(ExitCode.USAGE,
-                         f"the job is {format_size(size)} (bundle files {format_size(files)}), "
-                         f"over agent {agent.name}'s limit of "
-                         f"{format_size(agent.info.max_message)}: ship fewer files (files:, "
-                         f"data files named in custom keys) or raise loadagent --max-message")
-
     async def _send_jobs(self) -> None:
         """Every agent's JOB, each checked against its agent's limit before any is sent.
 
-        The jobs differ only in their worker ids, so one encoding gives every size; then
-        they are encoded and sent one at a time (a big bundle is held once, not once per
-        agent), off the loop, so heartbeats are answered meanwhile.
+        One encoding gives every size; then the jobs are encoded and sent one at a time
+        (a big bundle is held once, not once per agent), off the loop, so heartbeats are
+        answered meanwhile.
         """
-        total = self._plan()
-        agents = self._agents
+        agents, cfg, bundle = self._agents, self.cfg, self.bundle
+        total = self._total_workers = plan_workers(agents, cfg.worker)
         try:
             frames: list[bytes] | None = await asyncio.to_thread(
-                self._job_frames, agents[0], total)
-        except MessageTooLarge as e:
-            raise self._too_large(agents[0], e.size) from None
-        assert frames is not None
-        common = len(frames[1]) - len(msgpack.packb(agents[0].worker_ids))
-        for agent in agents:
-            size = common + len(msgpack.packb(agent.worker_ids))
-            if size > agent.info.max_message:
-                raise self._too_large(agent, size)
+                job_frames, self.run_id, cfg, bundle, agents[0], total)
+            assert frames is not None
+            check_sizes(frames, agents, bundle)
+        except JobTooLarge as e:
+            raise RunFailed(ExitCode.USAGE, str(e)) from None
         for agent in agents:
             if frames is None:
-                frames = await asyncio.to_thread(self._job_frames, agent, total)
+                frames = await asyncio.to_thread(job_frames, self.run_id, cfg, bundle, agent,
+                                                 total)
             for w in agent.worker_ids:
                 self.agg.expect(agent.name, w)
             self.coord.send(agent, frames)
             frames = None
-        log.info("run %s: %d user(s) over %d worker(s) on %d agent(s)", self.run_id,
-                 self.cfg.users, total, len(agents))
+        log.info("run %s: %d user(s) over %d worker(s) on %d agent(s); stats on port %d",
+                 self.run_id, cfg.users, total, len(agents), self.agg.port)
 
     def _not_ready(self) -> list[str]:
         """Who the run still waits for before START: READY from agents, HELLO from workers."""

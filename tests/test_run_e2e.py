@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
+import zmq
 
+from protocol.histogram import MAX_INDEX
+from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION
+from protocol.wire.messages import Delta
 from tests.e2e_helpers import (
     LineReader,
     Result,
@@ -431,3 +438,42 @@ def test_a_worker_stuck_in_global_init_dies_with_its_killed_agent(
     while tagged_pids(tag):
         assert time.monotonic() < deadline, f"left running: {tagged_pids(tag)}"
         time.sleep(0.1)
+
+
+def test_a_forged_delta_with_a_bad_bucket_is_dropped_and_the_run_stays_exact(
+        tmp_path: Path, tag: str, target: Target) -> None:
+    """A delta whose histogram holds a bucket index out of range, sent to the master's
+    stats socket mid-run as worker 0 of the run, is dropped whole (a warning says so);
+    the live figures and the final block count only what the target served."""
+    conf = write_job(tmp_path, {"host": target.url, "users": 4, "hatch_rate": 4,
+                                "run_time": 4, "worker": 1})
+    with started_master(tmp_path, conf, tag, "--log-level", "info") as proc:
+        err = LineReader(proc.stderr)
+        out = LineReader(proc.stdout)
+        line = err.wait_for("stats on port", 30)
+        m = re.search(r"run ([0-9a-f]{16}): .* stats on port (\d+)", line)
+        assert m, line
+        run_id, port = m.group(1), int(m.group(2))
+        out.wait_for("current rps", 15)  # the load runs
+        op = ["HttpClient", 5, 0, 5_000, 1_000, 1_000, array("H", [MAX_INDEX + 1]).tobytes(),
+              array("I", [5]).tobytes(), [], 0, 0]
+        body = msgpack.packb(["local", 0, 1_000_000, 2, 1, [[op], []], 0.1, 0.0],
+                             use_bin_type=True)
+        frames = [run_id.encode(), HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE), body]
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.linger = 1000
+        pub.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            for _ in range(20):  # PUB/SUB: the first ones may go before the link is up
+                pub.send_multipart(frames)
+                time.sleep(0.05)
+        finally:
+            pub.close()
+            ctx.term()
+        assert proc.wait(60) == 0
+        stdout, stderr = out.text(), err.text()
+    assert "dropped a bad stats message" in stderr and "out of range" in stderr, stderr
+    served = target.counts()["ok"]
+    final = Result(0, stdout, stderr)
+    assert final.final_int("success count") == served > 0
