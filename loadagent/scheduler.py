@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from loadagent.early_failure import EarlyFailure
+from protocol.calls import current_op
 from protocol.client import ClientProtocol
-from protocol.stats import SUB_BUCKET_BITS, Totals, error_key
+from protocol.histogram import SUB_BUCKET_BITS, Histogram
+from protocol.stats import Totals, error_key
 
 YIELD_EVERY = 32
 YIELD_AFTER_NS = 5_000_000  # a call that held the loop this long yields at once
@@ -136,6 +138,9 @@ class ClientScheduler:
             early.init_ok(time.monotonic())
         if self._stopping:
             return
+        # this task's own context: what the built-in HTTP client counts (statuses, bytes)
+        # from here on lands under this client's name; init_before_use's requests do not
+        current_op.set(self._delta.op(self._name))
         self.running += 1
         try:
             await self._call_loop(client)
@@ -154,6 +159,7 @@ class ClientScheduler:
         totals = self._delta
         name = self._name
         st = totals.op(name)
+        assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
         counts = st.hist.counts
         clock = time.perf_counter_ns
         sleep = asyncio.sleep

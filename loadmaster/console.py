@@ -11,6 +11,8 @@ from protocol.stats import OpStats, Totals
 RULE = "=" * 40
 LABEL_WIDTH = 30
 ERROR_ROWS = 20  # the most frequent errors; the rest are summed in one line
+HTTP_CODES_SHOWN = 6  # a name's status codes are listed when it has at most this many
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 
 @dataclass
@@ -86,6 +88,44 @@ def _lag(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1000 * seconds:.1f}"
 
 
+def _bytes(n: int) -> str:
+    """``n`` bytes for a person: 512 B, 64.0 KiB, 1.5 GiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        if value < 1024 or unit == _BYTE_UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _http_responses(statuses: dict[int, int]) -> str:
+    """Responses by status class, then the codes themselves when they are few."""
+    if not statuses:
+        return "none"
+    classes: dict[int, int] = {}
+    for code, n in statuses.items():
+        classes[code // 100] = classes.get(code // 100, 0) + n
+    text = "  ".join(f"{c}xx: {n:,}" for c, n in sorted(classes.items()))
+    if len(statuses) <= HTTP_CODES_SHOWN:
+        text += "  (" + "  ".join(f"{code}: {n:,}" for code, n in sorted(statuses.items())) + ")"
+    return text
+
+
+def _http_section(totals: Totals) -> list[str]:
+    """The built-in HTTP client's figures per name; nothing when no name has any."""
+    ops = [(name, st) for name, st in sorted(totals.ops.items())
+           if st.statuses or st.sent or st.received]
+    if not ops:
+        return []
+    lines = ["http:", f"  {'name':<24} {'sent':>10} {'received':>10}  responses"]
+    for name, st in ops:
+        lines.append(f"  {name[:24]:<24} {_bytes(st.sent):>10} {_bytes(st.received):>10}  "
+                     f"{_http_responses(st.statuses)}")
+    return lines
+
+
 def _headline(run_time: float, users: int | str,
               total: OpStats) -> tuple[list[str], list[str]]:
     """The seed's fields before and after where the live block puts current rps."""
@@ -157,6 +197,7 @@ def format_final(view: FinalView) -> str:
         for name, st in sorted(view.totals.ops.items()):
             lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
+    lines += _http_section(view.totals)
     if view.grace is not None and (view.grace.finished or view.grace.cancelled):
         g = view.grace
         cancelled = (" (failures; a cancelled call does not extend the run time)"

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.calls import MAX_STATUS_CODES
 from protocol.histogram import (
     MAX_VALUE_NS,
     DenseHistogram,
@@ -27,7 +28,6 @@ from protocol.histogram import (
 __all__ = [
     "MAX_ERRORS_PER_NAME",
     "MAX_ERROR_TEXT",
-    "MAX_STATUS_CODES",
     "OTHER_ERRORS",
     "ErrorKey",
     "OpStats",
@@ -40,7 +40,6 @@ __all__ = [
 # Sender-side limits, part of the protocol.
 MAX_ERRORS_PER_NAME = 100
 MAX_ERROR_TEXT = 300
-MAX_STATUS_CODES = 100  # distinct status codes per name in one message
 OTHER_ERRORS = "other"
 _NO_MIN = MAX_VALUE_NS
 

@@ -275,3 +275,74 @@ def test_notes_follow_the_agents_table() -> None:
     lines = text.splitlines()
     assert lines[-1] == note
     assert lines[-2].split()[0] == "a" and "SATURATED" in lines[-2].split()
+
+
+# -- the built-in HTTP client's figures: statuses by class and code, bytes ---------------
+
+
+def http_lines(text: str) -> dict[str, str]:
+    """The http section's rows by name (their text after the name), its header checked."""
+    lines = text.splitlines()
+    start = lines.index("http:")
+    assert lines[start + 1].split() == ["name", "sent", "received", "responses"]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("  "):
+            break
+        name, rest = line[2:26].strip(), line[26:]
+        rows[name] = " ".join(rest.split())
+    return rows
+
+
+def http_totals() -> Totals:
+    t = totals()  # "HttpClient": 100 ok, 5 fail, no HTTP figures
+    get = t.op("get")
+    for _ in range(9_815):
+        get.record_ok(1_000_000)
+    get.statuses = {200: 9_812, 404: 3}
+    get.sent, get.received = 9_815 * 57, 9_815 * 140
+    upload = t.op("upload")
+    upload.record_ok(2_000_000)
+    upload.statuses = {code: 1 for code in (200, 201, 204, 301, 302, 304, 400, 503)}
+    upload.sent, upload.received = 5 * 1024**3 + 1024**3 // 2, 812
+    timeouts = t.op("slow")  # every request timed out: bytes sent, no response
+    timeouts.fail = 4
+    timeouts.sent = 400
+    return t
+
+
+def test_the_http_section_gives_per_name_classes_codes_and_bytes() -> None:
+    text = format_final(FinalView(run_time=10.0, users=4, totals=http_totals()))
+    assert http_lines(text) == {
+        "get": "546.3 KiB 1.3 MiB 2xx: 9,812 4xx: 3 (200: 9,812 404: 3)",
+        "slow": "400 B 0 B none",  # bytes sent, no response
+        # more than HTTP_CODES_SHOWN distinct codes: the classes only
+        "upload": "5.5 GiB 812 B 2xx: 3 3xx: 3 4xx: 1 5xx: 1",
+    }
+    lines = text.splitlines()
+    # under the operations table, whose columns did not change
+    assert lines[lines.index("http:") - 1].split()[:3] == ["upload", "1", "0"]
+    assert lines[lines.index("operations:") + 1].split() == [
+        "name", "success", "fail", "avg", "p90", "p99"]
+    # the fields scripts read are those they were
+    f = fields(text)
+    assert (f["success count"], f["fail count"], f["rps"]) == ("9916", "9", "991.60")
+
+
+def test_the_http_section_shows_with_a_single_name_and_six_codes() -> None:
+    t = Totals()
+    st = t.op("HttpFast")
+    st.record_ok(1_000_000)
+    st.statuses = {200: 1, 201: 2, 202: 3, 404: 4, 500: 5, 503: 1_234_567}
+    st.sent, st.received = 1023, 1024
+    text = format_final(FinalView(run_time=1.0, users=1, totals=t))
+    assert "operations:" not in text
+    assert http_lines(text) == {"HttpFast": "1023 B 1.0 KiB 2xx: 6 4xx: 4 5xx: 1,234,572 "
+                                            "(200: 1 201: 2 202: 3 404: 4 500: 5 503: 1,234,567)"}
+
+
+def test_no_http_section_for_clients_without_http_figures() -> None:
+    text = format_final(FinalView(run_time=20.0, users=8, totals=totals(),
+                                  agents=[AgentLine("a", 2, 4, 2.5, ok=100, fail=5)]))
+    assert "http:" not in text.splitlines()
+    assert "responses" not in text and "2xx" not in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from protocol.calls import MAX_STATUS_CODES, current_op
 from protocol.http import (
     HttpClient,
     HttpClientBusy,
@@ -35,6 +37,7 @@ from protocol.http import (
     HttpRemoteError,
     HttpStatusError,
 )
+from protocol.stats import OpStats
 from tests.http_servers import HttpTestServer, Request, response
 
 T = TypeVar("T")
@@ -698,3 +701,191 @@ def test_constructor_needs_no_loop() -> None:
     assert client.url == "https://example.test/api?x=1"
     with pytest.raises(HttpLocalError, match="timeouts must be > 0"):
         HttpClient("http://h/", read_timeout=0)
+
+
+# Figures for the load tester: statuses and bytes counted into protocol.stats.current_op.
+
+# answer(target, connection number) -> (bytes to write, keep the connection open)
+Answer = Callable[[str, int], tuple[bytes, bool]]
+
+
+class RawServer:
+    """Counts the bytes of each request as read off the socket and answers it with
+    exactly the bytes `answer` gives, counting those too: figures to check the client's
+    against, whatever the client's formatting."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.read = 0
+        self.written = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def url(self, path: str = "/") -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}{path}"
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        connection = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+                body = await reader.readexactly(int(length[1])) if length else b""
+                self.read += len(head) + len(body)
+                data, keep_open = self.answer(head.split(b" ")[1].decode(), connection)
+                writer.write(data)
+                self.written += len(data)
+                await writer.drain()
+                if not keep_open:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+FIGURE_ANSWERS = {
+    "/ok": response(200, b"hello"),
+    "/missing": response(404, b"not found", [("Content-Type", "text/plain")]),
+    "/boom": response(500),
+    "/chunked": response(200, bytes(range(256)) * 12, chunked=True, chunk_size=1000),
+    "/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",  # HEAD: no body follows
+    "/post": b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + response(201, b"made"),
+}
+
+
+def test_figures_count_every_status_and_the_exact_bytes_of_a_call(run: Run[None]) -> None:
+    def answer(target: str, connection: int) -> tuple[bytes, bool]:
+        if target == "/eof":
+            return response(200, b"until the close", length=False), False
+        return FIGURE_ANSWERS[target], True
+
+    async def main() -> None:
+        op = OpStats("Http")
+        current_op.set(op)
+        async with RawServer(answer) as server, HttpClient(server.url()) as client:
+            for _ in range(2):
+                assert (await client.get("/ok")).body == b"hello"
+            assert (await client.get("/missing")).status == 404
+            assert (await client.get("/boom")).status == 500
+            assert len((await client.get("/chunked")).body) == 3072
+            assert (await client.head("/head")).status == 200
+            assert (await client.post("/post", body=b"x" * 100)).status == 201
+            assert (await client.get("/eof")).body == b"until the close"
+            assert (await client.get("/ok")).status == 200  # on a fresh connection
+            assert server.connections == 2
+        assert op.statuses == {200: 6, 201: 1, 404: 1, 500: 1}
+        assert op.sent == server.read  # every request, its body included
+        assert op.received == server.written  # status lines, headers, bodies, the 103
+        assert (op.ok, op.fail, op.hist.total) == (0, 0, 0)  # calls are the scheduler's
+
+    run(main())
+
+
+def test_figures_go_only_to_the_current_tasks_call(run: Run[None]) -> None:
+    async def main() -> None:
+        op = OpStats("Http")
+
+        async def in_a_call(client: HttpClient) -> None:
+            current_op.set(op)  # this task's context only
+            assert (await client.get("/missing")).status == 404
+
+        async with RawServer(lambda t, c: (FIGURE_ANSWERS[t], True)) as server:
+            async with HttpClient(server.url()) as client:
+                # connected outside any call: the figures follow the request, not the
+                # connection
+                assert (await client.get("/ok")).status == 200
+                await asyncio.create_task(in_a_call(client))
+                assert (await client.get("/boom")).status == 500
+                assert current_op.get() is None
+            assert server.connections == 1
+        assert op.statuses == {404: 1}
+        assert 0 < op.sent < server.read and 0 < op.received < server.written
+        assert op.received == len(FIGURE_ANSWERS["/missing"])
+
+    run(main())
+
+
+def test_a_request_without_a_response_counts_only_its_written_bytes(run: Run[None]) -> None:
+    truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+
+    retried: list[int] = []
+
+    def answer(target: str, connection: int) -> tuple[bytes, bool]:
+        if target == "/hang":
+            return b"", True  # never answers: the read timeout ends it
+        if target == "/truncated":
+            return truncated, False
+        if target == "/retry" and not retried:
+            retried.append(connection)
+            return b"", False  # closed before any byte on a reused connection: re-sent
+        return FIGURE_ANSWERS["/ok"], True
+
+    async def main() -> None:
+        op = OpStats("Http")
+        current_op.set(op)
+        async with RawServer(answer) as server:
+            async with HttpClient(server.url(), read_timeout=0.2) as client:
+                with pytest.raises(HttpReadTimeout):
+                    await client.get("/hang")
+                assert op.sent == server.read > 0
+                assert (op.received, op.statuses) == (0, {})
+                with pytest.raises(HttpConnectionClosed, match="truncated response"):
+                    await client.get("/truncated")
+                assert op.sent == server.read
+                assert (op.received, op.statuses) == (0, {})
+            async with HttpClient(server.url()) as client:
+                before = server.read
+                assert (await client.get("/ok")).status == 200
+                one = server.read - before
+                assert (await client.get("/retry")).status == 200
+                assert server.read - before == one + 2 * (one + 3)  # /ok, /retry twice
+                assert server.connections == 4
+                assert op.sent == server.read  # both writes of the re-sent request
+                assert op.statuses == {200: 2}
+                assert op.received == 2 * len(FIGURE_ANSWERS["/ok"])
+        async with HttpClient(f"http://127.0.0.1:{free_port()}/x") as client:
+            sent = op.sent
+            with pytest.raises(HttpConnectError):
+                await client.get()
+            assert op.sent == sent  # nothing was written
+
+    run(main())
+
+
+def test_every_distinct_status_code_is_counted_and_travels(run: Run[None]) -> None:
+    """Hundreds of distinct codes under one name are all counted, and the totals still
+    fit one message (a worker's final must never be refused for them)."""
+    async def main() -> None:
+        op = OpStats("Http")
+        current_op.set(op)
+        codes = range(200, 1000)
+        server = RawServer(lambda t, c: (response(int(t[1:])), True))
+        async with server, HttpClient(server.url()) as client:
+            for code in codes:
+                assert (await client.get(f"/{code}")).status == code
+            assert (await client.get("/200")).status == 200
+        assert sorted(op.statuses) == list(codes) and len(codes) <= MAX_STATUS_CODES
+        assert op.statuses[200] == 2
+        assert op.received == server.written
+        assert OpStats.from_wire(op.to_wire()).statuses == op.statuses
+

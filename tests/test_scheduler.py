@@ -17,9 +17,12 @@ from loadagent.scheduler import (
     RETURNED_FALSE,
     ClientScheduler,
 )
+from protocol.calls import current_op
 from protocol.client import ClientProtocol
 from protocol.histogram import bucket_index
+from protocol.http import HttpClient
 from protocol.stats import Totals
+from tests.http_servers import HttpTestServer, Request, response
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
@@ -407,3 +410,67 @@ def test_a_call_that_waits_long_does_not_add_yields(monkeypatch: pytest.MonkeyPa
     calls = totals.op("Waiting").ok
     assert calls > 200
     assert yields <= calls // 32 + 20  # the periodic yields only, not one per call
+
+
+# -- what the built-in HTTP client counts lands under the client's name --------------------
+
+
+def test_http_figures_of_a_clients_calls_land_under_its_name() -> None:
+    """Each client's task has its own current_op: its name's stats in the delta, set after
+    init_before_use, so neither init's nor shutdown's requests are counted."""
+    seen: dict[str, set[int | None]] = {"init": set(), "call": set(), "shutdown": set()}
+
+    async def answer(request: Request, writer: asyncio.StreamWriter) -> bool:
+        status = {"/init": 201, "/a": 200, "/b": 404, "/shutdown": 202}[request.target]
+        writer.write(response(status, b"x" * 10))
+        return True
+
+    def client_class(path: str, url: Callable[[], str]) -> type[ClientProtocol]:
+        class Http(ClientProtocol):
+            name = f"get {path}"
+
+            async def init_before_use(self, host: str) -> None:
+                seen["init"].add(id(current_op.get()) if current_op.get() else None)
+                self.client = HttpClient(url())
+                assert (await self.client.get("/init")).status == 201
+
+            async def execute(self) -> None:
+                seen["call"].add(id(current_op.get()))
+                await self.client.get(path)
+
+            async def shutdown(self) -> None:
+                seen["shutdown"].add(id(current_op.get()) if current_op.get() else None)
+                assert (await self.client.get("/shutdown")).status == 202
+                await self.client.close()
+
+        return Http
+
+    totals = Totals()
+
+    async def main() -> None:
+        async with HttpTestServer(answer) as server:
+            scheds = [ClientScheduler(client_class(path, server.url), "h", 0.002, totals)
+                      for path in ("/a", "/b")]
+            for sched in scheds:
+                sched.start(asyncio.get_running_loop().time(), [0.0, 0.0])
+            await asyncio.sleep(0.1)
+            a = totals.op("get /a")
+            totals.reset()  # as the publisher does each second: in place
+            assert totals.op("get /a") is a and not a.statuses
+            await asyncio.sleep(0.1)
+            for sched in scheds:
+                await sched.stop(1.0)
+            for sched in scheds:
+                await sched.shutdown_clients(1.0)
+            assert len(server.requests) > 20
+
+    run(main)
+    a, b = totals.op("get /a"), totals.op("get /b")
+    assert seen == {"init": {None}, "call": {id(a), id(b)}, "shutdown": {None}}
+    assert a.ok > 5 and b.ok > 5 and a.fail == b.fail == 0
+    # a response counted just before the reset may belong to a call counted just after
+    assert a.statuses == {200: a.statuses[200]} and a.ok - 2 <= a.statuses[200] <= a.ok
+    assert b.statuses == {404: b.statuses[404]} and b.ok - 2 <= b.statuses[404] <= b.ok
+    each = len(response(200, b"x" * 10))
+    assert a.received == each * a.statuses[200] and b.received == each * b.statuses[404]
+    assert a.sent > 0 and b.sent > 0

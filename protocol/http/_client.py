@@ -40,6 +40,11 @@ responses are skipped; 204 and 304 have no body.
 Non-2xx responses are returned, not raised: `raise_for_status()` raises
 `HttpStatusError`. Errors are typed by fault (see `protocol.http._errors`).
 Redirects are not followed and bodies are not decompressed.
+
+Inside a load test's call, each response's status code and the bytes sent
+and received are counted under the call's name (`protocol.stats.current_op`,
+one lookup per request); requests made elsewhere (`init_before_use`, outside
+a worker) count nowhere. What exactly is counted: `protocol.http._connection`.
 """
 
 from __future__ import annotations

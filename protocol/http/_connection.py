@@ -4,15 +4,26 @@ Used by `protocol.http.HttpClient`; see its docstring for the theory of
 operation. One request at a time: `send()` writes a complete request and
 returns a future that the parser callbacks resolve with an `HttpResponse`,
 or that `fail()` / `connection_lost()` resolve with an `HttpError`.
+
+Figures for the load tester's stats: `send()` reads `protocol.calls.current_op`
+(the calling task's, set by the worker's scheduler; None outside a call) and
+counts into it the bytes of the request once written; a complete response
+adds its status code and its bytes as read off the connection (status line,
+headers, body and any interim 1xx response; plain HTTP bytes, so TLS records
+add nothing). A request that ends without a complete response (timeout,
+closed, malformed, cancelled) counts only its written bytes, and a request
+re-sent on a fresh connection counts both writes. A status outside 100-999
+(what a message may carry) is not counted; its bytes are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import httptools
 
+from protocol.calls import current_op
 from protocol.http._errors import (
     HttpClientClosed,
     HttpConnectionClosed,
@@ -22,8 +33,12 @@ from protocol.http._errors import (
 )
 from protocol.http._response import HttpResponse
 
+if TYPE_CHECKING:
+    from protocol.stats import OpStats
+
 # The read-timeout timer fires up to this early (event loop clock granularity).
 _TIMER_SLACK = 0.001
+_current_op = current_op.get
 
 
 class RequestHead(NamedTuple):
@@ -61,11 +76,12 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "chunks",
         "deadline",
-        "got_bytes",
+        "got",
         "headers",
         "keep_alive",
         "loop",
         "lost",
+        "op",
         "origin",
         "parser",
         "read_timeout",
@@ -100,7 +116,8 @@ class HttpConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.keep_alive = True
-        self.got_bytes = False
+        self.got = 0  # bytes of the response read so far
+        self.op: OpStats | None = None  # where its figures go (see the module docstring)
 
     # asyncio.Protocol interface.
 
@@ -112,7 +129,7 @@ class HttpConnection(asyncio.Protocol):
         if self.waiter is None:
             self.unsolicited()
             return
-        self.got_bytes = True
+        self.got += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -152,7 +169,7 @@ class HttpConnection(asyncio.Protocol):
             return
         reason = f" ({exc})" if exc is not None else ""
         error: HttpConnectionClosed
-        if not self.got_bytes:
+        if not self.got:
             error = ClosedBeforeResponse(
                 f"{self.origin} closed the connection before responding to "
                 f"{request.method} {request.url}{reason}",
@@ -211,10 +228,13 @@ class HttpConnection(asyncio.Protocol):
                 f"{request.url} could be sent",
                 url=request.url,
             ) from exc
+        op = self.op = _current_op()  # called from the request's task: its context
+        if op is not None:
+            op.sent += len(data)
         waiter = self.waiter = self.loop.create_future()
         self.request = request
         self.status = 0
-        self.got_bytes = False
+        self.got = 0
         self.deadline = self.loop.time() + self.read_timeout
         if self.timer is None:
             self.timer = self.loop.call_at(self.deadline, self.check_deadline)
@@ -236,8 +256,17 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
         if not waiter.done():
             request = self.request
-            response = HttpResponse(self.status, headers, body, request.method, request.url)
-            waiter.set_result(response)
+            status = self.status
+            op = self.op
+            if op is not None:
+                op.received += self.got
+                statuses = op.statuses
+                try:
+                    statuses[status] += 1
+                except KeyError:
+                    if 100 <= status <= 999:  # what a message may carry (MAX_STATUS_CODES)
+                        statuses[status] = 1
+            waiter.set_result(HttpResponse(status, headers, body, request.method, request.url))
 
     def check_deadline(self) -> None:
         # Re-arming one timer when it fires is cheaper than a timer per request.
