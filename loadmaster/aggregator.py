@@ -110,7 +110,7 @@ class Aggregator:
         self.port = 0
         self.hellos: set[tuple[str, int]] = set()
         self.workers: dict[tuple[str, int], WorkerLive] = {}
-        self.totals = Totals(dense=True)
+        self.totals = Totals(full=True)
         self.series = Series()
         self.bad_messages = 0
 

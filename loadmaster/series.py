@@ -28,7 +28,7 @@ SETTLE = 10  # seconds after which a second's histograms are made sparse
 class NameSecond:
     ok: int = 0
     fail: int = 0
-    hist: DenseHistogram | Histogram = field(default_factory=DenseHistogram)
+    hist: DenseHistogram | Histogram = field(default_factory=lambda: DenseHistogram(full=True))
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ class Series:
             ns.fail += st.fail
             if st.ok:
                 if isinstance(ns.hist, Histogram):  # a delta later than SETTLE seconds
-                    dense = DenseHistogram()
+                    dense = DenseHistogram(full=True)
                     dense.merge(ns.hist)
                     ns.hist = dense
                     s.settled = False
@@ -116,7 +116,7 @@ class Series:
     @staticmethod
     def merged(seconds: Iterable[Second], name: str | None = None) -> Merged:
         """One name's (or every name's) ok, fail and histogram over ``seconds``."""
-        out = Merged(0, 0, DenseHistogram())
+        out = Merged(0, 0, DenseHistogram(full=True))
         for s in seconds:
             for n, ns in s.names.items():
                 if name is None or n == name:

@@ -42,6 +42,7 @@ MAX_ERRORS_PER_NAME = 100
 MAX_ERROR_TEXT = 300
 OTHER_ERRORS = "other"
 _NO_MIN = MAX_VALUE_NS
+_NUMBERS = ("ok", "fail", "sum", "min", "max", "bytes sent", "bytes received")
 
 
 class StatsFormatError(ValueError):
@@ -54,14 +55,15 @@ class OpStats:
     __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "received", "sent",
                  "statuses", "sum_ns")
 
-    def __init__(self, name: str, dense: bool = False) -> None:
+    def __init__(self, name: str, dense: bool = False, full: bool = False) -> None:
         self.name = name
         self.ok = 0
         self.fail = 0
         self.sum_ns = 0
         self.min_ns = _NO_MIN
         self.max_ns = 0
-        self.hist: Histogram | DenseHistogram = DenseHistogram() if dense else Histogram()
+        self.hist: Histogram | DenseHistogram = (
+            DenseHistogram(full) if dense or full else Histogram())
         self.statuses: dict[int, int] = {}  # HTTP status code -> responses (built-in client)
         self.sent = 0  # bytes of requests (built-in client)
         self.received = 0  # bytes of responses (built-in client)
@@ -125,9 +127,10 @@ class OpStats:
         name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
-        for label, v in (("ok", ok), ("fail", fail), ("sum", sum_ns), ("min", mn), ("max", mx),
-                         ("bytes sent", sent), ("bytes received", received)):
+        numbers = (ok, fail, sum_ns, mn, mx, sent, received)
+        for v in numbers:
             if type(v) is not int or v < 0:
+                label = _NUMBERS[numbers.index(v)]
                 raise StatsFormatError(f"operation stats {name!r}: bad {label} {v!r}")
         st = cls(name)
         try:
@@ -170,17 +173,19 @@ def error_key(name: str, exc: BaseException) -> ErrorKey:
 class Totals:
     """Per-name operation stats and grouped errors: a delta or a cumulative total.
 
-    ``dense``: its histograms are ``DenseHistogram`` (for accumulating many merges)."""
+    ``dense``: its histograms are ``DenseHistogram`` (for accumulating many merges);
+    ``full``: dense over every bucket from the start (for the few that take every delta)."""
 
     ops: dict[str, OpStats] = field(default_factory=dict)
     errors: dict[ErrorKey, int] = field(default_factory=dict)
     dense: bool = False
+    full: bool = False
     _distinct: dict[str, int] = field(default_factory=dict, repr=False)
 
     def op(self, name: str) -> OpStats:
         st = self.ops.get(name)
         if st is None:
-            st = self.ops[name] = OpStats(name, self.dense)
+            st = self.ops[name] = OpStats(name, self.dense, self.full)
         return st
 
     def add_error(self, key: ErrorKey, count: int = 1) -> None:
@@ -212,7 +217,7 @@ class Totals:
 
     def combined(self) -> OpStats:
         """Every operation merged into one, for the headline figures."""
-        out = OpStats("total", self.dense)
+        out = OpStats("total", self.dense, self.full)
         for st in self.ops.values():
             out.merge(st)
         return out

@@ -18,7 +18,7 @@ import math
 import struct
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
@@ -100,6 +100,7 @@ class Message:
     TYPE: ClassVar[int]
     MAX_SIZE: ClassVar[int] = CONTROL_MAX
     _fields: ClassVar[tuple[tuple[str, Any], ...]]
+    _field_checkers: ClassVar[tuple[Callable[[Any], Any], ...]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,17 +127,26 @@ class Message:
         return [_to_wire(getattr(self, name)) for name, _ in self._field_types()]
 
     @classmethod
+    def _checkers(cls) -> tuple[Callable[[Any], Any], ...]:
+        """One checker per field, built once per class (the stats channel decodes
+        thousands of deltas a second)."""
+        cached = cls.__dict__.get("_field_checkers")
+        if cached is None:
+            cached = tuple(_checker(tp, f"{cls.__name__}.{name}")
+                           for name, tp in cls._field_types())
+            cls._field_checkers = cached
+        return cached
+
+    @classmethod
     def from_wire(cls: type[T], obj: Any) -> T:
-        fields = cls._field_types()
-        if not isinstance(obj, list) or len(obj) != len(fields):
-            raise WireError(f"{cls.__name__}: expected an array of {len(fields)} fields")
-        values = {
-            name: _check(tp, v, f"{cls.__name__}.{name}")
-            for (name, tp), v in zip(fields, obj, strict=True)
-        }
+        checkers = cls._checkers()
+        if not isinstance(obj, list) or len(obj) != len(checkers):
+            raise WireError(f"{cls.__name__}: expected an array of {len(checkers)} fields")
         try:
-            return cls(**values)
+            return cls(*[check(v) for check, v in zip(checkers, obj, strict=True)])
         except (TypeError, ValueError) as e:
+            if isinstance(e, WireError):
+                raise
             raise WireError(f"{cls.__name__}: {e}") from None
 
 
@@ -148,6 +158,21 @@ def _to_wire(v: Any) -> Any:
 
 
 _SCALARS: dict[Any, tuple[type, ...]] = {int: (int,), str: (str,), bytes: (bytes,), bool: (bool,)}
+
+
+def _checker(tp: Any, where: str) -> Callable[[Any], Any]:
+    """``_check`` for one field, with the common scalar types inlined."""
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        (exact,) = scalar
+
+        def check_scalar(v: Any) -> Any:
+            if type(v) is not exact:  # bool is an int subclass: compare exact types
+                raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
+            return v
+
+        return check_scalar
+    return lambda v: _check(tp, v, where)
 
 
 def _check(tp: Any, v: Any, where: str) -> Any:
