@@ -201,7 +201,7 @@ class ClientScheduler:
                             st.max_ns = dt
                         if dt < st.min_ns:
                             st.min_ns = dt
-                        # stats.bucket_index, inlined (tests check they agree)
+                        # histogram.bucket_index, inlined (tests check they agree)
                         s = dt.bit_length() - 8
                         i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
                         counts[i] = counts.get(i, 0) + 1

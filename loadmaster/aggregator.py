@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +34,7 @@ log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
 POLL_WAIT = 0.2  # seconds; a missed ZMQ_FD edge costs at most this
 RATE_WINDOW = 5  # complete seconds behind "current rps"
+SECOND_SLACK = 30.0  # how far ahead of T0 + elapsed a delta's second may be (clock skew)
 # The saturation rule (one place: a later issue makes these configurable)
 SATURATION_CPU = 0.9  # of one core, per second
 SATURATION_LAG = 0.020  # seconds of event-loop lag
@@ -113,6 +115,7 @@ class Aggregator:
         self.totals = Totals(full=True)
         self.series = Series()
         self.bad_messages = 0
+        self.t0: float | None = None  # wall clock of T0, once the run started
 
     def bind(self) -> int:
         self._channel, self.port = stats_sub(self._ctx, self._host, self._topic)
@@ -138,14 +141,17 @@ class Aggregator:
         try:
             msg = decode_stats(frames, self._topic)
         except WireError as e:
-            self.bad_messages += 1
-            if self.bad_messages <= 10:
-                log.warning("dropped a bad stats message: %s", e)
+            self._bad(str(e))
             return
         if isinstance(msg, Delta):
             self._on_delta(msg)
         elif isinstance(msg, Hello):
             self.hellos.add((msg.agent, msg.worker))
+
+    def _bad(self, what: str) -> None:
+        self.bad_messages += 1
+        if self.bad_messages <= 10:
+            log.warning("dropped a bad stats message: %s", what)
 
     def expect(self, agent: str, worker: int) -> None:
         """Declare a planned worker: only planned workers' deltas are counted."""
@@ -157,6 +163,10 @@ class Aggregator:
             return  # not in this run's plan
         if d.seq < w.next_seq:
             return  # duplicate or reordered after a gap was already counted
+        if self.t0 is not None and d.second > time.time() - self.t0 + SECOND_SLACK:
+            self._bad(f"a delta of agent {d.agent}, worker {d.worker} for second {d.second}, "
+                      f"far ahead of the run's clock")
+            return
         lost = d.seq - w.next_seq
         w.missed += lost
         w.next_seq = d.seq + 1

@@ -7,17 +7,25 @@ user named (``--mask KEY``, compared without regard to case). Keys are matched a
 depth, in mappings nested in mappings and lists, so ``auth: {password: ...}`` is hidden
 too; a masked value is replaced whole, whatever it holds. The system keys contain none of
 the words, so only ``--mask`` hides one of them (``--mask host``).
+
+Whatever its key, a string that holds a URL with a password (``https://user:pw@host``,
+``postgres://u:p@db``) keeps its user and host and loses the password, and a bearer
+token after ``Bearer `` is hidden.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MASK", "SECRET_WORDS", "is_secret", "masked"]
+__all__ = ["MASK", "SECRET_WORDS", "is_secret", "mask_text", "masked"]
 
 MASK = "***"
-SECRET_WORDS = ("token", "secret", "password", "key")
+SECRET_WORDS = ("token", "secret", "password", "passwd", "pwd", "key", "auth", "credential",
+                "cookie", "private")
+_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 
 
 def is_secret(key: str, extra: frozenset[str] = frozenset()) -> bool:
@@ -39,7 +47,14 @@ def _hide(key: Any, value: Any, extra: frozenset[str]) -> Any:
     return _walk(value, extra)
 
 
+def mask_text(text: str) -> str:
+    """``text`` without the password of any URL in it, or a bearer token."""
+    return _BEARER.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>:{MASK}@", text))
+
+
 def _walk(value: Any, extra: frozenset[str]) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
     if isinstance(value, Mapping):
         return {k: _hide(k, v, extra) for k, v in value.items()}
     if isinstance(value, list | tuple):

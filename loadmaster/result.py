@@ -38,7 +38,7 @@ import numpy as np
 from loadmaster.config import Config, resolved_keys
 from loadmaster.console import AgentLine, FinalView
 from loadmaster.coordinator import AgentRecord
-from loadmaster.masking import masked
+from loadmaster.masking import mask_text, masked
 from loadmaster.report import agent_state
 from loadmaster.series import Second, Series
 from protocol import __version__
@@ -200,7 +200,7 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
         "exit_code": ending.exit_code,
         "incomplete": incomplete,
         "signal": None if ending.signal is None else signal.Signals(ending.signal).name,
-        "error": ending.error,
+        "error": None if ending.error is None else mask_text(ending.error),
         "config_file": str(cfg.path),
         "config": _plain(masked(resolved_keys(cfg), mask)),
         "custom": _plain(masked(cfg.custom, mask)),
@@ -211,7 +211,7 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
         "errors": [],
         "stop_grace": None,
         "missed_deltas": 0 if view is None else view.missed_deltas,
-        "notes": [] if view is None else list(view.notes),
+        "notes": [] if view is None else [mask_text(n) for n in view.notes],
         "series": _series(series, last, [a.name for a in agents]),
     }
     if view is not None:
@@ -220,7 +220,7 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
             "all": _op(view.totals.combined(), run_time),
             "names": {name: _op(st, run_time) for name, st in sorted(view.totals.ops.items())},
         }
-        doc["errors"] = [{"name": n, "type": t, "message": m, "count": c}
+        doc["errors"] = [{"name": n, "type": t, "message": mask_text(m), "count": c}
                          for (n, t, m), c in view.totals.iter_errors()]
         if view.grace is not None:
             g = view.grace

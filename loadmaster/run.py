@@ -160,21 +160,29 @@ class Run:
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> int:
         """The run, then the result file (``--out``) on every path; the exit code."""
-        try:
-            code = await self._execute()
-        except RunFailed as e:
-            self._save_result(e.code, str(e))
-            raise
-        except Exception as e:
-            self._save_result(ExitCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
-            raise
-        error = None
-        if self._client_failure is not None:
-            error = f"every client fails the same way before doing any I/O: " \
-                    f"{self._client_failure}"
-        if not self._save_result(code, error) and code == ExitCode.OK:
-            return int(ExitCode.INTERNAL)
-        return code
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:  # signals only set flags until the very end: the file is written whole
+            try:
+                code = await self._execute()
+            except RunFailed as e:
+                self._save_result(e.code, str(e))
+                raise
+            except Exception as e:
+                self._save_result(ExitCode.INTERNAL,
+                                  f"internal error: {type(e).__name__}: {e}")
+                raise
+            error = None
+            if self._client_failure is not None:
+                error = f"every client fails the same way before doing any I/O: " \
+                        f"{self._client_failure}"
+            if not self._save_result(code, error) and code == ExitCode.OK:
+                return int(ExitCode.INTERNAL)
+            return code
+        finally:
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)
 
     def _save_result(self, code: int, error: str | None) -> bool:
         """Write the result file, if asked for; False when it could not be written."""
@@ -191,8 +199,6 @@ class Run:
 
     async def _execute(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in SIGNALS:
-            loop.add_signal_handler(sig, self._on_signal, sig)
         tasks: list[asyncio.Task[None]] = []
         try:
             try:
@@ -219,8 +225,6 @@ class Run:
             return await self._load_phase()
         finally:
             await self._close(tasks)
-            for sig in SIGNALS:  # only now: cleanup is not interrupted
-                loop.remove_signal_handler(sig)
 
     async def _close(self, tasks: list[asyncio.Task[None]]) -> None:
         """RUN_DONE to every agent, their acks awaited briefly, then everything closed."""
@@ -359,6 +363,7 @@ class Run:
     async def _load_phase(self) -> int:
         cfg = self.cfg
         self._t0 = time.time() + START_DELAY
+        self.agg.t0 = self._t0
         self.coord.broadcast(Start(t0=self._t0), self._agents)
         stop_at = self._t0 + cfg.run_time
         stopping = ""

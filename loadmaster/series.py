@@ -6,9 +6,11 @@ and per agent ok, fail, the CPU its workers used and their worst loop lag. Live
 figures (current rps, recent percentiles), the result file, and later the dashboard
 and windowed thresholds read from here.
 
-A second's histograms are dense (vector adds) while deltas still arrive for it, and
-are made sparse once the run is ``SETTLE`` seconds past it (a fraction of the memory:
-an hour of one name is a few MB); a delta later than that is still merged.
+A second's histograms are dense (vector adds, 58 KiB a name) while deltas still
+arrive for it, and are made sparse once the run is ``SETTLE`` seconds past it, or
+once more than ``OPEN_MAX`` seconds are dense (a peer's second far in the future
+cannot keep them all dense): 6 bytes a bucket, ~3.5 KB a name-second for a delta
+of 500 buckets, ~13 MB an hour a name. A delta later than that is still merged.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from dataclasses import dataclass, field
 from protocol.histogram import DenseHistogram, Histogram
 from protocol.stats import Totals
 
-__all__ = ["SETTLE", "AgentSecond", "Merged", "NameSecond", "Second", "Series"]
+__all__ = ["OPEN_MAX", "SETTLE", "AgentSecond", "Merged", "NameSecond", "Second", "Series"]
 
 SETTLE = 10  # seconds after which a second's histograms are made sparse
+OPEN_MAX = 2 * SETTLE  # seconds with dense histograms at most
 
 
 @dataclass(slots=True)
 class NameSecond:
     ok: int = 0
     fail: int = 0
-    hist: DenseHistogram | Histogram = field(default_factory=lambda: DenseHistogram(full=True))
+    hist: DenseHistogram | Histogram = field(default_factory=Histogram)  # dense once it counts
 
 
 @dataclass(slots=True)
@@ -71,7 +74,7 @@ class Series:
             self._open.add(second)
             if second > self.latest:
                 self.latest = second
-                self._settle(second - SETTLE)
+            self._settle(self.latest - SETTLE)
         return s
 
     def add(self, second: int, agent: str, clients: int, totals: Totals) -> Second:
@@ -86,12 +89,13 @@ class Series:
             ns.ok += st.ok
             ns.fail += st.fail
             if st.ok:
-                if isinstance(ns.hist, Histogram):  # a delta later than SETTLE seconds
+                if isinstance(ns.hist, Histogram):  # its first successes, or a late delta
                     dense = DenseHistogram(full=True)
                     dense.merge(ns.hist)
                     ns.hist = dense
-                    s.settled = False
-                    self._open.add(second)
+                    if s.settled:  # made sparse again when the next second begins
+                        s.settled = False
+                        self._open.add(second)
                 ns.hist.merge(st.hist)
             s.ok += st.ok
             s.fail += st.fail
@@ -100,7 +104,12 @@ class Series:
         return s
 
     def _settle(self, up_to: int) -> None:
-        for k in [k for k in self._open if k <= up_to]:
+        """Make sparse every dense second up to ``up_to``, and the oldest beyond
+        OPEN_MAX."""
+        done = [k for k in self._open if k <= up_to]
+        if len(self._open) - len(done) > OPEN_MAX:
+            done = sorted(self._open)[:len(self._open) - OPEN_MAX]
+        for k in done:
             s = self.seconds[k]
             for ns in s.names.values():
                 if isinstance(ns.hist, DenseHistogram):

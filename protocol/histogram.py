@@ -30,8 +30,9 @@ On the wire a histogram is two byte strings: bucket indexes as little-endian uin
 and their counts as little-endian uint32, or uint64 when one does not fit (the width
 is the length of one over the other's). Senders write each index once, in increasing
 order; a receiver adds counts per index (``np.add.at``), so order and repeats cannot
-make it wrong, and ``unpack`` checks only what could: lengths, the index range, and
-counts small enough that no sum overflows.
+make it wrong, and ``unpack`` checks only what could: lengths, the index range, at
+most one entry per bucket's worth (``MAX_INDEX + 1``) and counts of at most
+``MAX_COUNT`` each, so that no sum of them overflows 64 bits.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ MAX_INDEX = ((MAX_VALUE_NS.bit_length() - 8) << SUB_BUCKET_BITS) + 255
 MAX_COUNT = 1 << 48
 _GROW_SLACK = 64  # buckets added on each side when a dense histogram grows
 
-Indexes = npt.NDArray[np.intp]  # intp: numpy indexes with it without a conversion
-Counts = npt.NDArray[np.uint64]
+# intp indexes and uint64 counts where they are merged (numpy indexes with intp without a
+# conversion, and np.add.at is slow with mixed types); uint16 and uint32 where kept long
+Indexes = npt.NDArray[np.integer[Any]]
+Counts = npt.NDArray[np.unsignedinteger[Any]]
 _INDEX = np.dtype("<u2")
 _COUNT32 = np.dtype("<u4")
 _COUNT64 = np.dtype("<u8")
@@ -119,7 +122,9 @@ def unpack(indexes: Any, counts: Any) -> tuple[Indexes, Counts]:
     if len(indexes) % 2:
         raise HistogramFormatError("histogram: indexes are not whole uint16 values")
     n = len(indexes) // 2
-    if len(counts) == 4 * n:  # a uint32 cannot overflow a sum of MAX_INDEX + 1 of them
+    if n > MAX_INDEX + 1:  # so that no sum of counts (each at most MAX_COUNT) overflows
+        raise HistogramFormatError(f"histogram: {n} entries, more than there are buckets")
+    if len(counts) == 4 * n:
         cnt = np.frombuffer(counts, _COUNT32).astype(np.uint64)  # add.at wants one type
     elif len(counts) == 8 * n:
         cnt = np.frombuffer(counts, _COUNT64)
@@ -250,6 +255,10 @@ class DenseHistogram:
 
     def add(self, indexes: Indexes, counts: Counts) -> None:
         """Add checked arrays (indexes in range, as ``unpack`` guarantees)."""
+        if indexes.dtype != np.intp:  # a compact histogram (see ``compact``)
+            indexes = indexes.astype(np.intp)
+        if counts.dtype != np.uint64:
+            counts = counts.astype(np.uint64)
         if self._full:
             np.add.at(self._counts, indexes, counts)
             return
@@ -286,8 +295,12 @@ class DenseHistogram:
         return list(zip(idx.tolist(), cnt.tolist(), strict=True))
 
     def sparse(self) -> Histogram:
-        """The same counts in the sparse form (a fraction of the memory)."""
-        return Histogram.from_arrays(*self.packed())
+        """The same counts in the sparse form, in the smallest types (6 bytes a bucket
+        when every count fits 32 bits): for histograms kept long and seldom read."""
+        idx, cnt = self.packed()
+        narrow = not cnt.size or int(cnt.max()) <= 0xFFFFFFFF
+        return Histogram.from_arrays(idx.astype(np.uint16),
+                                     cnt.astype(np.uint32) if narrow else cnt)
 
     @property
     def counts(self) -> dict[int, int]:

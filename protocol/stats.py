@@ -127,11 +127,9 @@ class OpStats:
         name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
-        numbers = (ok, fail, sum_ns, mn, mx, sent, received)
-        for v in numbers:
+        for i, v in enumerate((ok, fail, sum_ns, mn, mx, sent, received)):
             if type(v) is not int or v < 0:
-                label = _NUMBERS[numbers.index(v)]
-                raise StatsFormatError(f"operation stats {name!r}: bad {label} {v!r}")
+                raise StatsFormatError(f"operation stats {name!r}: bad {_NUMBERS[i]} {v!r}")
         st = cls(name)
         try:
             st.hist = Histogram.from_wire(indexes, counts)
@@ -234,7 +232,9 @@ class Totals:
         return not self.errors and all(st.ok == 0 and st.fail == 0 for st in self.ops.values())
 
     def to_wire(self) -> list[Any]:
-        ops = [st.to_wire() for st in self.ops.values() if st.ok or st.fail]
+        # a name with HTTP figures but no call ended yet (requests of a long call) too
+        ops = [st.to_wire() for st in self.ops.values()
+               if st.ok or st.fail or st.statuses or st.sent or st.received]
         errors = [[n, t, m, c] for (n, t, m), c in self.errors.items()]
         return [ops, errors]
 

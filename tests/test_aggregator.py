@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from array import array
 from collections.abc import Callable
 
 import msgpack
@@ -23,6 +22,7 @@ from protocol.histogram import MAX_COUNT, MAX_INDEX
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta, Hello
+from tests.wire_helpers import u16, u32, u64
 
 RUN_ID = "0123456789abcdef"
 TOPIC = RUN_ID.encode()
@@ -38,10 +38,12 @@ def delta(worker: int, seq: int, ok: int, second: int | None = None,
                  else second, clients=clients, totals=t, cpu_seconds=cpu, loop_lag=lag)
 
 
-async def feed(frames: list[list[bytes]], until: Callable[[Aggregator], bool]) -> Aggregator:
+async def feed(frames: list[list[bytes]], until: Callable[[Aggregator], bool],
+               t0: float | None = None) -> Aggregator:
     """Publish ``frames`` on a real PUB socket into an Aggregator until ``until(agg)``."""
     ctx = zmq.asyncio.Context()
     agg = Aggregator(ctx, "127.0.0.1", RUN_ID)
+    agg.t0 = t0
     port = agg.bind()
     agg.expect("a", 0)
     agg.expect("a", 1)
@@ -109,12 +111,6 @@ def forged(base: Delta, indexes: bytes, counts: bytes, ok: int) -> list[bytes]:
             msgpack.packb(wire, use_bin_type=True)]
 
 
-def u16(values: list[int]) -> bytes:
-    return array("H", values).tobytes()
-
-
-def u32(values: list[int]) -> bytes:
-    return array("I", values).tobytes()
 
 
 def test_a_delta_with_a_bad_histogram_is_dropped_whole_and_counted() -> None:
@@ -122,7 +118,7 @@ def test_a_delta_with_a_bad_histogram_is_dropped_whole_and_counted() -> None:
     frames = [
         forged(base, u16([10, MAX_INDEX + 1]), u32([1, 2]), 3),  # a bucket out of range
         forged(base, u16([10, 11]), u32([3]), 3),                # arrays of unequal length
-        forged(base, u16([10]), array("Q", [MAX_COUNT + 1]).tobytes(), 3),  # count overflow
+        forged(base, u16([10]), u64([MAX_COUNT + 1]), MAX_COUNT + 1),  # a count too large
         forged(base, u16([12, 10]), u32([1, 1]), 3),             # counts that miss the ok
         encode_stats(TOPIC, delta(0, 1, ok=7)),
     ]
@@ -261,3 +257,15 @@ def test_cpu_share_and_worst_lag_per_worker_and_per_agent_window() -> None:
     assert cpu == pytest.approx(0.2) and lag == 0.002
     assert agg.generator_load(7, "b") == (None, None)  # no delta from agent b
     assert not agg.saturated("a") and not agg.saturated("b")
+
+
+def test_a_delta_far_ahead_of_the_runs_clock_is_dropped() -> None:
+    """Once the run started, a delta for a second the run cannot have reached (a forged
+    or broken peer) is dropped and counted, so it cannot stretch the series."""
+    frames = [encode_stats(TOPIC, delta(0, 0, ok=5, second=10_000)),
+              encode_stats(TOPIC, delta(0, 1, ok=7, second=1))]
+
+    agg = asyncio.run(feed(frames, lambda a: a.bad_messages >= 1 and a.totals.ok >= 7,
+                           t0=time.time()))
+    assert agg.bad_messages == 1 and agg.totals.ok == 7
+    assert 10_000 not in agg.series.seconds and agg.latest_second == 1

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from loadmaster.masking import MASK, masked
+from loadmaster.masking import MASK, mask_text, masked
 from loadmaster.result import (
     ResultFileError,
     check_writable,
@@ -74,6 +74,17 @@ def assert_totals_match_final_block(doc: dict[str, Any], r: Result) -> None:
 
 
 # -- unit: masking ----------------------------------------------------------------------
+def test_masking_hides_url_passwords_and_bearer_tokens_whatever_the_key() -> None:
+    cfg = {"host": "https://load:s3cr3t@api.example/v1", "db": "postgres://u:pw@db/x",
+           "headers": ["Bearer abc.def.ghi"], "plain": "http://example/x?q=1", "n": 3}
+    out = masked(cfg)
+    assert out == {"host": f"https://load:{MASK}@api.example/v1",
+                   "db": f"postgres://u:{MASK}@db/x", "headers": [f"Bearer {MASK}"],
+                   "plain": "http://example/x?q=1", "n": 3}
+    assert "s3cr3t" not in json.dumps(out) and "abc.def" not in json.dumps(out)
+    assert mask_text("GET https://a:b@h/ failed") == f"GET https://a:{MASK}@h/ failed"
+
+
 def test_masking_hides_secret_words_at_any_depth_and_named_keys_in_any_case() -> None:
     config = {"api_token": "t", "API_KEY": 1, "Secret_Sauce": [1], "db_password": None,
               "nested": {"Password": "p", "rows": [{"client_secret": "s", "id": 3}, "x"]},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from loadmaster.series import SETTLE, Series
+from loadmaster.series import OPEN_MAX, SETTLE, Series
 from protocol.histogram import DenseHistogram, Histogram
 from protocol.stats import Totals
 
@@ -72,3 +72,22 @@ def test_merged_window_gives_the_percentiles_of_those_seconds_only() -> None:
     assert p99 is not None and abs(p99 - 3_000_000) / 3_000_000 < 1 / 256
     assert Series.merged(series.window(1, 3), "other").ok == 0
     assert series.window(5, 9) == []
+
+
+def test_a_second_far_in_the_future_does_not_keep_every_second_dense() -> None:
+    rng = random.Random(4)
+    series = Series()
+    series.add(10_000_000, "forged", 1, delta(rng, {"GET": 1}))
+    for second in range(1, 61):
+        series.add(second, "a", 1, delta(rng, {"GET": 3}))
+    dense = [k for k, s in series.seconds.items()
+             if any(isinstance(ns.hist, DenseHistogram) for ns in s.names.values())]
+    assert len(dense) <= OPEN_MAX
+    assert series.seconds[1].names["GET"].hist.total == 3  # settled, still counted
+
+
+def test_a_name_without_successes_holds_no_dense_histogram() -> None:
+    series = Series()
+    series.add(1, "a", 1, delta(random.Random(5), {"GET": 0}, fail=4))
+    ns = series.seconds[1].names["GET"]
+    assert (ns.ok, ns.fail) == (0, 4) and isinstance(ns.hist, Histogram)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from array import array
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +34,7 @@ from protocol.stats import (
     error_key,
     merge_all,
 )
+from tests.wire_helpers import u16, u32, u64
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
@@ -388,16 +388,7 @@ def full_totals() -> Totals:
     return t
 
 
-def u16(values: list[int]) -> bytes:
-    return array("H", values).tobytes()
 
-
-def u32(values: list[int]) -> bytes:
-    return array("I", values).tobytes()
-
-
-def u64(values: list[int]) -> bytes:
-    return array("Q", values).tobytes()
 
 
 def test_histogram_wire_round_trip() -> None:
@@ -440,6 +431,9 @@ BAD_HISTOGRAMS: dict[str, tuple[Any, Any]] = {
     "count over the limit": (u16([1]), u64([MAX_COUNT + 1])),
     "index too big": (u16([MAX_INDEX + 1]), u32([1])),
     "index too big among others": (u16([3, 65535, 4]), u32([1, 1, 1])),
+    # repeats could make a sum of counts of at most MAX_COUNT each overflow 64 bits
+    "more entries than buckets": (u16([300] * (MAX_INDEX + 2)),
+                                  u64([MAX_COUNT] * (MAX_INDEX + 2))),
     "lists, not bytes": ([1], [1]),
     "str": ("1", "1"),
     "none": (None, None),
@@ -485,6 +479,16 @@ def test_opstats_wire_round_trip() -> None:
     assert back.ok == 0 and back.fail == 2 and back.min_value is None
     back.record_ok(77)  # the empty min must not be 0 after the trip
     assert back.min_value == 77
+
+
+def test_a_name_with_http_figures_but_no_ended_call_still_travels() -> None:
+    t = Totals()
+    st = t.op("long call")
+    st.statuses[200] = 2
+    st.sent, st.received = 300, 900
+    back = Totals.from_wire(t.to_wire())
+    assert back.ops["long call"].statuses == {200: 2}
+    assert (back.ops["long call"].sent, back.ops["long call"].received) == (300, 900)
 
 
 def test_totals_wire_round_trip() -> None:

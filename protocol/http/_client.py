@@ -42,7 +42,7 @@ Non-2xx responses are returned, not raised: `raise_for_status()` raises
 Redirects are not followed and bodies are not decompressed.
 
 Inside a load test's call, each response's status code and the bytes sent
-and received are counted under the call's name (`protocol.stats.current_op`,
+and received are counted under the call's name (`protocol.calls.current_op`,
 one lookup per request); requests made elsewhere (`init_before_use`, outside
 a worker) count nowhere. What exactly is counted: `protocol.http._connection`.
 """

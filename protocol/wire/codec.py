@@ -142,11 +142,12 @@ class Message:
         checkers = cls._checkers()
         if not isinstance(obj, list) or len(obj) != len(checkers):
             raise WireError(f"{cls.__name__}: expected an array of {len(checkers)} fields")
+        values = [check(v) for check, v in zip(checkers, obj, strict=True)]
         try:
-            return cls(*[check(v) for check, v in zip(checkers, obj, strict=True)])
-        except (TypeError, ValueError) as e:
-            if isinstance(e, WireError):
-                raise
+            return cls(*values)
+        except WireError:
+            raise
+        except (TypeError, ValueError) as e:  # a field's own check (__post_init__)
             raise WireError(f"{cls.__name__}: {e}") from None
 
 
