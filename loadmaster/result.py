@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import itertools
 import json
 import math
@@ -265,11 +266,14 @@ def check_writable(path: Path) -> None:
                               f"{e.strerror or e}") from None
 
 
+WRITE_BUFFER = 1 << 20  # characters of JSON encoded and written at a time
+
+
 def write_result(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically (gzip-compressed when the name ends ``.gz``)."""
-    data = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
-    if path.name.endswith(".gz"):
-        data = gzip.compress(data, compresslevel=6)
+    """Write ``doc`` to ``path`` atomically (gzip-compressed when the name ends ``.gz``),
+    encoded as it is written: no copy of the whole text is held (an hour of many names
+    is hundreds of MB of JSON)."""
+    chunks = json.JSONEncoder(allow_nan=False, separators=(",", ":")).iterencode(doc)
     tmp = _temporary(path, "tmp")
     try:  # os.open applies the umask, as creating the file directly would
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -277,10 +281,25 @@ def write_result(path: Path, doc: Mapping[str, Any]) -> None:
         raise ResultFileError(f"cannot write the result file {path}: "
                               f"{e.strerror or e}") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            out: gzip.GzipFile | io.BufferedWriter = raw
+            if path.name.endswith(".gz"):
+                out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
+            try:
+                pending: list[str] = []
+                size = 0
+                for chunk in chunks:
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= WRITE_BUFFER:
+                        out.write("".join(pending).encode())
+                        pending, size = [], 0
+                out.write("".join(pending).encode())
+            finally:
+                if out is not raw:
+                    out.close()  # its trailer; the file stays open
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException as e:  # an interrupt too: leave no temporary file behind
         with contextlib.suppress(OSError):
