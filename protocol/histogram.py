@@ -38,8 +38,6 @@ most one entry per bucket's worth (``MAX_INDEX + 1``) and counts of at most
 from __future__ import annotations
 
 import math
-import sys
-from array import array
 from typing import Any
 
 import numpy as np
@@ -79,7 +77,6 @@ Counts = npt.NDArray[np.unsignedinteger[Any]]
 _INDEX = np.dtype("<u2")
 _COUNT32 = np.dtype("<u4")
 _COUNT64 = np.dtype("<u8")
-_LITTLE = sys.byteorder == "little"
 
 
 class HistogramFormatError(ValueError):
@@ -109,6 +106,12 @@ def bucket_value(index: int) -> int:
     """The integer midpoint of bucket ``index``: what the histogram reports for it."""
     low, high = bucket_bounds(index)
     return (low + high) // 2
+
+
+def _narrowest(counts: Counts) -> Counts:
+    """``counts`` as little-endian uint32 when every one fits, else uint64."""
+    wide = bool(counts.size) and int(counts.max()) > 0xFFFFFFFF
+    return counts.astype(_COUNT64 if wide else _COUNT32)
 
 
 def _nearest_rank(q: float, total: int) -> int:
@@ -220,20 +223,8 @@ class Histogram:
 
     def to_wire(self) -> tuple[bytes, bytes]:
         """The packed form: uint16 indexes, uint32 counts (uint64 when one is larger)."""
-        if self._counts is None:
-            assert self._packed is not None
-            idx, cnt = self._packed
-            wide = bool(cnt.size) and int(cnt.max()) > 0xFFFFFFFF
-            return (idx.astype(_INDEX).tobytes(),
-                    cnt.astype(_COUNT64 if wide else _COUNT32).tobytes())
-        keys = sorted(self._counts)
-        values = [self._counts[k] for k in keys]
-        ia = array("H", keys)
-        ca = array("Q" if values and max(values) > 0xFFFFFFFF else "I", values)
-        if not _LITTLE:
-            ia.byteswap()
-            ca.byteswap()
-        return ia.tobytes(), ca.tobytes()
+        idx, cnt = self.packed()
+        return idx.astype(_INDEX).tobytes(), _narrowest(cnt).tobytes()
 
     @classmethod
     def from_wire(cls, indexes: Any, counts: Any) -> Histogram:
@@ -255,7 +246,7 @@ class DenseHistogram:
 
     def add(self, indexes: Indexes, counts: Counts) -> None:
         """Add checked arrays (indexes in range, as ``unpack`` guarantees)."""
-        if indexes.dtype != np.intp:  # a compact histogram (see ``compact``)
+        if indexes.dtype != np.intp:  # a histogram kept compact (see ``sparse``)
             indexes = indexes.astype(np.intp)
         if counts.dtype != np.uint64:
             counts = counts.astype(np.uint64)
@@ -298,9 +289,7 @@ class DenseHistogram:
         """The same counts in the sparse form, in the smallest types (6 bytes a bucket
         when every count fits 32 bits): for histograms kept long and seldom read."""
         idx, cnt = self.packed()
-        narrow = not cnt.size or int(cnt.max()) <= 0xFFFFFFFF
-        return Histogram.from_arrays(idx.astype(np.uint16),
-                                     cnt.astype(np.uint32) if narrow else cnt)
+        return Histogram.from_arrays(idx.astype(_INDEX), _narrowest(cnt))
 
     @property
     def counts(self) -> dict[int, int]:
