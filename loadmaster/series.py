@@ -52,7 +52,6 @@ class Second:
     fail: int = 0
     names: dict[str, NameSecond] = field(default_factory=dict)
     agents: dict[str, AgentSecond] = field(default_factory=dict)
-    settled: bool = False  # its histograms are sparse
 
     def agent(self, name: str) -> AgentSecond:
         at = self.agents.get(name)
@@ -93,9 +92,7 @@ class Series:
                     dense = DenseHistogram(full=True)
                     dense.merge(ns.hist)
                     ns.hist = dense
-                    if s.settled:  # made sparse again when the next second begins
-                        s.settled = False
-                        self._open.add(second)
+                    self._open.add(second)  # a late delta: made sparse again later
                 ns.hist.merge(st.hist)
             s.ok += st.ok
             s.fail += st.fail
@@ -114,8 +111,11 @@ class Series:
             for ns in s.names.values():
                 if isinstance(ns.hist, DenseHistogram):
                     ns.hist = ns.hist.sparse()
-            s.settled = True
             self._open.discard(k)
+
+    def settled(self, second: int) -> bool:
+        """Whether ``second``'s histograms were made sparse."""
+        return second in self.seconds and second not in self._open
 
     def window(self, first: int, last: int) -> list[Second]:
         """The seconds from ``first`` to ``last`` that have figures."""

@@ -47,7 +47,7 @@ def test_seconds_far_behind_are_made_sparse_and_still_take_late_deltas() -> None
     for second in range(2, SETTLE + 3):
         series.add(second, "a", 1, delta(rng, {"GET": 1}))
     old = series.seconds[1]
-    assert old.settled and isinstance(old.names["GET"].hist, Histogram)
+    assert series.settled(1) and isinstance(old.names["GET"].hist, Histogram)
     assert old.names["GET"].hist.counts == first.ops["GET"].hist.counts
     late = delta(rng, {"GET": 7})
     series.add(1, "b", 1, late)  # a worker far behind: still merged
