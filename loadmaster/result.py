@@ -41,7 +41,7 @@ from loadmaster.console import AgentLine, FinalView
 from loadmaster.coordinator import AgentRecord
 from loadmaster.masking import mask_text, masked
 from loadmaster.report import agent_state
-from loadmaster.series import Second, Series
+from loadmaster.series import AgentSecond, NameSecond, Second, Series
 from protocol import __version__
 from protocol.histogram import HISTOGRAM_LAYOUT, Counts, Indexes
 from protocol.plan import clients_of
@@ -137,24 +137,24 @@ def _series(series: Series | None, last: int, agent_order: Sequence[str]) -> dic
     names = sorted({name for s in seconds for name in s.names})
     seen = {a for s in seconds for a in s.agents}
     agents = [a for a in agent_order if a in seen] + sorted(seen - set(agent_order))
-    no_hist: dict[str, list[int]] = {"i": [], "c": []}
+    blank_name, blank_agent = NameSecond(), AgentSecond()  # a second without its figures
     out_names = {}
     for name in names:
-        at = [s.names.get(name) for s in seconds]
+        at = [s.names.get(name, blank_name) for s in seconds]
         out_names[name] = {
-            "ok": [0 if x is None else x.ok for x in at],
-            "fail": [0 if x is None else x.fail for x in at],
-            "hist": [no_hist if x is None else encode_histogram(*x.hist.packed()) for x in at],
+            "ok": [x.ok for x in at],
+            "fail": [x.fail for x in at],
+            "hist": [encode_histogram(*x.hist.packed()) for x in at],
         }
     out_agents = {}
     for agent in agents:
-        per = [s.agents.get(agent) for s in seconds]
+        per = [s.agents.get(agent, blank_agent) for s in seconds]
         out_agents[agent] = {
-            "ok": [0 if x is None else x.ok for x in per],
-            "fail": [0 if x is None else x.fail for x in per],
-            "cpu_seconds": [0.0 if x is None else x.cpu_seconds for x in per],
-            "cpu_span": [0 if x is None else x.cpu_span for x in per],
-            "loop_lag_s": [0.0 if x is None else x.loop_lag for x in per],
+            "ok": [x.ok for x in per],
+            "fail": [x.fail for x in per],
+            "cpu_seconds": [x.cpu_seconds for x in per],
+            "cpu_span": [x.cpu_span for x in per],
+            "loop_lag_s": [x.loop_lag for x in per],
         }
     return {
         "seconds": n,
