@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from protocol.stats import OpStats, Totals
+from protocol.wire.limits import format_size
 
 RULE = "=" * 40
 LABEL_WIDTH = 30
 ERROR_ROWS = 20  # the most frequent errors; the rest are summed in one line
 HTTP_CODES_SHOWN = 6  # a name's status codes are listed when it has at most this many
-_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 
 @dataclass
@@ -88,18 +88,6 @@ def _lag(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1000 * seconds:.1f}"
 
 
-def _bytes(n: int) -> str:
-    """``n`` bytes for a person: 512 B, 64.0 KiB, 1.5 GiB."""
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in _BYTE_UNITS:
-        value /= 1024
-        if value < 1024 or unit == _BYTE_UNITS[-1]:
-            break
-    return f"{value:.1f} {unit}"
-
-
 def _http_responses(statuses: dict[int, int]) -> str:
     """Responses by status class, then the codes themselves when they are few."""
     if not statuses:
@@ -121,7 +109,8 @@ def _http_section(totals: Totals) -> list[str]:
         return []
     lines = ["http:", f"  {'name':<24} {'sent':>10} {'received':>10}  responses"]
     for name, st in ops:
-        lines.append(f"  {name[:24]:<24} {_bytes(st.sent):>10} {_bytes(st.received):>10}  "
+        sent, received = format_size(st.sent, ".1f"), format_size(st.received, ".1f")
+        lines.append(f"  {name[:24]:<24} {sent:>10} {received:>10}  "
                      f"{_http_responses(st.statuses)}")
     return lines
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 KIB = 1024
 MIB = 1024 * KIB
+_UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 CONTROL_MAX = 64 * KIB
 ERROR_TEXT_MAX = 20_000
@@ -61,10 +62,14 @@ __all__ = [
 ]
 
 
-def format_size(n: int) -> str:
-    """``n`` bytes for a person: 512 B, 64 KiB, 1.5 MiB."""
+def format_size(n: int, spec: str = ".4g") -> str:
+    """``n`` bytes for a person: 512 B, 64 KiB, 1.5 MiB, 2 GiB; ``spec`` formats the
+    number (``".1f"`` for aligned columns: 64.0 KiB)."""
     if n < KIB:
         return f"{n} B"
-    if n < MIB:
-        return f"{n / KIB:.4g} KiB"
-    return f"{n / MIB:.4g} MiB"
+    value = n / KIB
+    for unit in _UNITS[:-1]:
+        if value < KIB:
+            return f"{value:{spec}} {unit}"
+        value /= KIB
+    return f"{value:{spec}} {_UNITS[-1]}"
