@@ -11,6 +11,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
 
 @dataclass
@@ -98,7 +99,7 @@ class HttpTestServer:
         scheme = "https" if self.ssl else "http"
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
-    async def __aenter__(self) -> HttpTestServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl)
         return self
 
@@ -115,19 +116,23 @@ class HttpTestServer:
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
-        connection = self.connections
         try:
-            while True:
-                request = await read_request(reader, connection)
-                if request is None:
-                    break
-                self.requests.append(request)
-                if not await self.handler(request, writer):
-                    break
-                await writer.drain()
+            await self._converse(reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
             self.closed.set()
             self._tasks.discard(task)
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        connection: int) -> None:
+        """One connection's requests, each answered by ``handler``."""
+        while True:
+            request = await read_request(reader, connection)
+            if request is None:
+                break
+            self.requests.append(request)
+            if not await self.handler(request, writer):
+                break
+            await writer.drain()

@@ -704,64 +704,36 @@ def test_constructor_needs_no_loop() -> None:
         HttpClient("http://h/", read_timeout=0)
 
 
-# Figures for the load tester: statuses and bytes counted into protocol.stats.current_op.
+# Figures for the load tester: statuses and bytes counted into protocol.calls.current_op.
 
 # answer(target, connection number) -> (bytes to write, keep the connection open)
 Answer = Callable[[str, int], tuple[bytes, bool]]
 
 
-class RawServer:
+class RawServer(HttpTestServer):
     """Counts the bytes of each request as read off the socket and answers it with
     exactly the bytes `answer` gives, counting those too: figures to check the client's
     against, whatever the client's formatting."""
 
     def __init__(self, answer: Answer) -> None:
+        super().__init__()
         self.answer = answer
         self.read = 0
         self.written = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def url(self, path: str = "/") -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}{path}"
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
-        connection = self.connections
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
-                body = await reader.readexactly(int(length[1])) if length else b""
-                self.read += len(head) + len(body)
-                data, keep_open = self.answer(head.split(b" ")[1].decode(), connection)
-                writer.write(data)
-                self.written += len(data)
-                await writer.drain()
-                if not keep_open:
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        connection: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+            body = await reader.readexactly(int(length[1])) if length else b""
+            self.read += len(head) + len(body)
+            data, keep_open = self.answer(head.split(b" ")[1].decode(), connection)
+            writer.write(data)
+            self.written += len(data)
+            await writer.drain()
+            if not keep_open:
+                break
 
 
 FIGURE_ANSWERS = {
