@@ -69,9 +69,7 @@ def _early_result(cfg: Config, opts: RunOptions, failed: RunFailed) -> None:
         return
     error = f"{failed}\n{failed.detail}".rstrip() if failed.detail else str(failed)
     ending = Ending(run_id=None, t0=None, end=time.time(), exit_code=failed.code, error=error)
-    problem = save_result(opts.out, lambda: build_result(cfg, opts.mask, ending))
-    if problem is not None:
-        print(f"loadmaster: {problem}", file=sys.stderr)
+    save_result(opts.out, lambda: build_result(cfg, opts.mask, ending))
 
 
 def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,

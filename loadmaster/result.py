@@ -28,6 +28,7 @@ import math
 import os
 import secrets
 import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -231,17 +232,19 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
 
 
 # -- the file -------------------------------------------------------------------------
-def save_result(path: Path, build: Callable[[], dict[str, Any]]) -> str | None:
-    """Build the document and write it; None, or what to tell the user when that failed
-    (the run's own outcome stands either way)."""
+def save_result(path: Path, build: Callable[[], dict[str, Any]]) -> bool:
+    """Build the document and write it; False, once the user was told why on stderr,
+    when that failed (the run's own outcome stands either way)."""
     try:
         write_result(path, build())
+        return True
     except ResultFileError as e:
-        return str(e)
+        problem = str(e)
     except Exception:  # our own bug
-        return (f"{traceback.format_exc()}internal error: the result file {path} was not "
-                f"written (the traceback above is ours: please report it)")
-    return None
+        problem = (f"{traceback.format_exc()}internal error: the result file {path} was not "
+                   f"written (the traceback above is ours: please report it)")
+    print(f"loadmaster: {problem}", file=sys.stderr, flush=True)
+    return False
 
 
 def _temporary(path: Path, kind: str) -> Path:

@@ -190,12 +190,9 @@ class Run:
             return True
         ending = Ending(run_id=self.run_id, t0=self._t0 or None, end=time.time(),
                         exit_code=code, signal=self._signal, error=error)
-        problem = save_result(self.opts.out, lambda: build_result(
+        return save_result(self.opts.out, lambda: build_result(
             self.cfg, self.opts.mask, ending, view=self._view,
             agents=self._agents or self.coord.accepted, series=self.agg.series))
-        if problem is not None:
-            print(f"loadmaster: {problem}", file=sys.stderr, flush=True)
-        return problem is None
 
     async def _execute(self) -> int:
         loop = asyncio.get_running_loop()
