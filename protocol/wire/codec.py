@@ -158,21 +158,19 @@ def _to_wire(v: Any) -> Any:
     return to_wire() if to_wire is not None else v
 
 
-_SCALARS: dict[Any, tuple[type, ...]] = {int: (int,), str: (str,), bytes: (bytes,), bool: (bool,)}
+_SCALARS = frozenset({int, str, bytes, bool})
+
+
+def _exact(tp: type, v: Any, where: str) -> Any:
+    if type(v) is not tp:  # bool is an int subclass: compare exact types
+        raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
+    return v
 
 
 def _checker(tp: Any, where: str) -> Callable[[Any], Any]:
-    """``_check`` for one field, with the common scalar types inlined."""
-    scalar = _SCALARS.get(tp)
-    if scalar is not None:
-        (exact,) = scalar
-
-        def check_scalar(v: Any) -> Any:
-            if type(v) is not exact:  # bool is an int subclass: compare exact types
-                raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
-            return v
-
-        return check_scalar
+    """``_check`` for one field; a scalar's goes straight to its one test."""
+    if tp in _SCALARS:
+        return lambda v: _exact(tp, v, where)
     return lambda v: _check(tp, v, where)
 
 
@@ -183,12 +181,8 @@ def _check(tp: Any, v: Any, where: str) -> Any:
         if type(v) in (float, int) and math.isfinite(float(v)):  # msgpack ints fit a float
             return float(v)
         raise WireError(f"{where}: expected a finite number, got {str(v)[:40]!r}")
-    scalar = _SCALARS.get(tp)
-    if scalar is not None:
-        # bool is an int subclass: compare exact types.
-        if type(v) not in scalar:
-            raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
-        return v
+    if tp in _SCALARS:
+        return _exact(tp, v, where)
     origin = typing.get_origin(tp)
     if origin is list:
         if not isinstance(v, list):
