@@ -24,7 +24,7 @@ from typing import Protocol
 
 import zmq.asyncio
 
-from loadmaster.series import AgentSecond, Merged, Series
+from loadmaster.series import AgentSecond, Merged, Second, Series
 from protocol.stats import Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
@@ -197,12 +197,11 @@ class Aggregator:
     def current_rps(self, last: int, agent: str | None = None) -> tuple[float, int]:
         """Successes per second over the complete seconds ``last - RATE_WINDOW + 1 .. last``
         (fewer at the start), and how many seconds that is."""
-        window = _window(last)
-        n = len(window)
+        n = len(_window(last))
         if not n:
             return 0.0, 0
         if agent is None:
-            return sum(s.ok for s in self.series.window(window[0], last)) / n, n
+            return sum(s.ok for s in self._recent_seconds(last)) / n, n
         return sum(a.ok for a in self._agent_window(last, agent)) / n, n
 
     def generator_load(self, last: int, agent: str) -> tuple[float | None, float | None]:
@@ -215,17 +214,18 @@ class Aggregator:
 
     def recent(self, last: int) -> Merged:
         """Every name merged over the complete seconds behind current rps."""
-        window = _window(last)
-        return Series.merged(self.series.window(window.start, last))
+        return Series.merged(self._recent_seconds(last))
 
     @property
     def latest_second(self) -> int:
         """The latest second any delta covered."""
         return self.series.latest
 
+    def _recent_seconds(self, last: int) -> list[Second]:
+        return self.series.window(_window(last).start, last)
+
     def _agent_window(self, last: int, agent: str) -> list[AgentSecond]:
-        window = _window(last)
-        return [a for s in self.series.window(window.start, last)
+        return [a for s in self._recent_seconds(last)
                 if (a := s.agents.get(agent)) is not None]
 
 
