@@ -10,7 +10,7 @@ socket, decode, validate, merge per worker, per second and in total) runs in thi
 process on asyncio, as in `loadmaster run`. Printed: deltas received, deltas lost, and
 this process's CPU time over the measured window as a share of one core.
 
-    python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2]
+    python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2] [--pin]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -55,12 +56,23 @@ def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> De
 
 def delta_frames(topic: bytes, totals_packed: bytes, worker: int, seq: int) -> list[bytes]:
     """The frames of a Delta, assembled from its pre-packed totals (see ``check_frames``)."""
-    body = b"".join((
-        b"\x98",  # a msgpack array of Delta's 8 fields
-        msgpack.packb(AGENT), msgpack.packb(worker), msgpack.packb(seq),
-        msgpack.packb(seq + 1), msgpack.packb(50), totals_packed,
-        msgpack.packb(0.9), msgpack.packb(0.001)))
-    return [topic, HEADER_FRAME, body]
+    return [topic, HEADER_FRAME,
+            b"".join((head(worker), middle(seq), tail(totals_packed)))]
+
+
+def head(worker: int) -> bytes:
+    """A Delta's body up to its worker: a msgpack array of its 8 fields, agent, worker."""
+    return b"\x98" + msgpack.packb(AGENT) + msgpack.packb(worker)
+
+
+def middle(seq: int) -> bytes:
+    """seq, second, clients."""
+    return msgpack.packb(seq) + msgpack.packb(seq + 1) + msgpack.packb(50)
+
+
+def tail(totals_packed: bytes) -> bytes:
+    """totals, cpu_seconds, loop_lag."""
+    return totals_packed + msgpack.packb(0.9) + msgpack.packb(0.001)
 
 
 def check_frames(sample: Totals) -> None:
@@ -72,31 +84,43 @@ def check_frames(sample: Totals) -> None:
     assert ours == real, "the bench's deltas differ from the real encoder's"
 
 
-def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: float) -> None:
+def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: float,
+              cpus: set[int] | None) -> None:
     """``count`` simulated workers through one PUB socket, one delta each a second."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     rng = random.Random(first)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUB)
     sock.sndhwm = 0  # this bench measures the master, not our send queue
     sock.linger = 5000
     sock.connect(endpoint)
-    samples = [msgpack.packb(realistic_delta(rng, AGENT, 0, 0).totals.to_wire(),
-                             use_bin_type=True) for _ in range(SAMPLES)]
+    # the parts of every body made once: a publisher costs far less than the workers it
+    # stands for, so that it takes little CPU from the master it measures
+    tails = [tail(msgpack.packb(realistic_delta(rng, AGENT, 0, 0).totals.to_wire(),
+                                use_bin_type=True)) for _ in range(SAMPLES)]
+    heads = [head(first + i) for i in range(count)]
     topic = RUN_ID.encode()
     time.sleep(max(0.0, start_at - time.time()))
     seq = 0
     while time.time() < start_at + seconds:
         tick = start_at + seq + 1
+        mid = middle(seq)
         for i in range(count):
-            sock.send_multipart(delta_frames(topic, samples[(i + seq) % SAMPLES], first + i,
-                                             seq))
+            sock.send_multipart([topic, HEADER_FRAME,
+                                 b"".join((heads[i], mid, tails[(i + seq) % SAMPLES]))])
         seq += 1
         time.sleep(max(0.0, tick - time.time()))
     sock.close()
     ctx.term()
 
 
-async def measure(workers: int, seconds: float, publishers: int) -> None:
+async def measure(workers: int, seconds: float, publishers: int, pin: bool) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    master_cpus = publisher_cpus = None
+    if pin and len(cpus) > 1:  # the master on a core of its own, as on a real cluster
+        master_cpus, publisher_cpus = {cpus[-1]}, set(cpus[:-1])
+        os.sched_setaffinity(0, master_cpus)
     ctx = zmq.asyncio.Context()
     agg = Aggregator(ctx, "127.0.0.1", RUN_ID)
     port = agg.bind()
@@ -113,7 +137,7 @@ async def measure(workers: int, seconds: float, publishers: int) -> None:
         if n <= 0:
             break
         proc = mp.Process(target=publisher, args=(f"tcp://127.0.0.1:{port}", first, n,
-                                                  seconds, start_at))
+                                                  seconds, start_at, publisher_cpus))
         proc.start()
         procs.append(proc)
     await asyncio.sleep(max(0.0, start_at - time.time()) + 1.0)  # skip the first second
@@ -134,7 +158,9 @@ async def measure(workers: int, seconds: float, publishers: int) -> None:
     sample = realistic_delta(random.Random(1), "bench", 0, 0)
     size = len(encode_stats(RUN_ID.encode(), sample)[2])
     buckets = len(sample.totals.ops["HttpClient"].hist.counts)
-    print(f"workers simulated        : {workers} ({publishers} publisher processes)")
+    where = (f", master pinned to CPU {min(master_cpus)}, publishers to the others"
+             if master_cpus else "")
+    print(f"workers simulated        : {workers} ({publishers} publisher processes{where})")
     print(f"delta body size          : ~{size} bytes (1 operation, {buckets} histogram buckets)")
     print(f"deltas received          : {rate:.0f}/s over {wall1 - wall0:.1f}s")
     print(f"deltas lost (seq gaps)   : {agg.missed_deltas}")
@@ -148,9 +174,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--publishers", type=int, default=2)
+    p.add_argument("--pin", action="store_true",
+                   help="run the master on a CPU of its own, the publishers on the others")
     a = p.parse_args()
     check_frames(realistic_delta(random.Random(0), AGENT, 0, 0).totals)
-    asyncio.run(measure(a.workers, a.seconds, a.publishers))
+    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin))
 
 
 if __name__ == "__main__":

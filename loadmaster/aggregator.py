@@ -22,13 +22,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import zmq.asyncio
 
 from loadmaster.series import AgentSecond, Merged, Second, Series
-from protocol.stats import Totals
+from protocol.histogram import Counts, DenseHistogram, HistogramArena, Indexes, Unpacked
+from protocol.stats import OpStats, Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
-from protocol.wire.messages import Delta, Hello
+from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
+from protocol.wire.messages import MAX_SECOND, Delta, Hello
 
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
@@ -43,9 +46,17 @@ SATURATION_SECONDS = 3  # in a row
 
 @dataclass
 class WorkerLive:
+    """What one worker's live deltas said, and its sequence and generator figures.
+
+    ``counts`` holds everything but the latency histograms, which are in ``arena``
+    (``slots``: name -> slot) when the aggregator keeps them; ``totals()`` puts them
+    together."""
+
     agent: str
     worker: int
-    totals: Totals = field(default_factory=lambda: Totals(dense=True))
+    counts: Totals = field(default_factory=Totals)
+    arena: HistogramArena | None = None
+    slots: dict[str, int] = field(default_factory=dict)
     next_seq: int = 0
     missed: int = 0
     clients: int = 0
@@ -58,6 +69,23 @@ class WorkerLive:
     hot_seconds: int = 0  # seconds in a row over a saturation threshold, up to ``counted``
     hot_from: int = 0  # the first second of that streak
     saturated_from: int = 0  # the first second of the first streak that saturated it; 0: never
+
+    def totals(self) -> Totals:
+        """Everything its live deltas said, histograms included."""
+        out = Totals(dense=True)
+        out.merge(self.counts)
+        if self.arena is not None:
+            for name, slot in self.slots.items():
+                _dense(out.op(name)).add(*self.arena.packed(slot))
+        return out
+
+    def slot(self, name: str) -> int:
+        """The arena slot of its histogram of ``name``."""
+        slot = self.slots.get(name)
+        if slot is None:
+            assert self.arena is not None
+            slot = self.slots[name] = self.arena.new()
+        return slot
 
     @property
     def cpu(self) -> float | None:
@@ -114,6 +142,7 @@ class Aggregator:
         self.workers: dict[tuple[str, int], WorkerLive] = {}
         self.totals = Totals(full=True)
         self.series = Series()
+        self._arena = HistogramArena()  # the workers' histograms
         self.bad_messages = 0
         self.t0: float | None = None  # wall clock of T0, once the run started
 
@@ -133,20 +162,28 @@ class Aggregator:
             await channel.readable(POLL_WAIT)
             # take what is queued without a trip through the event loop each time, but
             # never so much that the control channel waits for its turn
-            for frames in channel.drain(DRAIN_BATCH):
-                self.handle(frames)
+            self.handle_batch(channel.drain(DRAIN_BATCH))
             await asyncio.sleep(0)
 
     def handle(self, frames: list[bytes]) -> None:
-        try:
-            msg = decode_stats(frames, self._topic)
-        except WireError as e:
-            self._bad(str(e))
-            return
-        if isinstance(msg, Delta):
-            self._on_delta(msg)
-        elif isinstance(msg, Hello):
-            self.hellos.add((msg.agent, msg.worker))
+        self.handle_batch([frames])
+
+    def handle_batch(self, messages: list[list[bytes]]) -> None:
+        """Take queued stats messages: the deltas among them decoded and merged together."""
+        bodies = []
+        for frames in messages:
+            if len(frames) == 3 and frames[0] == self._topic and frames[1] == DELTA_HEADER:
+                bodies.append(frames[2])
+                continue
+            try:
+                msg = decode_stats(frames, self._topic)
+            except WireError as e:
+                self._bad(str(e))
+                continue
+            if isinstance(msg, Hello):  # (a delta has DELTA_HEADER: it cannot come here)
+                self.hellos.add((msg.agent, msg.worker))
+        if bodies:
+            self._on_deltas(decode_deltas(bodies))
 
     def _bad(self, what: str) -> None:
         self.bad_messages += 1
@@ -155,25 +192,68 @@ class Aggregator:
 
     def expect(self, agent: str, worker: int) -> None:
         """Declare a planned worker: only planned workers' deltas are counted."""
-        self.workers[(agent, worker)] = WorkerLive(agent, worker)
+        self.workers[(agent, worker)] = WorkerLive(agent, worker, arena=self._arena)
 
-    def _on_delta(self, d: Delta) -> None:
+    def _on_deltas(self, batch: DeltaBatch) -> None:
+        """Merge a batch: counters delta by delta, histograms with one vector add for
+        every worker's, and one per name in the run's totals and per second and name in
+        the series."""
+        for e in batch.errors:
+            self._bad(e)
+        hists = batch.hists
+        taken: list[int] = []  # histograms of the deltas merged, in batch order
+        slots: list[int] = []  # the arena slot of each
+        offsets: list[int] = []  # and its offset there
+        moves = self._arena.moves
+        run: dict[str, list[int]] = {}
+        seconds: dict[tuple[int, str], list[int]] = {}
+        # a delta's second may not be far ahead of the run's clock (a forged one would hold
+        # the live figures back)
+        horizon = MAX_SECOND if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
+        for d, parts in zip(batch.deltas, batch.parts, strict=True):
+            w = self._take(d, horizon)
+            if w is None:
+                continue
+            w.counts.merge_counts(d.totals)
+            self.totals.merge_counts(d.totals)
+            for name, j in parts.items():
+                if hists.highs[j]:  # not empty
+                    slot = w.slot(name)
+                    taken.append(j)
+                    slots.append(slot)
+                    offsets.append(self._arena.offset(slot, hists.lows[j], hists.highs[j]))
+                    run.setdefault(name, []).append(j)
+                    seconds.setdefault((d.second, name), []).append(j)
+        if not taken:
+            return
+        if self._arena.moves != moves:  # a slot moved, or all did: every range is in place now
+            offsets = [self._arena.offset(slot, hists.lows[j], hists.highs[j])
+                       for slot, j in zip(slots, taken, strict=True)]
+        indexes, counts = _gather(hists, taken)
+        lengths = [hists.starts[j + 1] - hists.starts[j] for j in taken]
+        self._arena.add(indexes + np.repeat(np.array(offsets, np.intp), lengths), counts)
+        for name, where in run.items():
+            _dense(self.totals.op(name)).add(*_gather(hists, where))
+        for (second, name), where in seconds.items():
+            self.series.histogram(second, name).add(*_gather(hists, where))
+
+    def _take(self, d: Delta, horizon: float) -> WorkerLive | None:
+        """Count a delta's sequence, clients and the generator's figures into its worker
+        and the series; None (and nothing counted) when it is not to be merged."""
         w = self.workers.get((d.agent, d.worker))
         if w is None:
-            return  # not in this run's plan
+            return None  # not in this run's plan
         if d.seq < w.next_seq:
-            return  # duplicate or reordered after a gap was already counted
-        if self.t0 is not None and d.second > time.time() - self.t0 + SECOND_SLACK:
+            return None  # duplicate or reordered after a gap was already counted
+        if d.second > horizon:
             self._bad(f"a delta of agent {d.agent}, worker {d.worker} for second {d.second}, "
                       f"far ahead of the run's clock")
-            return
+            return None
         lost = d.seq - w.next_seq
         w.missed += lost
         w.next_seq = d.seq + 1
         w.clients = d.clients
         w.last_second = max(w.last_second, d.second)
-        w.totals.merge(d.totals)
-        self.totals.merge(d.totals)
         series = self.series
         at = series.add(d.second, d.agent, d.clients, d.totals).agent(d.agent)
         cpu, lag = d.cpu_seconds, d.loop_lag  # the codec refused negative, NaN, infinite
@@ -185,6 +265,7 @@ class Aggregator:
             at.cpu_seconds += cpu
             at.cpu_span += 1
             at.loop_lag = max(at.loop_lag, lag)
+        return w
 
     # -- live figures -------------------------------------------------------------------
     @property
@@ -227,6 +308,25 @@ class Aggregator:
     def _agent_window(self, last: int, agent: str) -> list[AgentSecond]:
         return [a for s in self._recent_seconds(last)
                 if (a := s.agents.get(agent)) is not None]
+
+
+def _dense(st: OpStats) -> DenseHistogram:
+    """The histogram of an operation of a dense ``Totals``."""
+    assert isinstance(st.hist, DenseHistogram)
+    return st.hist
+
+
+def _gather(hists: Unpacked, which: list[int]) -> tuple[Indexes, Counts]:
+    """The entries of histograms ``which`` of a batch: slices when they follow each
+    other (one name, every delta taken), else a copy."""
+    starts = hists.starts
+    first = end = starts[which[0]]
+    for j in which:
+        if starts[j] != end:
+            return (np.concatenate([hists.indexes[starts[j]:starts[j + 1]] for j in which]),
+                    np.concatenate([hists.counts[starts[j]:starts[j + 1]] for j in which]))
+        end = starts[j + 1]
+    return hists.indexes[first:end], hists.counts[first:end]
 
 
 def _window(last: int) -> range:

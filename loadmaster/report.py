@@ -97,7 +97,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
                 continue
             worker = live.get((agent.name, w))
             if worker is not None:
-                agent_totals.merge(worker.totals)  # up to its last live delta
+                agent_totals.merge(worker.totals())  # up to its last live delta
                 started += worker.clients
             why = agent.lost_workers.get(w) or (
                 agent.lost_reason if agent.gone else "no final totals before the deadline")

@@ -419,7 +419,7 @@ class Run:
             for w, final in a.finals.items():
                 live = self.agg.workers.get((a.name, w))
                 if live is not None and not live.missed and \
-                        (live.totals.ok, live.totals.fail) != (final.totals.ok, final.totals.fail):
+                        (live.counts.ok, live.counts.fail) != (final.totals.ok, final.totals.fail):
                     return False
         return True
 

@@ -77,7 +77,9 @@ class Series:
         return s
 
     def add(self, second: int, agent: str, clients: int, totals: Totals) -> Second:
-        """Merge one worker's delta of ``second``; the second, for the caller's figures."""
+        """Merge one worker's delta of ``second`` but its histograms, which the caller
+        adds to ``histogram(second, name)`` (a batch of deltas at once); the second, for
+        the caller's figures."""
         s = self.at(second)
         s.clients += clients
         at = s.agent(agent)
@@ -87,18 +89,25 @@ class Series:
                 ns = s.names[name] = NameSecond()
             ns.ok += st.ok
             ns.fail += st.fail
-            if st.ok:
-                if isinstance(ns.hist, Histogram):  # its first successes, or a late delta
-                    dense = DenseHistogram(full=True)
-                    dense.merge(ns.hist)
-                    ns.hist = dense
-                    self._open.add(second)  # a late delta: made sparse again later
-                ns.hist.merge(st.hist)
             s.ok += st.ok
             s.fail += st.fail
             at.ok += st.ok
             at.fail += st.fail
         return s
+
+    def histogram(self, second: int, name: str) -> DenseHistogram:
+        """The histogram of ``name`` in ``second``, to add to: dense, made dense again if
+        the second was settled (a late delta; it is made sparse again later)."""
+        s = self.at(second)
+        ns = s.names.get(name)
+        if ns is None:
+            ns = s.names[name] = NameSecond()
+        if isinstance(ns.hist, Histogram):  # its first successes, or a late delta
+            dense = DenseHistogram(full=True)
+            dense.merge(ns.hist)
+            ns.hist = dense
+            self._open.add(second)
+        return ns.hist
 
     def _settle(self, up_to: int) -> None:
         """Make sparse every dense second up to ``up_to``, and the oldest beyond

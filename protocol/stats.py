@@ -43,6 +43,7 @@ MAX_ERROR_TEXT = 300
 OTHER_ERRORS = "other"
 _NO_MIN = MAX_VALUE_NS
 _NUMBERS = ("ok", "fail", "sum", "min", "max", "bytes sent", "bytes received")
+_INT = {int}
 
 
 class StatsFormatError(ValueError):
@@ -78,12 +79,18 @@ class OpStats:
         self.hist.record(elapsed_ns)
 
     def merge(self, other: OpStats) -> None:
+        self.merge_counts(other)
+        self.hist.merge(other.hist)
+
+    def merge_counts(self, other: OpStats) -> None:
+        """Merge everything but the histogram (the master adds those in batches)."""
         self.ok += other.ok
         self.fail += other.fail
         self.sum_ns += other.sum_ns
-        self.min_ns = min(self.min_ns, other.min_ns)
-        self.max_ns = max(self.max_ns, other.max_ns)
-        self.hist.merge(other.hist)
+        if other.min_ns < self.min_ns:
+            self.min_ns = other.min_ns
+        if other.max_ns > self.max_ns:
+            self.max_ns = other.max_ns
         if other.statuses:
             statuses = self.statuses
             for code, n in other.statuses.items():
@@ -121,26 +128,41 @@ class OpStats:
                 statuses, self.sent, self.received]
 
     @classmethod
-    def from_wire(cls, obj: Any) -> OpStats:
+    def parse(cls, obj: Any) -> tuple[OpStats, Any, Any]:
+        """Check every wire field but the histogram: the operation, without its
+        histogram until ``attach``, and the histogram's two raw byte strings."""
         if not isinstance(obj, list) or len(obj) != 11:
             raise StatsFormatError("operation stats: expected an array of 11")
         name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
-        for i, v in enumerate((ok, fail, sum_ns, mn, mx, sent, received)):
-            if type(v) is not int or v < 0:
-                raise StatsFormatError(f"operation stats {name!r}: bad {_NUMBERS[i]} {v!r}")
-        st = cls(name)
-        try:
-            st.hist = Histogram.from_wire(indexes, counts)
-        except HistogramFormatError as e:
-            raise StatsFormatError(f"operation stats {name!r}: {e}") from None
-        if st.hist.total != ok:
-            raise StatsFormatError(f"operation stats {name!r}: histogram total != ok count")
+        numbers = (ok, fail, sum_ns, mn, mx, sent, received)
+        if set(map(type, numbers)) != _INT or min(numbers) < 0:
+            for i, v in enumerate(numbers):
+                if type(v) is not int or v < 0:
+                    raise StatsFormatError(f"operation stats {name!r}: bad {_NUMBERS[i]} {v!r}")
+        st = cls(name)  # an empty histogram until attach
         st.ok, st.fail, st.sum_ns, st.max_ns = ok, fail, sum_ns, mx
         st.min_ns = mn if ok else _NO_MIN
         st.sent, st.received = sent, received
-        st.statuses = _statuses_from_wire(name, statuses)
+        if statuses != []:
+            st.statuses = _statuses_from_wire(name, statuses)
+        return st, indexes, counts
+
+    def attach(self, hist: Histogram, total: int) -> None:
+        """Give a parsed operation its checked histogram, of ``total`` calls."""
+        if total != self.ok:
+            raise StatsFormatError(f"operation stats {self.name!r}: histogram total != ok count")
+        self.hist = hist
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> OpStats:
+        st, indexes, counts = cls.parse(obj)
+        try:
+            hist = Histogram.from_wire(indexes, counts)
+        except HistogramFormatError as e:
+            raise StatsFormatError(f"operation stats {st.name!r}: {e}") from None
+        st.attach(hist, hist.total)
         return st
 
 
@@ -204,6 +226,20 @@ class Totals:
     def merge(self, other: Totals) -> None:
         for name, st in other.ops.items():
             self.op(name).merge(st)
+        self._merge_errors(other)
+
+    def merge_counts(self, other: Totals) -> None:
+        """Merge everything but the histograms (``OpStats.merge_counts``)."""
+        ops = self.ops
+        for name, st in other.ops.items():
+            mine = ops.get(name)
+            if mine is None:
+                mine = self.op(name)
+            mine.merge_counts(st)
+        if other.errors:
+            self._merge_errors(other)
+
+    def _merge_errors(self, other: Totals) -> None:
         for key, count in other.errors.items():
             self.add_error(key, count)
 
@@ -239,23 +275,39 @@ class Totals:
         return [ops, errors]
 
     @classmethod
-    def from_wire(cls, obj: Any) -> Totals:
+    def parse(cls, obj: Any) -> tuple[Totals, list[tuple[OpStats, Any, Any]]]:
+        """Check every wire field but the histograms (``OpStats.parse``): the totals, and
+        each operation with its histogram's raw byte strings, to ``attach``."""
         if not isinstance(obj, list) or len(obj) != 2:
             raise StatsFormatError("totals: expected [operations, errors]")
         ops, errors = obj
         if not isinstance(ops, list) or not isinstance(errors, list):
             raise StatsFormatError("totals: operations and errors must be arrays")
         out = cls()
+        parts = []
         for o in ops:
-            st = OpStats.from_wire(o)
-            if st.name in out.ops:
-                raise StatsFormatError(f"totals: operation {st.name!r} listed twice")
-            out.ops[st.name] = st
+            part = OpStats.parse(o)
+            name = part[0].name
+            if name in out.ops:
+                raise StatsFormatError(f"totals: operation {name!r} listed twice")
+            out.ops[name] = part[0]
+            parts.append(part)
         for e in errors:
-            if not (isinstance(e, list) and len(e) == 4 and all(isinstance(x, str) for x in e[:3])
-                    and type(e[3]) is int and e[3] > 0):
+            if not (type(e) is list and len(e) == 4 and type(e[0]) is str and type(e[1]) is str
+                    and type(e[2]) is str and type(e[3]) is int and e[3] > 0):
                 raise StatsFormatError(f"totals: bad error entry {str(e)[:80]}")
             out.add_error((e[0], e[1], e[2][:MAX_ERROR_TEXT]), e[3])
+        return out, parts
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Totals:
+        out, parts = cls.parse(obj)
+        for st, indexes, counts in parts:
+            try:
+                hist = Histogram.from_wire(indexes, counts)
+            except HistogramFormatError as e:
+                raise StatsFormatError(f"operation stats {st.name!r}: {e}") from None
+            st.attach(hist, hist.total)
         return out
 
     def iter_errors(self) -> Iterator[tuple[ErrorKey, int]]:

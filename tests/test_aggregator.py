@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -269,3 +271,66 @@ def test_a_delta_far_ahead_of_the_runs_clock_is_dropped() -> None:
                            t0=time.time()))
     assert agg.bad_messages == 1 and agg.totals.ok == 7
     assert 10_000 not in agg.series.seconds and agg.latest_second == 1
+
+
+def mixed_frames() -> list[list[bytes]]:
+    """Deltas of two agents' workers, two names, several seconds and one late, with a
+    duplicate, an unplanned worker, a bad body and a HELLO among them."""
+    rng = random.Random(11)
+    frames = []
+    for seq in range(4):
+        for agent, worker in (("a", 0), ("a", 1), ("b", 0)):
+            t = Totals()
+            for name in ("GET", "POST")[:1 + (worker + seq) % 2]:
+                st = t.op(name)
+                for _ in range(rng.randint(0, 200)):
+                    st.record_ok(int(rng.lognormvariate(14 + worker, 1)))
+                st.fail = rng.randint(0, 2)
+                st.statuses = {200: st.ok} if st.ok else {}
+                for _ in range(st.fail):
+                    t.add_error((name, "E", f"m{worker}"), 1)
+            second = 1 if (agent, worker, seq) == ("b", 0, 3) else seq + 1  # one late
+            frames.append(encode_stats(TOPIC, Delta(
+                agent=agent, worker=worker, seq=seq, second=second, clients=2, totals=t,
+                cpu_seconds=0.3, loop_lag=0.001)))
+    frames.insert(4, frames[1])  # a duplicate
+    frames.insert(6, encode_stats(TOPIC, delta(7, 0, ok=50)))  # not in the plan
+    frames.insert(8, [TOPIC, frames[0][1], b"\xc1"])  # undecodable
+    frames.insert(9, encode_stats(TOPIC, Hello(agent="a", worker=1)))
+    return frames
+
+
+def planned() -> Aggregator:
+    agg = Aggregator(zmq.asyncio.Context.instance(), "127.0.0.1", RUN_ID)
+    for agent, worker in (("a", 0), ("a", 1), ("b", 0)):
+        agg.expect(agent, worker)
+    return agg
+
+
+def figures(agg: Aggregator) -> Any:
+    """Everything the aggregator merged, histograms as dicts."""
+    def ops(t: Totals) -> Any:
+        return ({n: (st.ok, st.fail, st.sum_ns, st.min_ns, st.max_ns, st.statuses,
+                     st.hist.counts) for n, st in t.ops.items()}, t.errors)
+    seconds = {k: (s.ok, s.fail, s.clients, {n: (ns.ok, ns.fail, ns.hist.counts)
+                                              for n, ns in s.names.items()},
+                   {a: (x.ok, x.fail, x.cpu_span) for a, x in s.agents.items()})
+               for k, s in agg.series.seconds.items()}
+    workers = {k: (ops(w.totals()), w.next_seq, w.missed) for k, w in agg.workers.items()}
+    return ops(agg.totals), seconds, workers, agg.bad_messages, agg.hellos
+
+
+def test_a_batch_merges_as_its_deltas_one_by_one() -> None:
+    """The batch path (histograms added with one vector add per target) gives exactly
+    what feeding the same messages one at a time gives."""
+    frames = mixed_frames()
+    one_by_one = planned()
+    for f in frames:
+        one_by_one.handle(f)
+    batched = planned()
+    batched.handle_batch(frames[:7])
+    batched.handle_batch(frames[7:])
+    assert figures(batched) == figures(one_by_one)
+    assert batched.bad_messages == 1 and ("a", 1) in batched.hellos
+    assert batched.totals.ok == sum(w.counts.ok for w in batched.workers.values())
+    assert sum(s.ok for s in batched.series.seconds.values()) == batched.totals.ok

@@ -66,7 +66,7 @@ def lose(rec: AgentRecord, state: AgentState, at: float, reason: str) -> None:
 
 def live(rec: AgentRecord, ok: int, clients: int) -> dict[tuple[str, int], WorkerLive]:
     """Live totals of each of the agent's workers, up to their last delta."""
-    return {(rec.name, w): WorkerLive(agent=rec.name, worker=w, totals=totals(ok),
+    return {(rec.name, w): WorkerLive(agent=rec.name, worker=w, counts=totals(ok),
                                       clients=clients) for w in rec.worker_ids}
 
 

@@ -20,6 +20,14 @@ def delta(rng: random.Random, names: dict[str, int], fail: int = 0) -> Totals:
     return Totals.from_wire(t.to_wire())  # as the master gets it: packed arrays
 
 
+def add(series: Series, second: int, agent: str, clients: int, totals: Totals) -> None:
+    """One delta into the series, histograms too, as the aggregator merges it."""
+    series.add(second, agent, clients, totals)
+    for name, st in totals.ops.items():
+        if st.ok:
+            series.histogram(second, name).merge(st.hist)
+
+
 def test_each_second_holds_the_sum_of_its_deltas_per_name_and_agent() -> None:
     rng = random.Random(1)
     series = Series()
@@ -27,7 +35,7 @@ def test_each_second_holds_the_sum_of_its_deltas_per_name_and_agent() -> None:
     for second in (1, 2, 3):
         for agent, worker_ok in (("a", 10), ("a", 20), ("b", 5)):
             d = delta(rng, {"GET": worker_ok, "POST": 1}, fail=2)
-            series.add(second, agent, clients=4, totals=d)
+            add(series, second, agent, clients=4, totals=d)
             ref = sent.setdefault((second, "GET"), Histogram())
             ref.merge(d.ops["GET"].hist)
     s2 = series.seconds[2]
@@ -42,15 +50,15 @@ def test_seconds_far_behind_are_made_sparse_and_still_take_late_deltas() -> None
     rng = random.Random(2)
     series = Series()
     first = delta(rng, {"GET": 50})
-    series.add(1, "a", 1, first)
+    add(series, 1, "a", 1, first)
     assert isinstance(series.seconds[1].names["GET"].hist, DenseHistogram)
     for second in range(2, SETTLE + 3):
-        series.add(second, "a", 1, delta(rng, {"GET": 1}))
+        add(series, second, "a", 1, delta(rng, {"GET": 1}))
     old = series.seconds[1]
     assert series.settled(1) and isinstance(old.names["GET"].hist, Histogram)
     assert old.names["GET"].hist.counts == first.ops["GET"].hist.counts
     late = delta(rng, {"GET": 7})
-    series.add(1, "b", 1, late)  # a worker far behind: still merged
+    add(series, 1, "b", 1, late)  # a worker far behind: still merged
     expected = Histogram()
     expected.merge(first.ops["GET"].hist)
     expected.merge(late.ops["GET"].hist)
@@ -64,7 +72,7 @@ def test_merged_window_gives_the_percentiles_of_those_seconds_only() -> None:
         t = Totals()
         for _ in range(100):
             t.op("x").record_ok(latency)
-        series.add(second, "a", 1, Totals.from_wire(t.to_wire()))
+        add(series, second, "a", 1, Totals.from_wire(t.to_wire()))
     recent = Series.merged(series.window(2, 3))
     assert recent.ok == 200
     p25, p99 = recent.hist.percentile(0.25), recent.hist.percentile(0.99)
@@ -77,9 +85,9 @@ def test_merged_window_gives_the_percentiles_of_those_seconds_only() -> None:
 def test_a_second_far_in_the_future_does_not_keep_every_second_dense() -> None:
     rng = random.Random(4)
     series = Series()
-    series.add(10_000_000, "forged", 1, delta(rng, {"GET": 1}))
+    add(series, 10_000_000, "forged", 1, delta(rng, {"GET": 1}))
     for second in range(1, 61):
-        series.add(second, "a", 1, delta(rng, {"GET": 3}))
+        add(series, second, "a", 1, delta(rng, {"GET": 3}))
     dense = [k for k, s in series.seconds.items()
              if any(isinstance(ns.hist, DenseHistogram) for ns in s.names.values())]
     assert len(dense) <= OPEN_MAX
@@ -88,6 +96,6 @@ def test_a_second_far_in_the_future_does_not_keep_every_second_dense() -> None:
 
 def test_a_name_without_successes_holds_no_dense_histogram() -> None:
     series = Series()
-    series.add(1, "a", 1, delta(random.Random(5), {"GET": 0}, fail=4))
+    add(series, 1, "a", 1, delta(random.Random(5), {"GET": 0}, fail=4))
     ns = series.seconds[1].names["GET"]
     assert (ns.ok, ns.fail) == (0, 4) and isinstance(ns.hist, Histogram)

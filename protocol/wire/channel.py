@@ -125,13 +125,25 @@ class Channel:
         except zmq.Again:
             return None
 
-    def drain(self, limit: int) -> Iterator[list[bytes]]:
-        """Up to ``limit`` queued messages, without a trip through the event loop each."""
-        for _ in range(limit):
-            frames = self.recv()
-            if frames is None:
-                return
-            yield frames
+    def drain(self, limit: int) -> list[list[bytes]]:
+        """Up to ``limit`` queued messages, without a trip through the event loop each.
+
+        Frames are read as ``zmq.Frame`` for their ``more`` flag: ``recv_multipart``
+        asks the socket for it with a ``getsockopt`` per frame, which costs as much
+        again (the master drains ~30,000 frames a second from 10,000 workers)."""
+        out: list[list[bytes]] = []
+        recv = self._sync.recv
+        try:
+            for _ in range(limit):
+                frame = recv(zmq.NOBLOCK, copy=False)
+                frames = [frame.bytes]
+                while frame.more:  # the rest of a message is queued whole with its first part
+                    frame = recv(zmq.NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                out.append(frames)
+        except zmq.Again:
+            pass
+        return out
 
     def send(self, frames: list[bytes]) -> None:
         """Send without blocking: ``zmq.Again`` when the peer is not reading (or, on the

@@ -168,9 +168,15 @@ def _exact(tp: type, v: Any, where: str) -> Any:
 
 
 def _checker(tp: Any, where: str) -> Callable[[Any], Any]:
-    """``_check`` for one field; a scalar's goes straight to its one test."""
+    """``_check`` for one field, with the common case of a scalar or a float inline."""
     if tp in _SCALARS:
-        return lambda v: _exact(tp, v, where)
+        def exact(v: Any) -> Any:
+            return v if type(v) is tp else _exact(tp, v, where)
+        return exact
+    if tp is float:
+        def number(v: Any) -> Any:
+            return v if type(v) is float and math.isfinite(v) else _check(tp, v, where)
+        return number
     return lambda v: _check(tp, v, where)
 
 

@@ -1,0 +1,113 @@
+"""DELTA bodies decoded by the batch accept and refuse exactly what ``decode`` does."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+
+from protocol.stats import Totals
+from protocol.wire.codec import WireError, decode, pack
+from protocol.wire.deltas import DELTA_HEADER, decode_deltas
+from protocol.wire.messages import MAX_SECOND, Delta
+from tests.wire_helpers import u16, u32
+
+
+def good(rng: random.Random, worker: int, names: tuple[str, ...] = ("GET",)) -> Delta:
+    t = Totals()
+    for name in names:
+        st = t.op(name)
+        for _ in range(rng.randint(0, 300)):
+            st.record_ok(int(rng.lognormvariate(14, 1)))
+        st.fail = rng.randint(0, 2)
+        st.statuses = {200: st.ok, 503: st.fail} if st.fail else {}
+        for _ in range(st.fail):
+            t.add_error((name, "HTTPError", "503"), 1)
+    return Delta(agent="a", worker=worker, seq=3, second=4, clients=5, totals=t,
+                 cpu_seconds=0.5, loop_lag=0.001)
+
+
+def forged(fields: list[Any]) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def delta_fields(**change: Any) -> list[Any]:
+    """A good delta's wire fields, some of them replaced."""
+    fields = good(random.Random(1), 9).to_wire()
+    names = [name for name, _ in Delta._field_types()]
+    for key, value in change.items():
+        fields[names.index(key)] = value
+    return fields
+
+
+def op(name: str = "GET", ok: int = 2, indexes: Any = None, counts: Any = None) -> list[Any]:
+    return [name, ok, 0, 10, 4, 6, u16([300, 301]) if indexes is None else indexes,
+            u32([1, 1]) if counts is None else counts, [], 0, 0]
+
+
+BAD: dict[str, bytes] = {
+    "not msgpack": b"\xc1\xc1",
+    "not an array": forged({"a": 1}),
+    "seven fields": forged(delta_fields()[:7]),
+    "agent not a string": forged(delta_fields(agent=7)),
+    "worker a bool": forged(delta_fields(worker=True)),
+    "second zero": forged(delta_fields(second=0)),
+    "second too far": forged(delta_fields(second=MAX_SECOND + 1)),
+    "negative clients": forged(delta_fields(clients=-1)),
+    "cpu not finite": forged(delta_fields(cpu_seconds=float("nan"))),
+    "totals not an array": forged(delta_fields(totals="x")),
+    "an operation's ok negative": forged(delta_fields(totals=[[op(ok=-2)], []])),
+    "histogram out of order": forged(delta_fields(
+        totals=[[op(indexes=u16([301, 300]))], []])),
+    "histogram total is not ok": forged(delta_fields(totals=[[op(ok=3)], []])),
+    "histogram of odd bytes": forged(delta_fields(totals=[[op(indexes=b"\x01")], []])),
+    "a name twice": forged(delta_fields(totals=[[op(), op()], []])),
+    "a bad error entry": forged(delta_fields(totals=[[op()], [["GET", "E", "m", 0]]])),
+}
+
+
+def reference(body: bytes) -> Delta | str:
+    try:
+        msg = decode([DELTA_HEADER, body])
+    except WireError as e:
+        return str(e)
+    assert isinstance(msg, Delta)
+    return msg
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_body_is_refused_with_decodes_reason_and_the_rest_kept(case: str) -> None:
+    rng = random.Random(3)
+    deltas = [good(rng, w, ("GET", "POST")) for w in range(4)]
+    bodies = [pack(d) for d in deltas]
+    bodies.insert(2, BAD[case])
+    batch = decode_deltas(bodies)
+    want = reference(BAD[case])
+    assert isinstance(want, str), "decode accepts it: not a bad case"
+    assert batch.errors == [want]
+    assert [d.to_wire() for d in batch.deltas] == [d.to_wire() for d in deltas]
+
+
+def test_a_batch_decodes_as_each_body_alone() -> None:
+    rng = random.Random(4)
+    bodies = [pack(good(rng, w, ("GET", "POST", "PUT")[:1 + w % 3])) for w in range(50)]
+    bodies += list(BAD.values())
+    rng.shuffle(bodies)
+    batch = decode_deltas(bodies)
+    want = [reference(b) for b in bodies]
+    assert sorted(batch.errors) == sorted(w for w in want if isinstance(w, str))
+    good_ones = [w for w in want if isinstance(w, Delta)]
+    assert [d.to_wire() for d in batch.deltas] == [d.to_wire() for d in good_ones]
+    for d, parts in zip(batch.deltas, batch.parts, strict=True):
+        assert set(parts) == set(d.totals.ops)
+        for name, j in parts.items():  # each histogram is where its part says
+            got = d.totals.ops[name].hist.counts
+            idx, cnt = batch.hists.span(j)
+            assert dict(zip(idx.tolist(), cnt.tolist(), strict=True)) == got
+
+
+def test_an_empty_batch() -> None:
+    batch = decode_deltas([])
+    assert batch.deltas == [] and batch.errors == []
