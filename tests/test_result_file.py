@@ -85,6 +85,19 @@ def test_masking_hides_url_passwords_and_bearer_tokens_whatever_the_key() -> Non
     assert mask_text("GET https://a:b@h/ failed") == f"GET https://a:{MASK}@h/ failed"
 
 
+def test_masking_a_value_of_megabytes_keeps_it_and_still_finds_a_url_in_it() -> None:
+    """The URL pattern's repeats are bounded: a 2 MiB custom value without a URL (which
+    used to take quadratic time) comes back whole, and one inside it is still masked."""
+    blob = "x" * (2 << 20)
+    assert mask_text(blob) == blob
+    assert masked({"blob": blob})["blob"] == blob
+    many = "a://" * 200_000  # schemes without a user or password: nothing to hide
+    assert mask_text(many) == many
+    pad = "x" * (64 << 10)
+    inside = f"{pad} https://user:pw@host/ {pad}"
+    assert mask_text(inside) == f"{pad} https://user:{MASK}@host/ {pad}"
+
+
 def test_masking_hides_secret_words_at_any_depth_and_named_keys_in_any_case() -> None:
     config = {"api_token": "t", "API_KEY": 1, "Secret_Sauce": [1], "db_password": None,
               "nested": {"Password": "p", "rows": [{"client_secret": "s", "id": 3}, "x"]},
