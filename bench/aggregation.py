@@ -11,17 +11,21 @@ process on asyncio, as in `loadmaster run`. Printed: deltas received, deltas los
 this process's CPU time over the measured window as a share of one core.
 
     python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2] [--pin]
+        [--dash PAGES]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import random
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +35,9 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
+from loadmaster.config import load_config
+from loadmaster.console import AgentLine
+from loadmaster.dashboard import Dashboard, DashOptions, Feed
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta
@@ -39,6 +46,7 @@ RUN_ID = "bench0aggregate0"
 AGENT = "bench"
 SAMPLES = 8
 HEADER_FRAME = HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE)
+SNAPSHOTS: list[float] = []  # CPU seconds of each dashboard snapshot built and published
 
 
 def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> Delta:
@@ -115,7 +123,56 @@ def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: f
     ctx.term()
 
 
-async def measure(workers: int, seconds: float, publishers: int, pin: bool) -> None:
+def page(url: str, seconds: float, cpus: set[int] | None) -> None:
+    """A dashboard page's reading: the event stream, read and parsed as a browser would."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    deadline = time.time() + seconds
+    with urllib.request.urlopen(url + "api/events", timeout=10) as stream:
+        for line in stream:
+            if line.startswith(b"data: "):
+                json.loads(line[6:])
+            if time.time() > deadline:
+                break
+
+
+async def serve_dashboard(agg: Aggregator, workers: int
+                          ) -> tuple[Dashboard, asyncio.Task[None]]:
+    """The dashboard as ``loadmaster run`` feeds it: a snapshot each second."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "bench.yml"
+        (Path(tmp) / "client.py").write_text("")
+        conf.write_text("host: http://127.0.0.1:8080/\nusers: 500000\nrun_time: 60\n"
+                        "benchmark_class_file: client.py\n")
+        cfg = load_config(conf, cwd=Path(tmp))
+    dash = Dashboard(DashOptions(enabled=True, port=0, browser=False), on_stop=lambda: None)
+    await dash.start()
+    feed = Feed(cfg, (), RUN_ID)
+
+    async def publish() -> None:
+        while True:
+            started = time.thread_time()
+            covered = max(0, agg.latest_second - 1)
+            feed.extend_series(agg, covered)
+            cpu, lag = agg.generator_load(covered, AGENT)
+            rate, window = agg.current_rps(covered)
+            recent = agg.recent(covered).hist
+            line = AgentLine(name=AGENT, workers=workers, clients=agg.clients(AGENT),
+                             rps=rate, cpu=cpu, loop_lag=lag)
+            dash.publish(feed.snapshot(
+                phase="running", status="running", agg=agg, agents=[], lines=[line],
+                elapsed=float(covered), covered=covered, totals=agg.totals,
+                users=agg.clients(), current_rps=rate, rate_window=window,
+                recent=(recent.percentile(0.5), recent.percentile(0.9),
+                        recent.percentile(0.99))), feed.series)
+            SNAPSHOTS.append(time.thread_time() - started)
+            await asyncio.sleep(1.0)
+
+    return dash, asyncio.get_running_loop().create_task(publish())
+
+
+async def measure(workers: int, seconds: float, publishers: int, pin: bool,
+                  dash_pages: int | None = None) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     master_cpus = publisher_cpus = None
     if pin and len(cpus) > 1:  # the master on a core of its own, as on a real cluster
@@ -127,6 +184,9 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool) -> N
     for w in range(workers):
         agg.expect("bench", w)
     serve = asyncio.get_running_loop().create_task(agg.serve())
+    dash = None
+    if dash_pages is not None:
+        dash, feeding = await serve_dashboard(agg, workers)
     start_at = time.time() + 3.0  # time for every PUB to connect and subscribe
     per = -(-workers // publishers)
     mp = multiprocessing.get_context("spawn")
@@ -140,17 +200,26 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool) -> N
                                                   seconds, start_at, publisher_cpus))
         proc.start()
         procs.append(proc)
+    for _ in range(dash_pages or 0):  # pages read in processes of their own: not the master
+        assert dash is not None
+        proc = mp.Process(target=page, args=(dash.url, seconds + 3.0, publisher_cpus))
+        proc.start()
+        procs.append(proc)
     await asyncio.sleep(max(0.0, start_at - time.time()) + 1.0)  # skip the first second
     cpu0, wall0 = time.process_time(), time.monotonic()
     got0 = sum(w.next_seq for w in agg.workers.values())
     await asyncio.sleep(seconds - 2.0)
     cpu1, wall1 = time.process_time(), time.monotonic()
     got1 = sum(w.next_seq for w in agg.workers.values())
-    for proc in procs:
-        proc.join(30)
+    for proc in procs:  # the loop keeps serving the dashboard's pages meanwhile
+        await asyncio.get_running_loop().run_in_executor(None, proc.join, 30)
     await asyncio.sleep(0.5)
     serve.cancel()
     await asyncio.gather(serve, return_exceptions=True)
+    if dash is not None:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+        await dash.close()
     agg.close()
     ctx.term()
     rate = (got1 - got0) / (wall1 - wall0)
@@ -161,6 +230,10 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool) -> N
     where = (f", master pinned to CPU {min(master_cpus)}, publishers to the others"
              if master_cpus else "")
     print(f"workers simulated        : {workers} ({publishers} publisher processes{where})")
+    if dash_pages is not None:
+        cost = sorted(SNAPSHOTS)[len(SNAPSHOTS) // 2] if SNAPSHOTS else 0.0
+        print(f"dashboard                : served, a snapshot a second ({1e3 * cost:.2f} ms "
+              f"CPU each, median), {dash_pages} page(s) reading its events")
     print(f"delta body size          : ~{size} bytes (1 operation, {buckets} histogram buckets)")
     print(f"deltas received          : {rate:.0f}/s over {wall1 - wall0:.1f}s")
     print(f"deltas lost (seq gaps)   : {agg.missed_deltas}")
@@ -176,9 +249,12 @@ def main() -> None:
     p.add_argument("--publishers", type=int, default=2)
     p.add_argument("--pin", action="store_true",
                    help="run the master on a CPU of its own, the publishers on the others")
+    p.add_argument("--dash", type=int, metavar="PAGES", default=None,
+                   help="also serve the dashboard, fed each second, with PAGES pages open "
+                        "(0: served, no page)")
     a = p.parse_args()
     check_frames(realistic_delta(random.Random(0), AGENT, 0, 0).totals)
-    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin))
+    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin, a.dash))
 
 
 if __name__ == "__main__":

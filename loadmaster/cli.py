@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ import typer
 
 from loadmaster.bundle import build_bundle
 from loadmaster.config import Config, ConfigError, load_config
+from loadmaster.dashboard import DEFAULT_PORT, DashOptions
 from loadmaster.result import Ending, ResultFileError, build_result, check_writable, save_result
 from loadmaster.run import Run, RunFailed, RunOptions
 from protocol.bundle import BundleError
@@ -38,6 +40,22 @@ def parse_bind(text: str) -> tuple[str, int]:
         return parse_host_port(text, CONTROL_PORT)
     except EndpointError as e:
         raise ValueError(f"--bind {e}") from None
+
+
+def parse_dash(dash: bool, bind: str | None, no_browser: bool,
+               keep: float | None) -> DashOptions:
+    """The dashboard's options; enabled by --dash or --dash-bind here, or later by the
+    config's ``enable_dash``."""
+    if keep is not None and not (keep >= 0 and math.isfinite(keep)):
+        raise ValueError(f"--dash-keep: expected seconds (0 or more), got {keep}")
+    opts = DashOptions(enabled=dash or bind is not None, browser=not no_browser, keep=keep)
+    if bind is not None:
+        try:
+            opts.host, opts.port = parse_host_port(bind, DEFAULT_PORT)
+        except EndpointError as e:
+            raise ValueError(f"--dash-bind {e}") from None
+        opts.explicit = True
+    return opts
 
 
 def check_cpu_list(text: str) -> None:
@@ -97,8 +115,7 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         print(f"loadmaster: warning: {conf}: {warning}", file=sys.stderr)
     print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
     if cfg.enable_dash:
-        print("loadmaster: enable_dash: the live dashboard is not available yet; "
-              "statistics are printed here", file=sys.stderr)
+        opts.dash.enabled = True
     raise_open_files_limit()  # the stats socket holds a connection per worker
     try:
         return asyncio.run(Run(cfg, bundle, opts, sys.stdout).execute())
@@ -136,6 +153,16 @@ def run(
         "--mask", metavar="<key>",
         help="Hide this config key's value in the result file (repeatable); keys containing "
              "token, secret, password or key are always hidden.")] = None,
+    dash: Annotated[bool, typer.Option(
+        "--dash", help="Serve the live dashboard (as `enable_dash: true`).")] = False,
+    dash_bind: Annotated[str | None, typer.Option(
+        help=f"Where the dashboard listens, HOST[:PORT] (implies --dash); without it "
+             f"127.0.0.1:{DEFAULT_PORT}, or any free port when that one is busy.")] = None,
+    no_browser: Annotated[bool, typer.Option(
+        "--no-browser", help="Do not open the dashboard in a browser.")] = False,
+    dash_keep: Annotated[float | None, typer.Option(
+        help="When stdout is not a terminal, serve the final figures this many seconds "
+             "after the run (on a terminal: until Ctrl-C).")] = None,
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
@@ -153,9 +180,11 @@ def run(
             raise ValueError("--mask: expected a config key, got an empty one")
         if out is not None:
             check_writable(out)
+        dash_opts = parse_dash(dash, dash_bind, no_browser, dash_keep)
     except (ValueError, ResultFileError) as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
-    opts = RunOptions(bind_host, bind_port, cpu_list, out=out, mask=tuple(mask or ()))
+    opts = RunOptions(bind_host, bind_port, cpu_list, out=out, mask=tuple(mask or ()),
+                      dash=dash_opts)
     code = run_config(file, overrides, opts, log_level)
     raise typer.Exit(code)
 

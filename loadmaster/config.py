@@ -92,7 +92,7 @@ class Config:
                               "worker processes per agent; `auto` = the agent's `--workers`, "
                               "its core count", default=None, shown="`auto`")
     enable_dash: bool = _key(values.boolean,
-                             "the live dashboard: not available yet (a note is printed)",
+                             "serve the live dashboard (as `--dash`; see [Dashboard](#dashboard))",
                              default=False, shown="`false`")
     print_interval: float = _key(values.positive_duration, "period of the live console block",
                                  default=2.0, shown="`2s`")

@@ -239,6 +239,11 @@ class BlockPrinter:
             self._tty = False
         self._live_lines = 0
 
+    @property
+    def tty(self) -> bool:
+        """Whether it writes to a terminal."""
+        return self._tty
+
     def live(self, text: str) -> None:
         self._write(text, replace=True)
 

@@ -39,6 +39,7 @@ class RunEnd:
     total_workers: int
     incomplete: bool = False  # aborted, or final totals missing at the deadline
     signal: int | None = None  # the first SIGINT/SIGTERM that stopped the run
+    stopped: bool = False  # the dashboard's Stop button stopped it (no signal)
     client_failure: str | None = None  # every client failed before any I/O
     missed_deltas: int = 0
 
@@ -126,6 +127,8 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
     notes.extend(saturation)
+    if end.stopped:
+        notes.append("stopped early from the dashboard (exit 130, as Ctrl-C)")
     if end.client_failure:
         notes.append("stopped early: every client failed the same way before any I/O (the "
                      "error is in the table above)")
@@ -138,6 +141,8 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         codes.add(ExitCode.CLIENT_FAILED)
     if end.signal is not None:
         codes.add(for_signal(end.signal))
+    if end.stopped:
+        codes.add(ExitCode.INTERRUPTED)
     if any(state != "ok" for state in (line.state for line in lines)):
         codes.add(ExitCode.AGENT_LOST)
     return view, first(codes)

@@ -167,16 +167,16 @@ def _series(series: Series | None, last: int, agent_order: Sequence[str]) -> dic
     }
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A config value as strict JSON: non-finite floats and binary values as text."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, bytes):
         return f"<binary, {len(value)} bytes>"
     if isinstance(value, Mapping):
-        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -204,8 +204,8 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
         "signal": None if ending.signal is None else signal.Signals(ending.signal).name,
         "error": None if ending.error is None else mask_text(ending.error),
         "config_file": str(cfg.path),
-        "config": _plain(masked(resolved_keys(cfg), mask)),
-        "custom": _plain(masked(cfg.custom, mask)),
+        "config": plain(masked(resolved_keys(cfg), mask)),
+        "custom": plain(masked(cfg.custom, mask)),
         "users": None if view is None else view.users,
         "users_planned": cfg.users,
         "agents": [_agent(a, lines.get(a.name), total_workers, cfg.users) for a in agents],

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -43,6 +43,7 @@ from loadmaster.console import (
     format_live,
 )
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
+from loadmaster.dashboard import Dashboard, DashboardError, DashOptions, Feed, is_loopback
 from loadmaster.jobs import JobTooLarge, check_sizes, job_frames, plan_workers
 from loadmaster.local_agent import LocalAgent
 from loadmaster.report import RunEnd, final_report
@@ -73,6 +74,7 @@ class RunOptions:
     cpu_list: str = ""
     out: Path | None = None  # the result file (--out), checked writable by the CLI
     mask: tuple[str, ...] = ()  # config keys hidden in it (--mask), beyond the secret words
+    dash: DashOptions = field(default_factory=DashOptions)  # the live dashboard
 
 
 class RunFailed(Exception):
@@ -109,16 +111,34 @@ class Run:
         self._t0 = 0.0
         self._client_failure: str | None = None
         self._view: FinalView | None = None  # the final block's, once printed
+        self._stopping = ""  # why and how the run is stopping, once it is
+        self._dash_stop = False  # the dashboard's Stop button asked for the stop
+        self._signalled = asyncio.Event()  # every SIGINT/SIGTERM (to end --dash-keep)
+        self._dash = Dashboard(opts.dash, self._on_dash_stop) if opts.dash.enabled else None
+        self._feed = Feed(cfg, opts.mask, self.run_id) if self._dash is not None else None
+        self._phase = "waiting"  # for the dashboard: waiting, preparing, running, finished
+        self._code: int | None = None  # the exit code, once the final block is printed
 
     # -- helpers ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
+        self._signalled.set()
         if self.should_exit:
             self.force_exit = True
         else:
             self._signal = signum
             print(f"\ninterrupted ({signal.Signals(signum).name}): stopping gracefully "
                   f"(Ctrl-C or SIGTERM again to abort)", file=sys.stderr, flush=True)
+        self.should_exit = True
+        self._changed.set()
+
+    def _on_dash_stop(self) -> None:
+        """The dashboard's Stop: a graceful stop, as the first Ctrl-C."""
+        if self.should_exit:
+            return
+        self._dash_stop = True
+        print("\nstop asked from the dashboard: stopping gracefully (Ctrl-C to abort)",
+              file=sys.stderr, flush=True)
         self.should_exit = True
         self._changed.set()
 
@@ -150,7 +170,8 @@ class Run:
         return True
 
     def _interrupted(self, when: str) -> RunFailed:
-        assert self._signal is not None
+        if self._signal is None:  # the dashboard's Stop
+            return RunFailed(ExitCode.INTERRUPTED, f"stopped from the dashboard {when}")
         return RunFailed(for_signal(self._signal), f"interrupted {when}")
 
     @property
@@ -168,6 +189,7 @@ class Run:
                 code = await self._execute()
             except RunFailed as e:
                 self._save_result(e.code, str(e))
+                self._publish(status=str(e))
                 raise
             except Exception as e:
                 self._save_result(ExitCode.INTERNAL,
@@ -178,11 +200,14 @@ class Run:
                 error = f"every client fails the same way before doing any I/O: " \
                         f"{self._client_failure}"
             if not self._save_result(code, error) and code == ExitCode.OK:
-                return int(ExitCode.INTERNAL)
+                code = int(ExitCode.INTERNAL)
+            await self._keep_dashboard()
             return code
         finally:
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
+            if self._dash is not None:
+                await self._dash.close()
 
     def _save_result(self, code: int, error: str | None) -> bool:
         """Write the result file, if asked for; False when it could not be written."""
@@ -208,7 +233,10 @@ class Run:
             if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("control and stats channels on %s are unauthenticated: any host "
                             "that reaches them can join or read", self.opts.bind_host)
+            await self._start_dashboard()
             tasks = [loop.create_task(self.coord.serve()), loop.create_task(self.agg.serve())]
+            if self._dash is not None:
+                tasks.append(loop.create_task(self._dash_loop()))
             for task in tasks:
                 task.add_done_callback(self._on_channel_done)
             if self._local is not None:
@@ -217,6 +245,7 @@ class Run:
                 self._printer.message(f"waiting for {self.cfg.agents} agent(s) on {endpoint} "
                                       f"(up to {self.cfg.agent_timeout:g}s)")
             await self._gather_agents()
+            self._phase = "preparing"
             await self._send_jobs()
             await self._wait_ready()
             return await self._load_phase()
@@ -362,19 +391,20 @@ class Run:
         self._t0 = time.time() + START_DELAY
         self.agg.t0 = self._t0
         self.coord.broadcast(Start(t0=self._t0), self._agents)
+        self._phase = "running"
         stop_at = self._t0 + cfg.run_time
-        stopping = ""
         aborted = False
         deadline = stop_at + cfg.stop_grace + max(cfg.stop_grace, 1.0) + FINAL_MARGIN
         next_print = self._t0 + cfg.print_interval + LIVE_DELAY
         handled = (False, False)
 
         def stop(why: str, now: float) -> None:
-            nonlocal stopping, deadline
-            if stopping:
+            nonlocal deadline
+            if self._stopping:
                 return
             self.coord.broadcast(Stop(why), self._live_agents)
-            stopping = f"{why}; calls in flight get up to {cfg.stop_grace:g}s (stop_grace)"
+            self._stopping = f"{why}; calls in flight get up to {cfg.stop_grace:g}s " \
+                             f"(stop_grace)"
             deadline = min(deadline, now + cfg.stop_grace + max(cfg.stop_grace, 1.0)
                            + FINAL_MARGIN)
 
@@ -386,10 +416,11 @@ class Run:
                 if self.force_exit:
                     self.coord.broadcast(Abort("interrupted twice"), self._live_agents)
                     aborted = True
-                    stopping = "aborting: calls cancelled, waiting for totals"
+                    self._stopping = "aborting: calls cancelled, waiting for totals"
                     deadline = min(deadline, now + ABORT_WAIT)
                 else:
-                    stop("interrupted", now)
+                    stop("interrupted" if self._signal is not None
+                         else "stopped from the dashboard", now)
             if self._client_failure is None and \
                     (failing := self._every_client_failing()) is not None:
                 self._client_failure = failing
@@ -399,12 +430,12 @@ class Run:
             if now >= stop_at:
                 stop("run_time reached", now)
             if now >= next_print:
-                self._print_live(now, stopping)
+                self._print_live(now)
                 next_print += cfg.print_interval * max(1, int((now - next_print)
                                                              / cfg.print_interval) + 1)
             if now >= deadline:
                 break
-            wake = min(next_print, deadline, stop_at if not stopping else deadline) - now
+            wake = min(next_print, deadline, stop_at if not self._stopping else deadline) - now
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
@@ -430,16 +461,16 @@ class Run:
                    and (a.name, w) in self.agg.workers]
         return min(min(running, default=self.agg.latest_second), int(elapsed))
 
-    def _print_live(self, now: float, stopping: str) -> None:
+    def _print_live(self, now: float) -> None:
         elapsed = max(0.0, now - self._t0)
         covered = self._covered(elapsed)
         if covered == 0:  # no whole second has arrived from every worker: nothing to show
             self._printer.live(f"waiting for the first second's figures from the workers "
                                f"({elapsed:.1f} s since the start)")
             return
-        self._printer.live(format_live(self._live_view(elapsed, covered, stopping)))
+        self._printer.live(format_live(self._live_view(elapsed, covered)))
 
-    def _live_view(self, elapsed: float, covered: int, stopping: str) -> LiveView:
+    def _live_view(self, elapsed: float, covered: int) -> LiveView:
         # the figures cover the complete seconds whose deltas arrived
         lines = []
         for a in self._agents:
@@ -453,8 +484,9 @@ class Run:
         recent = self.agg.recent(covered).hist
         return LiveView(run_time=float(covered), users=self.agg.clients(),
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
-                        agents=lines, missed_deltas=self.agg.missed_deltas, stopping=stopping,
-                        behind=0 if stopping else int(elapsed) - covered,
+                        agents=lines, missed_deltas=self.agg.missed_deltas,
+                        stopping=self._stopping,
+                        behind=0 if self._stopping else int(elapsed) - covered,
                         recent=(recent.percentile(0.5), recent.percentile(0.9),
                                 recent.percentile(0.99)))
 
@@ -463,7 +495,100 @@ class Run:
         view, code = final_report(self._agents, self.agg.workers, RunEnd(
             t0=self._t0, now=time.time(), users=self.cfg.users,
             total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
+            stopped=self._dash_stop and self._signal is None,
             client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas))
         self._printer.final(format_final(view))
         self._view = view
+        self._code = int(code)
+        self._publish()
         return int(code)
+
+    # -- the dashboard ------------------------------------------------------------------
+    async def _start_dashboard(self) -> None:
+        """Serve it before any agent is waited for: a busy explicit port is exit 2."""
+        if self._dash is None:
+            return
+        try:
+            url = await self._dash.start()
+        except DashboardError as e:
+            raise RunFailed(ExitCode.USAGE, str(e)) from None
+        host = self.opts.dash.host
+        self._printer.message(f"dashboard: {url} (its Stop button, from another machine, "
+                              f"needs the token {self._dash.token})")
+        if not is_loopback(host):
+            log.warning("the dashboard listens on %s: anyone who reaches it sees the run "
+                        "(Stop needs the token)", host)
+        self._publish()
+        if self._dash.open_browser():
+            self._printer.message("dashboard: opened in your browser")
+
+    async def _dash_loop(self) -> None:
+        """A snapshot a second, just after each whole second of the run once it started."""
+        while True:
+            self._publish()
+            now = time.time()
+            if self._t0 and now >= self._t0:
+                wait = 1.0 - (now - self._t0 - LIVE_DELAY) % 1.0
+            else:
+                wait = 1.0
+            await asyncio.sleep(wait)
+
+    def _publish(self, status: str = "") -> None:
+        """Give the dashboard the figures as they are now (no-op without one)."""
+        if self._dash is None or self._feed is None:
+            return
+        now = time.time()
+        elapsed = covered = None
+        if self._t0 and now >= self._t0:
+            elapsed = now - self._t0
+            covered = self._covered(elapsed)
+        view = self._view
+        if view is not None:
+            self._feed.extend_series(self.agg, self.agg.latest_second)
+            doc = self._feed.snapshot(
+                phase="finished", status=status or f"finished, exit code {self._code}",
+                agg=self.agg, agents=self._agents, lines=view.agents, elapsed=elapsed,
+                covered=len(self._feed.series["t"]), totals=view.totals, users=view.users,
+                final=view, exit_code=self._code)
+        elif covered:
+            assert elapsed is not None
+            self._feed.extend_series(self.agg, covered)
+            live = self._live_view(elapsed, covered)
+            phase = "stopping" if self._stopping else "running"
+            doc = self._feed.snapshot(
+                phase=phase, status=status or self._stopping or "running", agg=self.agg,
+                agents=self._agents, lines=live.agents, elapsed=elapsed, covered=covered,
+                totals=self.agg.totals, users=live.users, current_rps=live.current_rps,
+                rate_window=live.rate_window, recent=live.recent)
+        else:
+            phase = "finished" if status else self._phase
+            doc = self._feed.snapshot(
+                phase=phase, status=status or self._waiting_status(), agg=self.agg,
+                agents=self._agents, lines=[], elapsed=elapsed, covered=0,
+                totals=self.agg.totals, users=self.agg.clients())
+        self._dash.publish(doc, self._feed.series)
+
+    def _waiting_status(self) -> str:
+        if self._phase == "waiting":
+            return f"waiting for {self.cfg.agents or 1} agent(s): " \
+                   f"{len(self.coord.accepted)} registered"
+        if self._phase == "running":
+            return "started: waiting for the first second's figures"
+        return "agents preparing: clients initialising"
+
+    async def _keep_dashboard(self) -> None:
+        """Serve the final figures: on a terminal until Ctrl-C, else --dash-keep seconds."""
+        if self._dash is None:
+            return
+        keep = self.opts.dash.keep
+        if keep is None and self._printer.tty:
+            keep = float("inf")
+        if not keep:
+            return
+        self._signalled.clear()
+        until = "Ctrl-C" if keep == float("inf") else f"{keep:g} s or Ctrl-C"
+        self._printer.message(f"dashboard: the final figures stay at {self._dash.url} "
+                              f"until {until}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._signalled.wait(),
+                                   None if keep == float("inf") else keep)

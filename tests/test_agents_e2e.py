@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from protocol.wire.messages import (
     Welcome,
 )
 from tests.e2e_helpers import (
+    Agents,
     LineReader,
     Result,
     Target,
@@ -56,40 +56,6 @@ class HttpClient(ClientProtocol):
             if response.status != 200:
                 raise ValueError(f"status {response.status}")
 '''
-
-
-class Agents:
-    """`loadagent start` processes dialing one master address."""
-
-    def __init__(self, tag: str, port: int, tmp: Path) -> None:
-        self.tag = tag
-        self.master = f"tcp://127.0.0.1:{port}"
-        self.port = port
-        self.procs: dict[str, subprocess.Popen[str]] = {}
-        self.logs: dict[str, LineReader] = {}
-        self.cwd = tmp / "agents-cwd"  # not where the job is: agents get it shipped
-        self.cwd.mkdir()
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[str]:
-        proc = start_agent(self.tag, self.master, name, "--workers", "1", *args,
-                           env={"TEST_AGENT": name}, cwd=self.cwd)
-        self.procs[name] = proc
-        self.logs[name] = LineReader(proc.stdout)
-        return proc
-
-    def stop_all(self) -> dict[str, int | None]:
-        """SIGTERM every agent still running; their exit codes (None: had to be killed)."""
-        codes: dict[str, int | None] = {}
-        running = {name: p for name, p in self.procs.items() if p.poll() is None}
-        for proc in running.values():
-            proc.send_signal(signal.SIGTERM)
-        for name, proc in running.items():
-            try:
-                codes[name] = proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[name] = None
-        return codes
 
 
 @pytest.fixture
