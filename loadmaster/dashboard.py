@@ -136,6 +136,9 @@ class Feed:
         run_time = float(self.cfg.run_time)
         combined = totals.combined()
         seconds = final.run_time if final is not None else float(covered)
+        remaining = None if elapsed is None else max(0.0, run_time - elapsed)
+        if final is not None:  # over: the run's time as the final block gives it, none left
+            elapsed, remaining = final.run_time, 0.0
         by_name = {a.name: a for a in agents}
         doc: dict[str, Any] = {
             "v": SNAPSHOT_VERSION,
@@ -144,7 +147,7 @@ class Feed:
             "status": mask_text(status),
             "elapsed_s": None if elapsed is None else round(elapsed, 1),
             "run_time_s": run_time,
-            "remaining_s": None if elapsed is None else round(max(0.0, run_time - elapsed), 1),
+            "remaining_s": None if remaining is None else round(remaining, 1),
             "covered": covered,
             "users": users,
             "users_planned": self.cfg.users,
