@@ -523,9 +523,16 @@ class Run:
             self._printer.message("dashboard: opened in your browser")
 
     async def _dash_loop(self) -> None:
-        """A snapshot a second, just after each whole second of the run once it started."""
+        """A snapshot a second, just after each whole second of the run once it started.
+        A failure of ours here is logged once and does not stop the run."""
+        failed = False
         while True:
-            self._publish()
+            try:
+                self._publish()
+            except Exception:
+                if not failed:
+                    log.exception("the dashboard could not be updated (the run goes on)")
+                failed = True
             now = time.time()
             if self._t0 and now >= self._t0:
                 wait = 1.0 - (now - self._t0 - LIVE_DELAY) % 1.0
