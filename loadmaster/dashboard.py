@@ -44,6 +44,7 @@ from loadmaster.coordinator import AgentRecord
 from loadmaster.masking import mask_text, masked
 from loadmaster.result import plain
 from protocol.stats import OpStats, Totals
+from protocol.wire.channel import host_port
 
 log = logging.getLogger("loadmaster")
 
@@ -233,11 +234,11 @@ class Dashboard:
         except OSError as e:
             if self.opts.explicit or e.errno != errno.EADDRINUSE:
                 await self._runner.cleanup()
-                raise DashboardError(f"--dash-bind {_hostport(host, port)}: {e.strerror or e}"
-                                     ) from None
+                raise DashboardError(f"--dash-bind {host_port(host, port)}: "
+                                     f"{e.strerror or e}") from None
             bound = await self._bind(host, 0)  # the default port is busy: any free one
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}/"
+        shown = host_port(host)
+        self.url = f"http://{host_port(host, bound)}/"
         names = {host, shown, "localhost", "127.0.0.1", "[::1]"} if is_loopback(host) \
             else {shown}
         self._hosts = {f"{n}:{bound}" for n in names}
@@ -352,7 +353,3 @@ class Dashboard:
         log.info("dashboard: stop asked by %s", request.remote)
         self._on_stop()
         return web.json_response({"stopping": True})
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

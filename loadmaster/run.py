@@ -50,7 +50,7 @@ from loadmaster.report import RunEnd, final_report
 from loadmaster.result import Ending, build_result, save_result
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
-from protocol.wire.channel import CONTROL_PORT, tcp_endpoint
+from protocol.wire.channel import CONTROL_PORT, host_port
 from protocol.wire.messages import RUN_ID_LEN, Abort, RunDone, Start, Stop
 
 log = logging.getLogger("loadmaster")
@@ -227,8 +227,7 @@ class Run:
                 endpoint = self.coord.bind()
                 self.coord.stats_port = self.agg.bind()
             except zmq.ZMQError as e:
-                where = tcp_endpoint(self.opts.bind_host, self.opts.bind_port or None)
-                where = where.removeprefix("tcp://")  # as the user writes it, [::1]:5556
+                where = host_port(self.opts.bind_host, self.opts.bind_port or None)
                 raise RunFailed(ExitCode.USAGE, f"--bind {where}: {e}") from None
             if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("control and stats channels on %s are unauthenticated: any host "

@@ -33,6 +33,7 @@ __all__ = [
     "EndpointError",
     "agent_control",
     "endpoint_host",
+    "host_port",
     "master_control",
     "parse_endpoint",
     "parse_host_port",
@@ -56,10 +57,15 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def host_port(host: str, port: int | None = None) -> str:
+    """``HOST:PORT`` as a user writes it, an IPv6 host in brackets; no port: the host."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
 def tcp_endpoint(host: str, port: int | None = None) -> str:
     """``tcp://HOST:PORT`` with an IPv6 host in brackets; no port: for a random bind."""
-    shown = f"[{host}]" if ":" in host else host
-    return f"tcp://{shown}" if port is None else f"tcp://{shown}:{port}"
+    return f"tcp://{host_port(host, port)}"
 
 
 def parse_host_port(text: str, default_port: int = CONTROL_PORT) -> tuple[str, int]:
