@@ -1,4 +1,5 @@
-"""`loadmaster run -f conf.yml` and `loadmaster demo`: the only place that picks exit codes."""
+"""`loadmaster run -f conf.yml`, `report`, `compare` and `demo`: the only place that picks
+exit codes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ import typer
 
 from loadmaster.bundle import build_bundle
 from loadmaster.config import Config, ConfigError, load_config
+from loadmaster.console import format_final
 from loadmaster.dashboard import DEFAULT_PORT, DashOptions
-from loadmaster.result import Ending, ResultFileError, build_result, check_writable, save_result
-from loadmaster.run import Run, RunFailed, RunOptions
+from loadmaster.metrics import DEFAULT_PORT as METRICS_PORT
+from loadmaster.outputs import Outputs, save_outputs, write_reports
+from loadmaster.result import Ending, ResultFileError, build_result
+from loadmaster.resultfile import ReportInputError, final_view, load_result
+from loadmaster.run import Run
+from loadmaster.run_options import RunFailed, RunOptions
+from loadmaster.summary import load_summary
 from protocol.bundle import BundleError
 from protocol.command import new_app
 from protocol.cpus import parse_cpu_list
@@ -58,6 +65,17 @@ def parse_dash(dash: bool, bind: str | None, no_browser: bool,
     return opts
 
 
+def parse_metrics(text: str) -> tuple[str, int]:
+    """PORT, HOST, HOST:PORT, [V6]:PORT or :PORT; loopback unless a host is given."""
+    text = text.strip()
+    try:
+        host, port = parse_host_port(f":{text}" if text.isdigit() else text, METRICS_PORT)
+    except EndpointError:
+        raise ValueError(f"--metrics {text!r}: expected PORT, HOST, HOST:PORT or [IPv6]:PORT "
+                         f"with a port from 0 to 65535") from None
+    return host or "127.0.0.1", port
+
+
 def check_cpu_list(text: str) -> None:
     """--cpu-list must name CPUs this machine has (the embedded agent pins to them)."""
     cpus = parse_cpu_list(text)
@@ -82,12 +100,11 @@ def _check_client_compiles(path: Path) -> None:
 
 
 def _early_result(cfg: Config, opts: RunOptions, failed: RunFailed) -> None:
-    """The result file of a run stopped by a check before it started (no run id, no load)."""
-    if opts.out is None:
-        return
+    """The result file and reports of a run stopped by a check before it started (no run
+    id, no load)."""
     error = f"{failed}\n{failed.detail}".rstrip() if failed.detail else str(failed)
     ending = Ending(run_id=None, t0=None, end=time.time(), exit_code=failed.code, error=error)
-    save_result(opts.out, lambda: build_result(cfg, opts.mask, ending))
+    save_outputs(opts.outputs, lambda: build_result(cfg, opts.mask, ending))
 
 
 def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
@@ -113,7 +130,8 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         raise _fail(e.code, str(e)) from None
     for warning in bundle.warnings:
         print(f"loadmaster: warning: {conf}: {warning}", file=sys.stderr)
-    print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
+    if not opts.quiet:
+        print(f"shipping {len(bundle.files)} file(s): {bundle.describe()}", file=sys.stderr)
     if cfg.enable_dash:
         opts.dash.enabled = True
     raise_open_files_limit()  # the stats socket holds a connection per worker
@@ -163,6 +181,26 @@ def run(
     dash_keep: Annotated[float | None, typer.Option(
         help="When stdout is not a terminal, serve the final figures this many seconds "
              "after the run (on a terminal: until Ctrl-C).")] = None,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write the HTML report here at the end (one self-contained file).")]
+    = None,
+    csv: Annotated[str | None, typer.Option(
+        "--csv", metavar="PREFIX",
+        help="Write PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv "
+             "(Locust's columns) at the end.")] = None,
+    json_summary: Annotated[Path | None, typer.Option(
+        "--json", help="Write the JSON summary (the final block's figures) here at the end.")]
+    = None,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", metavar="[HOST:]PORT",
+        help=f"Serve Prometheus metrics on http://HOST:PORT/metrics during the run (host "
+             f"127.0.0.1 unless given; port {METRICS_PORT} if omitted).")] = None,
+    metrics_keep: Annotated[float, typer.Option(
+        help="Keep /metrics up this many seconds after the run, so a scraper reads the "
+             "final figures (its scrape interval or more).")] = 0.0,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only the final block (no live blocks or progress).")]
+    = False,
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
@@ -178,15 +216,95 @@ def run(
             check_cpu_list(cpu_list)
         if any(not key.strip() for key in mask or ()):
             raise ValueError("--mask: expected a config key, got an empty one")
-        if out is not None:
-            check_writable(out)
+        outputs = Outputs(out=out, html=html, csv=csv, json=json_summary)
+        outputs.check()
         dash_opts = parse_dash(dash, dash_bind, no_browser, dash_keep)
+        metrics_at = None if metrics is None else parse_metrics(metrics)
+        if not (metrics_keep >= 0 and math.isfinite(metrics_keep)):
+            raise ValueError(f"--metrics-keep: expected seconds (0 or more), got {metrics_keep}")
+        if metrics_keep and metrics is None:
+            raise ValueError("--metrics-keep: only with --metrics")
     except (ValueError, ResultFileError) as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
-    opts = RunOptions(bind_host, bind_port, cpu_list, out=out, mask=tuple(mask or ()),
-                      dash=dash_opts)
+    opts = RunOptions(bind_host, bind_port, cpu_list, outputs=outputs, mask=tuple(mask or ()),
+                      dash=dash_opts, metrics=metrics_at, metrics_keep=metrics_keep,
+                      quiet=quiet)
     code = run_config(file, overrides, opts, log_level)
     raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    result: Annotated[Path, typer.Argument(
+        help="A result file (loadmaster run --out), plain or .gz.", show_default=False)],
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write the HTML report here (one self-contained file).")] = None,
+    csv: Annotated[str | None, typer.Option(
+        "--csv", metavar="PREFIX",
+        help="Write PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv "
+             "(Locust's columns).")] = None,
+    json_summary: Annotated[Path | None, typer.Option(
+        "--json", help="Write the JSON summary (the final block's figures) here.")] = None,
+) -> None:
+    """Re-render a run's reports from its result file; print its final block."""
+    outputs = Outputs(html=html, csv=csv, json=json_summary)
+    try:
+        outputs.check()
+        for opt, path in outputs.files():
+            if path.resolve() == result.resolve():
+                raise ResultFileError(f"{opt} {path}: that is the result file being read")
+        doc = load_result(result)
+    except (ResultFileError, ReportInputError) as e:
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    view = final_view(doc)
+    if view is not None:
+        print(format_final(view))
+    else:
+        print(f"{result}: the run has no final block (exit code {doc['exit_code']}): "
+              f"{doc['error'] or 'it failed before its load'}")
+    try:
+        write_reports(doc, outputs)
+    except ResultFileError as e:
+        raise _fail(ExitCode.INTERNAL, str(e)) from None
+    except Exception:
+        print(traceback.format_exc(), file=sys.stderr, end="")
+        raise _fail(ExitCode.INTERNAL, f"internal error rendering {result} (the traceback "
+                                       f"above is ours: please report it)") from None
+    for opt, path in outputs.files():
+        print(f"{opt}: {path}", file=sys.stderr)
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(
+        help="The reference run: a result file or a JSON summary.", show_default=False)],
+    b: Annotated[Path, typer.Argument(
+        help="The run to judge, likewise.", show_default=False)],
+    tolerance: Annotated[str, typer.Option(
+        help="A change of rps or of a percentile beyond this is flagged.")] = "5%",
+    fail_tolerance: Annotated[str, typer.Option(
+        help="A change of the fail ratio beyond this many percentage points is flagged.")]
+    = "1%",
+) -> None:
+    """Compare two runs per name; exit 8 when B regressed beyond the tolerance."""
+    from loadmaster.compare import compare as compare_runs
+    from loadmaster.compare import format_comparison, parse_percent
+
+    try:
+        tol = parse_percent(tolerance, "--tolerance")
+        fail_tol = parse_percent(fail_tolerance, "--fail-tolerance")
+        runs = [load_summary(path) for path in (a, b)]
+    except (ValueError, ReportInputError) as e:
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    for path, run in zip((a, b), runs, strict=True):
+        if run["total"] is None:
+            raise _fail(ExitCode.USAGE, f"{path}: the run has no final figures to compare "
+                                        f"(exit code {run['exit_code']}): "
+                                        f"{run['error'] or 'it failed before its load'}")
+    labels = (str(a), str(b))
+    result = compare_runs(runs[0], runs[1], tol, fail_tol, labels=("A", "B"))
+    print(format_comparison(result, labels, tol, fail_tol))
+    raise typer.Exit(ExitCode.REGRESSION if result.regressions else ExitCode.OK)
 
 
 @app.command()

@@ -1,10 +1,22 @@
-"""The live and final console blocks, in the seed's layout (``label<padding>:value``)."""
+"""The live and final console blocks, in the seed's layout (``label<padding>:value``), and the
+printer that shows them: redrawn in place with a progress line on a terminal, appended as
+plain text elsewhere."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
+import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
+from rich.text import Text
 
 from protocol.stats import OpStats, Totals
 from protocol.wire.limits import format_size
@@ -224,20 +236,153 @@ def format_final(view: FinalView) -> str:
     return "\n".join(lines)
 
 
-class BlockPrinter:
-    """Prints blocks; on a terminal each live block replaces the previous one in place.
 
-    When stdout is not a terminal (a file, a pipe, CI) every block is appended as plain
-    text, so logs keep the whole history.
+
+# -- the progress line and the printer --------------------------------------------------------
+
+BAR_MAX = 40  # cells of the progress bar at most
+BAR_MIN = 10  # fewer cells than this beside the text: no bar
+BAR_MIN_WIDTH = 60  # narrower terminals get the progress line without its bar
+
+
+@dataclass
+class Progress:
+    """What the line under the live block says (on a terminal only)."""
+
+    elapsed: float | None  # seconds since the load started; None before (agents, preparing)
+    run_time: float  # the planned run time, seconds
+    stopping: str = ""  # why and how the run stops, once it does
+    url: str = ""  # the dashboard's URL, when there is one
+    status: str = ""  # before the load: "waiting for 2 agent(s): 1 registered", ...
+
+
+def _clock(seconds: float, scale: float) -> str:
+    """Tenths of a second when the run is under a minute; m:ss, or h:mm:ss, beyond."""
+    if scale < 60:
+        return f"{seconds:.1f} s"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if scale >= 3600 else f"{60 * h + m}:{s:02d}"
+
+
+def _planned(run_time: float) -> str:
+    return f"{run_time:g} s" if run_time < 60 else _clock(run_time, run_time)
+
+
+def _timed(p: Progress) -> bool:
+    return p.elapsed is not None and p.run_time > 0 and math.isfinite(p.run_time)
+
+
+def _progress_parts(p: Progress) -> list[tuple[str, str]]:
+    """The progress line's pieces (text, rich style), its bar aside."""
+    if p.elapsed is None:
+        parts = [(p.status or "starting", "")]
+    else:
+        elapsed = max(0.0, p.elapsed)
+        parts = [(f"{_clock(elapsed, p.run_time)} / {_planned(p.run_time)}" if _timed(p)
+                  else f"{elapsed:.1f} s", "")]
+        if p.stopping:
+            parts.append((f"stopping: {p.stopping}", "yellow"))
+    if p.url:
+        parts.append((f"dashboard: {p.url}", ""))
+    return parts
+
+
+def format_progress(p: Progress) -> str:
+    """The progress line's text, without its bar."""
+    return "  ".join(text for text, _ in _progress_parts(p))
+
+
+def _bar(done: float, cells: int, console: Console) -> Text:
+    full = round(cells * min(1.0, max(0.0, done)))
+    if not console.encoding.lower().startswith("utf"):
+        on, off = "#", "-"
+    elif console.no_color or console.color_system is None:
+        on, off = "\u2501", "\u2500"  # heavy and light rules: told apart without colour
+    else:
+        on, off = "\u2501", "\u2501"  # told apart by the styles' colours, as rich's own bar
+    style = "bar.finished" if full >= cells else "bar.complete"
+    return Text.assemble((on * full, style), (off * (cells - full), "bar.back"))
+
+
+def _progress_line(p: Progress, width: int, console: Console) -> Text:
+    """The bar, when there is room beside the text, then the text; cut to ``width``."""
+    parts = _progress_parts(p)
+    # a long reason (stopping, status) is shortened first, so the times and URL stay
+    over = len("  ".join(text for text, _ in parts)) - width
+    free = 1 if p.elapsed is not None else 0  # the stopping reason, or the status
+    if over > 0 and len(parts) > free and (p.stopping or p.elapsed is None):
+        text, style = parts[free]
+        keep = max(12, len(text) - over - 1)
+        if keep < len(text):
+            parts[free] = (text[:keep] + "\u2026", style)
+    line = Text(no_wrap=True, overflow="ellipsis")
+    text_len = len("  ".join(text for text, _ in parts))
+    cells = min(BAR_MAX, width // 4, width - text_len - 2)
+    if _timed(p) and width >= BAR_MIN_WIDTH and cells >= BAR_MIN:
+        assert p.elapsed is not None
+        line.append_text(_bar(p.elapsed / p.run_time, cells, console))
+        line.append("  ")
+    for i, (text, style) in enumerate(parts):
+        line.append(("  " if i else "") + text, style)
+    return line
+
+
+class _LiveArea:
+    """The live block and the progress line under it, as rich renders them each refresh.
+
+    Every line is cropped to the terminal's width, and the block cut to its height (keeping
+    room for the progress line), so the area is never taller than the screen: rich can then
+    always move back to its top, and nothing is left behind when it is redrawn.
     """
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self) -> None:
+        self.block: str | None = None
+        self.progress: Progress | None = None
+        self.show_progress = True
+        self.fit_height = True
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        progress = self.progress if self.show_progress else None
+        lines = [] if self.block is None else self.block.split("\n")
+        room = max(1, options.size.height - (progress is not None))
+        if self.fit_height and len(lines) > room:
+            hidden = len(lines) - room + 1
+            lines = [*lines[:room - 1], f"... {hidden} more line(s): a taller terminal shows them"]
+        for line in lines:
+            # a Text, never markup: a name such as "[bold]" prints as it is
+            yield Text(line, no_wrap=True, overflow="ellipsis")
+        if progress is not None:
+            yield _progress_line(progress, options.max_width, console)
+
+
+class BlockPrinter:
+    """Prints the live blocks, messages and the final block.
+
+    On a terminal a rich Live redraws the latest live block in place with a progress line
+    under it; messages print above that area, and the final block replaces it. When stdout
+    is not a terminal (a file, a pipe, CI), or one that cannot move its cursor (TERM=dumb),
+    every live block and message is appended as plain text, so logs keep the whole history.
+    Quiet: only the final block, anywhere.
+    """
+
+    def __init__(self, out: TextIO, quiet: bool = False) -> None:
         self._out = out
+        self._quiet = quiet
         try:
             self._tty = out.isatty()
         except (AttributeError, ValueError):
             self._tty = False
-        self._live_lines = 0
+        self._console: Console | None = None
+        if self._tty and not quiet:
+            console = Console(file=out, force_terminal=True, force_jupyter=False,
+                              highlight=False, markup=False, emoji=False)
+            # TERM=dumb or TTY_INTERACTIVE=0: no cursor movement, so plain text as in a log
+            self._console = console if console.is_interactive else None
+        self._live: Live | None = None
+        self._area = _LiveArea()
+        self._finished = False  # the final block is out: progress updates no longer show
+        self._handlers: list[tuple[logging.StreamHandler[TextIO], TextIO, TextIO]] = []
 
     @property
     def tty(self) -> bool:
@@ -245,18 +390,136 @@ class BlockPrinter:
         return self._tty
 
     def live(self, text: str) -> None:
-        self._write(text, replace=True)
+        """Show a live block: in place of the previous one on a terminal, else appended."""
+        if self._quiet:
+            return
+        if self._console is None:
+            self._write(text)
+            return
+        self._area.block = text
+        self._finished = False
+        self._refresh()
 
-    def final(self, text: str) -> None:
-        self._write(text, replace=False)
+    def progress(self, p: Progress) -> None:
+        """Update the line under the live block (terminal only; a no-op otherwise or quiet)."""
+        if self._console is None:
+            return
+        self._area.progress = p
+        if not self._finished:
+            self._refresh()
 
     def message(self, text: str) -> None:
-        self._write(text, replace=False)
+        """A line (or lines) that stays: above the live area on a terminal."""
+        if self._quiet:
+            return
+        if self._live is None or self._console is None:
+            self._write(text)
+            return
+        self._fit(self._console)
+        # soft wrap: the terminal folds a long line (a URL stays whole for copying)
+        self._live.console.print(Text(text), soft_wrap=True)
 
-    def _write(self, text: str, replace: bool) -> None:
-        if self._tty and self._live_lines:
-            # up to the first line of the previous live block, then clear to the end
-            self._out.write(f"\x1b[{self._live_lines}F\x1b[J")
-        self._live_lines = text.count("\n") + 1 if (replace and self._tty) else 0
+    def final(self, text: str) -> None:
+        """The final block: it replaces the live area on a terminal, and stays."""
+        self._stop(keep_block=False)
+        self._finished = True
+        self._write(text)
+
+    def close(self) -> None:
+        """Stop the live area, leaving its last block on screen without the progress line,
+        and show the cursor again. Idempotent; never raises an error of its own (it runs in
+        finally blocks, where that would hide the error being handled)."""
+        # the terminal may be gone (EIO, a broken pipe): then there is nothing to restore
+        with contextlib.suppress(Exception):
+            self._stop(keep_block=True)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
         self._out.write(text + "\n")
         self._out.flush()
+
+    def _fit(self, console: Console) -> None:
+        """Take the size of the terminal we write to (rich would ask stdin, stdout, stderr)."""
+        try:
+            size = os.get_terminal_size(self._out.fileno())
+        except (AttributeError, ValueError, OSError):
+            return
+        if size.columns > 0 and size.lines > 0:
+            console.size = (size.columns, size.lines)
+
+    def _refresh(self) -> None:
+        assert self._console is not None
+        self._fit(self._console)
+        if self._live is None:
+            self._start(self._console)
+        assert self._live is not None
+        self._live.refresh()
+
+    def _start(self, console: Console) -> None:
+        # no refresh thread: every redraw is ours; a stream that writes to this terminal
+        # goes through the Live, which prints its lines above the live area
+        out, err = sys.stdout, sys.stderr
+        live = Live(self._area, console=console, auto_refresh=False, transient=True,
+                    vertical_overflow="ellipsis",  # a safety net: _LiveArea fits the screen
+                    redirect_stdout=self._same_terminal(out),
+                    redirect_stderr=self._same_terminal(err))
+        live.start()
+        self._live = live
+        atexit.register(self.close)  # the cursor comes back even if close() is forgotten
+        proxies = {id(old): new for old, new in ((out, sys.stdout), (err, sys.stderr))
+                   if new is not old}
+        self._reroute_logging(proxies)
+
+    def _stop(self, keep_block: bool) -> None:
+        live, self._live = self._live, None
+        if live is None:
+            return
+        atexit.unregister(self.close)
+        area = self._area
+        area.show_progress = False
+        area.fit_height = False  # a block that stays is shown whole
+        if not keep_block:
+            area.block = None  # rendered as nothing, so nothing is left to erase
+        live.transient = not keep_block
+        try:
+            live.stop()
+        finally:
+            self._restore_logging()
+            area.show_progress = area.fit_height = True
+            area.block = None
+
+    def _same_terminal(self, stream: TextIO | None) -> bool:
+        """Whether text written to ``stream`` lands where ``out`` writes."""
+        if stream is None:
+            return False
+        if stream is self._out:
+            return True
+        try:
+            if not stream.isatty():
+                return False
+            a, b = os.fstat(stream.fileno()), os.fstat(self._out.fileno())
+        except (AttributeError, ValueError, OSError):
+            return False
+        return (a.st_dev, a.st_ino, a.st_rdev) == (b.st_dev, b.st_ino, b.st_rdev)
+
+    def _reroute_logging(self, proxies: dict[int, TextIO]) -> None:
+        """Log handlers that hold a stream the Live redirected write through its proxy too:
+        logging.basicConfig kept the stream itself, and its lines would break the area."""
+        if not proxies:
+            return
+        loggers: list[logging.Logger] = [logging.getLogger()]
+        loggers += [x for x in logging.Logger.manager.loggerDict.values()
+                    if isinstance(x, logging.Logger)]
+        for logger in loggers:
+            for h in logger.handlers:
+                if isinstance(h, logging.StreamHandler) and id(h.stream) in proxies:
+                    proxy = proxies[id(h.stream)]
+                    self._handlers.append((h, h.stream, proxy))
+                    h.setStream(proxy)
+
+    def _restore_logging(self) -> None:
+        handlers, self._handlers = self._handlers, []
+        for h, original, proxy in handlers:
+            if h.stream is proxy:
+                h.setStream(original)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from loadmaster.cli import run_config
-from loadmaster.run import RunOptions
+from loadmaster.run_options import RunOptions
 
 CONFIG = Path("conf/examples/http_post.yml")
 TARGET = Path("examples/target_server.py")

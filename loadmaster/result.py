@@ -1,6 +1,6 @@
 """The result file (``loadmaster run --out PATH``): one JSON document per run.
 
-Its schema is ``docs/result-schema.json`` (``SCHEMA_VERSION``): every field is
+Its schema is ``loadmaster/schemas/result-schema.json`` (``SCHEMA_VERSION``): every field is
 described there. The document is built by pure functions from what the run collected:
 the resolved config (masked, ``loadmaster/masking.py``), how the run ended, the agents'
 records, the final block's view (``report.final_report``: its figures are reused, never
@@ -28,9 +28,7 @@ import math
 import os
 import secrets
 import signal
-import sys
-import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +47,8 @@ from protocol.plan import clients_of
 from protocol.stats import OpStats
 
 __all__ = ["SCHEMA_VERSION", "TOOL", "Ending", "ResultFileError", "build_result",
-           "check_writable", "decode_histogram", "encode_histogram", "save_result",
-           "write_result"]
+           "check_writable", "decode_histogram", "encode_histogram", "write_result",
+           "write_text"]
 
 SCHEMA_VERSION = 1
 TOOL = "loadtest"
@@ -183,8 +181,8 @@ def plain(value: Any) -> Any:
 def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
                  view: FinalView | None = None, agents: Sequence[AgentRecord] = (),
                  series: Series | None = None) -> dict[str, Any]:
-    """The result document (docs/result-schema.json); ``view`` is the final block's, None
-    when the run failed before it; ``mask``: the keys named with ``--mask``."""
+    """The result document (loadmaster/schemas/result-schema.json); ``view`` is the final
+    block's, None when the run failed before it; ``mask``: the keys named with ``--mask``."""
     mask = tuple(mask)
     total_workers = sum(len(a.worker_ids) for a in agents)
     lines = {line.name: line for line in view.agents} if view is not None else {}
@@ -232,40 +230,26 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
 
 
 # -- the file -------------------------------------------------------------------------
-def save_result(path: Path, build: Callable[[], dict[str, Any]]) -> bool:
-    """Build the document and write it; False, once the user was told why on stderr,
-    when that failed (the run's own outcome stands either way)."""
-    try:
-        write_result(path, build())
-        return True
-    except ResultFileError as e:
-        problem = str(e)
-    except Exception:  # our own bug
-        problem = (f"{traceback.format_exc()}internal error: the result file {path} was not "
-                   f"written (the traceback above is ours: please report it)")
-    print(f"loadmaster: {problem}", file=sys.stderr, flush=True)
-    return False
-
-
 def _temporary(path: Path, kind: str) -> Path:
     """A fresh name beside ``path`` (hidden, so a folder listing does not show it)."""
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.{kind}"
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, option: str = "--out") -> None:
     """Whether ``path`` can be written at the end of the run: a temporary file is
-    created and removed in its folder. ResultFileError names the path and why not."""
+    created and removed in its folder. ResultFileError names the option, the path and
+    why not."""
     if path.is_dir():
-        raise ResultFileError(f"--out {path}: is a directory")
+        raise ResultFileError(f"{option} {path}: is a directory")
     folder = path.parent
     if not folder.is_dir():
-        raise ResultFileError(f"--out {path}: the folder {folder} does not exist")
+        raise ResultFileError(f"{option} {path}: the folder {folder} does not exist")
     probe = _temporary(path, "probe")
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         os.unlink(probe)
     except OSError as e:
-        raise ResultFileError(f"--out {path}: cannot write in {folder}: "
+        raise ResultFileError(f"{option} {path}: cannot write in {folder}: "
                               f"{e.strerror or e}") from None
 
 
@@ -277,12 +261,18 @@ def write_result(path: Path, doc: Mapping[str, Any]) -> None:
     encoded as it is written: no copy of the whole text is held (an hour of many names
     is hundreds of MB of JSON)."""
     chunks = json.JSONEncoder(allow_nan=False, separators=(",", ":")).iterencode(doc)
+    write_text(path, chunks, "the result file")
+
+
+def write_text(path: Path, chunks: Iterable[str], what: str) -> None:
+    """Write the text of ``chunks`` to ``path`` atomically (a temporary file in its
+    folder, then a rename), gzip-compressed when the name ends ``.gz``; ResultFileError
+    names ``what`` the file is, its path and the OS's reason."""
     tmp = _temporary(path, "tmp")
     try:  # os.open applies the umask, as creating the file directly would
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as e:
-        raise ResultFileError(f"cannot write the result file {path}: "
-                              f"{e.strerror or e}") from None
+        raise ResultFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as raw:
             out: gzip.GzipFile | io.BufferedWriter = raw
@@ -308,6 +298,5 @@ def write_result(path: Path, doc: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(e, OSError):
-            raise ResultFileError(f"cannot write the result file {path}: "
-                                  f"{e.strerror or e}") from None
+            raise ResultFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
         raise

@@ -9,9 +9,13 @@ the block marked incomplete); the run loop acts on them. Exit 130 or 143 after t
 At the end every agent gets RUN_DONE and the master waits (briefly) for each one's
 RUN_DONE_ACK before it closes its socket, so nothing sent before is lost.
 
-With ``--out`` the result file (loadmaster/result.py) is written last, once everything
-is closed, on every path: a completed run, a failure (``RunFailed``), an interrupt, an
-internal error. A failure to write it turns exit 0 into 1 and leaves any other code.
+With ``--out`` the result file (loadmaster/result.py), and the reports of ``--html``,
+``--csv`` and ``--json`` (loadmaster/outputs.py), are written last, once everything is
+closed, on every path: a completed run, a failure (``RunFailed``), an interrupt, an
+internal error. A failure to write one turns exit 0 into 1 and leaves any other code.
+
+What the run shows meanwhile (live block, progress line, dashboard, /metrics) is
+``RunViews`` (loadmaster/run_views.py).
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 import zmq
@@ -35,22 +37,23 @@ from loadmaster.aggregator import Aggregator
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
 from loadmaster.console import (
-    AgentLine,
     BlockPrinter,
     FinalView,
-    LiveView,
     format_final,
-    format_live,
 )
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
-from loadmaster.dashboard import Dashboard, DashboardError, DashOptions, Feed, is_loopback
+from loadmaster.dashboard import Dashboard, Feed
 from loadmaster.jobs import JobTooLarge, check_sizes, job_frames, plan_workers
 from loadmaster.local_agent import LocalAgent
+from loadmaster.metrics import MetricsServer
+from loadmaster.outputs import save_outputs
 from loadmaster.report import RunEnd, final_report
-from loadmaster.result import Ending, build_result, save_result
+from loadmaster.result import Ending, build_result
+from loadmaster.run_options import RunFailed, RunOptions
+from loadmaster.run_views import LIVE_DELAY, RunViews
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
-from protocol.wire.channel import CONTROL_PORT, host_port
+from protocol.wire.channel import host_port
 from protocol.wire.messages import RUN_ID_LEN, Abort, RunDone, Start, Stop
 
 log = logging.getLogger("loadmaster")
@@ -59,37 +62,17 @@ ABORT_WAIT = 2.0
 RUN_DONE_WAIT = 2.0  # for the agents' RUN_DONE_ACK before the socket closes
 CLOSE_LINGER_MS = 500
 FINAL_MARGIN = 10.0  # beyond run_time + grace + shutdown, before missing totals count as lost
-# Live blocks are printed this long after a whole second of the run, when that second's
-# deltas have arrived: the block then shows complete seconds only.
-LIVE_DELAY = 0.3
 # With --out: how long the last deltas (sent just before the finals) may take to arrive
 SERIES_WAIT = 1.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-@dataclass
-class RunOptions:
-    bind_host: str = "127.0.0.1"
-    bind_port: int = CONTROL_PORT
-    cpu_list: str = ""
-    out: Path | None = None  # the result file (--out), checked writable by the CLI
-    mask: tuple[str, ...] = ()  # config keys hidden in it (--mask), beyond the secret words
-    dash: DashOptions = field(default_factory=DashOptions)  # the live dashboard
-
-
-class RunFailed(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.detail = ""  # shown before the message (the user's traceback), kept in --out
-
-
-class Run:
+class Run(RunViews):
     def __init__(self, cfg: Config, bundle: Bundle, opts: RunOptions, out: TextIO) -> None:
         self.cfg = cfg
         self.bundle = bundle
         self.opts = opts
-        self._printer = BlockPrinter(out)
+        self._printer = BlockPrinter(out, quiet=opts.quiet)
         self.run_id = secrets.token_hex(RUN_ID_LEN // 2)
         self._changed = asyncio.Event()
         self.should_exit = False  # the first SIGINT/SIGTERM: stop gracefully
@@ -117,6 +100,8 @@ class Run:
         self._dash = Dashboard(opts.dash, self._on_dash_stop) if opts.dash.enabled else None
         self._feed = Feed(cfg, opts.mask, self.run_id) if self._dash is not None else None
         self._phase = "waiting"  # for the dashboard: waiting, preparing, running, finished
+        self._metrics = MetricsServer(*opts.metrics, self._metrics_state) \
+            if opts.metrics is not None else None
         self._code: int | None = None  # the exit code, once the final block is printed
 
     # -- helpers ------------------------------------------------------------------------
@@ -129,16 +114,6 @@ class Run:
             self._signal = signum
             print(f"\ninterrupted ({signal.Signals(signum).name}): stopping gracefully "
                   f"(Ctrl-C or SIGTERM again to abort)", file=sys.stderr, flush=True)
-        self.should_exit = True
-        self._changed.set()
-
-    def _on_dash_stop(self) -> None:
-        """The dashboard's Stop: a graceful stop, as the first Ctrl-C."""
-        if self.should_exit:
-            return
-        self._dash_stop = True
-        print("\nstop asked from the dashboard: stopping gracefully (Ctrl-C to abort)",
-              file=sys.stderr, flush=True)
         self.should_exit = True
         self._changed.set()
 
@@ -174,10 +149,6 @@ class Run:
             return RunFailed(ExitCode.INTERRUPTED, f"stopped from the dashboard {when}")
         return RunFailed(for_signal(self._signal), f"interrupted {when}")
 
-    @property
-    def _live_agents(self) -> list[AgentRecord]:
-        return [a for a in self._agents if not a.gone]
-
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> int:
         """The run, then the result file (``--out``) on every path; the exit code."""
@@ -201,21 +172,23 @@ class Run:
                         f"{self._client_failure}"
             if not self._save_result(code, error) and code == ExitCode.OK:
                 code = int(ExitCode.INTERNAL)
-            await self._keep_dashboard()
+            await self._keep_serving()
             return code
         finally:
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
             if self._dash is not None:
                 await self._dash.close()
+            if self._metrics is not None:
+                await self._metrics.close()
+            self._printer.close()
 
     def _save_result(self, code: int, error: str | None) -> bool:
-        """Write the result file, if asked for; False when it could not be written."""
-        if self.opts.out is None:
-            return True
+        """Write the result file and the reports asked for; False when one could not be
+        written."""
         ending = Ending(run_id=self.run_id, t0=self._t0 or None, end=time.time(),
                         exit_code=code, signal=self._signal, error=error)
-        return save_result(self.opts.out, lambda: build_result(
+        return save_outputs(self.opts.outputs, lambda: build_result(
             self.cfg, self.opts.mask, ending, view=self._view,
             agents=self._agents or self.coord.accepted, series=self.agg.series))
 
@@ -233,9 +206,12 @@ class Run:
                 log.warning("control and stats channels on %s are unauthenticated: any host "
                             "that reaches them can join or read", self.opts.bind_host)
             await self._start_dashboard()
+            await self._start_metrics()
             tasks = [loop.create_task(self.coord.serve()), loop.create_task(self.agg.serve())]
             if self._dash is not None:
                 tasks.append(loop.create_task(self._dash_loop()))
+            if self._printer.tty:
+                tasks.append(loop.create_task(self._progress_loop()))
             for task in tasks:
                 task.add_done_callback(self._on_channel_done)
             if self._local is not None:
@@ -439,7 +415,7 @@ class Run:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
         incomplete = aborted or time.time() >= deadline
-        if self.opts.out is not None and not incomplete:
+        if self.opts.outputs.wanted and not incomplete:
             await self._wait(self._series_complete, SERIES_WAIT, interruptible=False)
         return self._finish(incomplete)
 
@@ -453,42 +429,6 @@ class Run:
                     return False
         return True
 
-    def _covered(self, elapsed: float) -> int:
-        """The last whole second every worker still running has reported."""
-        running = [self.agg.workers[(a.name, w)].last_second for a in self._live_agents
-                   for w in a.worker_ids if w not in a.finals and w not in a.lost_workers
-                   and (a.name, w) in self.agg.workers]
-        return min(min(running, default=self.agg.latest_second), int(elapsed))
-
-    def _print_live(self, now: float) -> None:
-        elapsed = max(0.0, now - self._t0)
-        covered = self._covered(elapsed)
-        if covered == 0:  # no whole second has arrived from every worker: nothing to show
-            self._printer.live(f"waiting for the first second's figures from the workers "
-                               f"({elapsed:.1f} s since the start)")
-            return
-        self._printer.live(format_live(self._live_view(elapsed, covered)))
-
-    def _live_view(self, elapsed: float, covered: int) -> LiveView:
-        # the figures cover the complete seconds whose deltas arrived
-        lines = []
-        for a in self._agents:
-            cpu, lag = self.agg.generator_load(covered, a.name)
-            lines.append(AgentLine(name=a.name, workers=len(a.worker_ids),
-                                   clients=self.agg.clients(a.name),
-                                   rps=self.agg.current_rps(covered, a.name)[0],
-                                   state="ok" if not a.gone else a.state.value,
-                                   cpu=cpu, loop_lag=lag, saturated=self.agg.saturated(a.name)))
-        rate, window = self.agg.current_rps(covered)
-        recent = self.agg.recent(covered).hist
-        return LiveView(run_time=float(covered), users=self.agg.clients(),
-                        totals=self.agg.totals, current_rps=rate, rate_window=window,
-                        agents=lines, missed_deltas=self.agg.missed_deltas,
-                        stopping=self._stopping,
-                        behind=0 if self._stopping else int(elapsed) - covered,
-                        recent=(recent.percentile(0.5), recent.percentile(0.9),
-                                recent.percentile(0.99)))
-
     def _finish(self, incomplete: bool) -> int:
         """Print the final block, built from the final totals; return the exit code."""
         view, code = final_report(self._agents, self.agg.workers, RunEnd(
@@ -501,100 +441,3 @@ class Run:
         self._code = int(code)
         self._publish()
         return int(code)
-
-    # -- the dashboard ------------------------------------------------------------------
-    async def _start_dashboard(self) -> None:
-        """Serve it before any agent is waited for: a busy explicit port is exit 2."""
-        if self._dash is None:
-            return
-        try:
-            url = await self._dash.start()
-        except DashboardError as e:
-            raise RunFailed(ExitCode.USAGE, str(e)) from None
-        host = self.opts.dash.host
-        self._printer.message(f"dashboard: {url} (its Stop button, from another machine, "
-                              f"needs the token {self._dash.token})")
-        if not is_loopback(host):
-            log.warning("the dashboard listens on %s: anyone who reaches it sees the run "
-                        "(Stop needs the token)", host)
-        self._publish()
-        if self._dash.open_browser():
-            self._printer.message("dashboard: opened in your browser")
-
-    async def _dash_loop(self) -> None:
-        """A snapshot a second, just after each whole second of the run once it started.
-        A failure of ours here is logged once and does not stop the run."""
-        failed = False
-        while True:
-            try:
-                self._publish()
-            except Exception:
-                if not failed:
-                    log.exception("the dashboard could not be updated (the run goes on)")
-                failed = True
-            now = time.time()
-            if self._t0 and now >= self._t0:
-                wait = 1.0 - (now - self._t0 - LIVE_DELAY) % 1.0
-            else:
-                wait = 1.0
-            await asyncio.sleep(wait)
-
-    def _publish(self, status: str = "") -> None:
-        """Give the dashboard the figures as they are now (no-op without one)."""
-        if self._dash is None or self._feed is None:
-            return
-        now = time.time()
-        elapsed = covered = None
-        if self._t0 and now >= self._t0:
-            elapsed = now - self._t0
-            covered = self._covered(elapsed)
-        view = self._view
-        if view is not None:
-            self._feed.extend_series(self.agg, self.agg.latest_second)
-            doc = self._feed.snapshot(
-                phase="finished", status=status or f"finished, exit code {self._code}",
-                agg=self.agg, agents=self._agents, lines=view.agents, elapsed=elapsed,
-                covered=len(self._feed.series["t"]), totals=view.totals, users=view.users,
-                final=view, exit_code=self._code)
-        elif covered:
-            assert elapsed is not None
-            self._feed.extend_series(self.agg, covered)
-            live = self._live_view(elapsed, covered)
-            phase = "stopping" if self._stopping else "running"
-            doc = self._feed.snapshot(
-                phase=phase, status=status or self._stopping or "running", agg=self.agg,
-                agents=self._agents, lines=live.agents, elapsed=elapsed, covered=covered,
-                totals=self.agg.totals, users=live.users, current_rps=live.current_rps,
-                rate_window=live.rate_window, recent=live.recent)
-        else:
-            phase = "finished" if status else self._phase
-            doc = self._feed.snapshot(
-                phase=phase, status=status or self._waiting_status(), agg=self.agg,
-                agents=self._agents, lines=[], elapsed=elapsed, covered=0,
-                totals=self.agg.totals, users=self.agg.clients())
-        self._dash.publish(doc, self._feed.series)
-
-    def _waiting_status(self) -> str:
-        if self._phase == "waiting":
-            return f"waiting for {self.cfg.agents or 1} agent(s): " \
-                   f"{len(self.coord.accepted)} registered"
-        if self._phase == "running":
-            return "started: waiting for the first second's figures"
-        return "agents preparing: clients initialising"
-
-    async def _keep_dashboard(self) -> None:
-        """Serve the final figures: on a terminal until Ctrl-C, else --dash-keep seconds."""
-        if self._dash is None:
-            return
-        keep = self.opts.dash.keep
-        if keep is None and self._printer.tty:
-            keep = float("inf")
-        if not keep:
-            return
-        self._signalled.clear()
-        until = "Ctrl-C" if keep == float("inf") else f"{keep:g} s or Ctrl-C"
-        self._printer.message(f"dashboard: the final figures stay at {self._dash.url} "
-                              f"until {until}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._signalled.wait(),
-                                   None if keep == float("inf") else keep)

@@ -13,10 +13,13 @@ from loadmaster.console import (
     FinalView,
     GraceView,
     LiveView,
+    Progress,
     format_final,
     format_live,
+    format_progress,
 )
 from protocol.stats import Totals
+from tests.test_console_tty import Screen
 
 
 def totals() -> Totals:
@@ -84,13 +87,44 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_on_a_terminal_live_blocks_replace_each_other_and_the_final_stays() -> None:
+@pytest.fixture
+def terminal_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 80x25 colour terminal for rich (a StringIO has no size of its own)."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "25")
+    for name in ("NO_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_like_run_py(printer: BlockPrinter) -> None:
+    printer.message("waiting for 1 agent(s)")
+    printer.progress(Progress(None, 3.0, status="waiting for 1 agent(s): 0 registered"))
+    printer.live("a\nb")
+    printer.progress(Progress(1.0, 3.0, url="http://127.0.0.1:8089/"))
+    printer.message("msg")
+    printer.live("c")
+    printer.progress(Progress(3.1, 3.0, stopping="run_time reached"))
+    printer.final("final")
+    printer.progress(Progress(3.2, 3.0, stopping="run_time reached"))
+    printer.message("after")
+    printer.close()
+    printer.close()
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_on_a_terminal_live_blocks_replace_each_other_and_the_final_stays(
+        capsys: pytest.CaptureFixture[str]) -> None:
     out = FakeTerminal()
     printer = BlockPrinter(out)
-    printer.live("a\nb")
-    printer.live("c\nd")
-    printer.final("final")
-    assert out.getvalue() == "a\nb\n\x1b[2F\x1b[Jc\nd\n\x1b[2F\x1b[Jfinal\n"
+    assert printer.tty
+    run_like_run_py(printer)
+    text = out.getvalue()
+    assert "a\nb\n" in text and "1.0 s / 3 s" in text and "stopping: run_time reached" in text
+    # what the terminal shows at the end: the messages, the final block; nothing else
+    assert Screen(25, 80).feed(text).history() == ["waiting for 1 agent(s)", "msg", "final",
+                                                   "after"]
+    assert capsys.readouterr().out == ""  # everything went to the stream given
 
 
 def test_plain_text_when_not_a_terminal() -> None:
@@ -100,6 +134,116 @@ def test_plain_text_when_not_a_terminal() -> None:
     printer.live("c")
     printer.final("final")
     assert out.getvalue() == "a\nb\nc\nfinal\n"
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_not_a_terminal_appends_every_block_and_message_and_no_progress_line() -> None:
+    out = io.StringIO()
+    printer = BlockPrinter(out)
+    assert not printer.tty
+    run_like_run_py(printer)
+    assert out.getvalue() == "waiting for 1 agent(s)\na\nb\nmsg\nc\nfinal\nafter\n"
+
+
+@pytest.mark.usefixtures("terminal_env")
+@pytest.mark.parametrize("out", [io.StringIO(), FakeTerminal()], ids=["file", "terminal"])
+def test_quiet_prints_the_final_block_alone(out: io.StringIO) -> None:
+    run_like_run_py(BlockPrinter(out, quiet=True))
+    assert out.getvalue() == "final\n"
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_a_dumb_terminal_gets_plain_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    out = FakeTerminal()
+    printer = BlockPrinter(out)
+    assert printer.tty  # it is one: the dashboard's "until Ctrl-C" still applies
+    run_like_run_py(printer)
+    assert out.getvalue() == "waiting for 1 agent(s)\na\nb\nmsg\nc\nfinal\nafter\n"
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_our_text_is_printed_as_it_is_never_as_markup() -> None:
+    out = FakeTerminal()
+    printer = BlockPrinter(out)
+    printer.live("[bold]x[/bold] :smile: [red]")
+    printer.message("[green]m")
+    printer.close()
+    assert Screen(25, 80).feed(out.getvalue()).history() == [
+        "[green]m", "[bold]x[/bold] :smile: [red]"]
+
+
+@pytest.mark.parametrize(("progress", "text"), [
+    (Progress(None, 30.0), "starting"),
+    (Progress(None, 30.0, status="waiting for 2 agent(s): 1 registered",
+              url="http://127.0.0.1:8089/"),
+     "waiting for 2 agent(s): 1 registered  dashboard: http://127.0.0.1:8089/"),
+    (Progress(None, 30.0, status="agents preparing"), "agents preparing"),
+    (Progress(0.0, 30.0), "0.0 s / 30 s"),
+    (Progress(-0.2, 30.0), "0.0 s / 30 s"),  # just before T0
+    (Progress(12.34, 30.0), "12.3 s / 30 s"),
+    (Progress(1.25, 2.5), "1.2 s / 2.5 s"),
+    (Progress(65.7, 120.0), "1:05 / 2:00"),
+    (Progress(3725.0, 7200.0), "1:02:05 / 2:00:00"),
+    (Progress(3725.0, 3000.0), "62:05 / 50:00"),  # past the run time while stopping
+    (Progress(12.0, 30.0, url="http://[::1]:8089/"), "12.0 s / 30 s  dashboard: http://[::1]:8089/"),
+    (Progress(30.4, 30.0, stopping="run_time reached; calls in flight get up to 10s "
+                                   "(stop_grace)", url="http://h:1/"),
+     "30.4 s / 30 s  stopping: run_time reached; calls in flight get up to 10s (stop_grace)  "
+     "dashboard: http://h:1/"),
+])
+def test_the_progress_text(progress: Progress, text: str) -> None:
+    assert format_progress(progress) == text
+
+
+def progress_row(monkeypatch: pytest.MonkeyPatch, p: Progress, columns: int) -> str:
+    """The terminal's last row once ``p`` is shown under a one-line block."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = FakeTerminal()
+    printer = BlockPrinter(out)
+    printer.live("block")
+    printer.progress(p)
+    screen = Screen(25, columns).feed(out.getvalue())
+    printer.close()
+    assert screen.history()[0] == "block"
+    return screen.history()[1]
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_the_progress_line_has_a_bar_when_there_is_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")  # then the bar's two parts differ in shape
+    assert progress_row(monkeypatch, Progress(6.0, 30.0), 100) \
+        == "\u2501" * 5 + "\u2500" * 20 + "  6.0 s / 30 s"  # a fifth of 25 cells
+    assert progress_row(monkeypatch, Progress(45.0, 30.0), 100) \
+        == "\u2501" * 25 + "  45.0 s / 30 s"
+    assert progress_row(monkeypatch, Progress(6.0, 30.0), 50) == "6.0 s / 30 s"  # narrow
+    assert progress_row(monkeypatch, Progress(None, 30.0, status="agents preparing"), 100) \
+        == "agents preparing"
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_a_long_reason_is_shortened_so_the_url_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    reason = "run_time reached; calls in flight get up to 10s (stop_grace)"
+    row = progress_row(monkeypatch, Progress(30.4, 30.0, stopping=reason,
+                                             url="http://127.0.0.1:8089/"), 80)
+    assert len(row) <= 80
+    assert row.startswith("30.4 s / 30 s  stopping: run_time reached; ")
+    assert row.endswith("\u2026  dashboard: http://127.0.0.1:8089/")
+
+
+@pytest.mark.usefixtures("terminal_env")
+def test_a_tall_block_is_cut_to_the_terminal_keeping_the_progress_line() -> None:
+    out = FakeTerminal()
+    printer = BlockPrinter(out)
+    printer.live("\n".join(f"line {i}" for i in range(40)))
+    printer.progress(Progress(1.0, 3.0))
+    rows = Screen(25, 80).feed(out.getvalue()).history()
+    printer.close()
+    assert rows[:23] == [f"line {i}" for i in range(23)]
+    assert rows[23] == "... 17 more line(s): a taller terminal shows them"
+    assert rows[24].endswith("1.0 s / 3 s") and len(rows) == 25
+    # close() leaves the whole last block (it stays in the history), without the progress
+    assert Screen(25, 80).feed(out.getvalue()).history()[-1] == "line 39"
 
 
 # -- the error table's limit, users planned, the stop grace, live labels --------------------

@@ -39,7 +39,7 @@ from tests.e2e_helpers import (
     write_job,
 )
 
-SCHEMA = json.loads((ROOT / "docs" / "result-schema.json").read_text())
+SCHEMA = json.loads((ROOT / "loadmaster" / "schemas" / "result-schema.json").read_text())
 
 SLEEPY_CLIENT = '''
 import asyncio
@@ -52,7 +52,7 @@ class Sleepy(ClientProtocol):
 
 
 def load_result(path: Path) -> dict[str, Any]:
-    """The file, checked against docs/result-schema.json."""
+    """The file, checked against loadmaster/schemas/result-schema.json."""
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(raw)

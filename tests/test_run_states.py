@@ -15,7 +15,8 @@ import pytest
 
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
-from loadmaster.run import Run, RunOptions
+from loadmaster.run import Run
+from loadmaster.run_options import RunOptions
 
 
 # -- the master's run: signals -----------------------------------------------------------

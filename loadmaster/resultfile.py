@@ -1,0 +1,305 @@
+"""Reading a result file back (``loadmaster report``, ``loadmaster compare``).
+
+A result file is checked before anything is drawn from it: it must be JSON (gzip-
+compressed or not) whose top names our tool, of the schema version this loadmaster
+writes, valid against that schema (``schemas/result-schema.json``), and with histograms
+and series that obey the rules the schema cannot state (indexes in range and increasing,
+counts matching the calls, one entry a second). Every failure is a ``ReportInputError``
+naming the file and what is wrong; the CLI makes it exit 2.
+
+``final_view`` rebuilds the final block from the document, so ``loadmaster report``
+prints it as the run did.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from jsonschema import Draft202012Validator, TypeChecker, validators
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
+
+from loadmaster.console import AgentLine, FinalView, GraceView
+from loadmaster.result import SCHEMA_VERSION, TOOL, decode_histogram
+from protocol import __version__
+from protocol.histogram import MAX_COUNT, MAX_INDEX, DenseHistogram, bucket_value
+from protocol.stats import OpStats, Totals
+
+__all__ = [
+    "ReportInputError",
+    "check_document",
+    "check_result",
+    "dense_counts",
+    "final_view",
+    "load_result",
+    "percentiles",
+    "read_json",
+    "totals_of",
+    "validator",
+]
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+GZIP_MAGIC = b"\x1f\x8b"
+MESSAGE_CHARS = 200  # of a schema error's text (it may quote a whole array)
+MAX_NUMBER = 2**64  # no figure of ours is larger: counts, nanoseconds, bytes
+MAX_TIME = 1e11  # unix seconds (year 5138): t0 and end beyond it are not times
+
+
+class ReportInputError(Exception):
+    """A file given to report or compare cannot be used; the message names it."""
+
+
+def _is_int(checker: TypeChecker, instance: object) -> bool:
+    return type(instance) is int  # not 3.0, which JSON Schema counts as an integer
+
+
+_Validator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int))
+
+
+@functools.cache
+def validator(name: str) -> Validator:
+    """The validator of ``schemas/NAME-schema.json`` (integers must be written as such)."""
+    schema = json.loads((SCHEMAS / f"{name}-schema.json").read_text())
+    return _Validator(schema)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path`` (gunzipped when it starts with gzip's magic bytes)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ReportInputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if raw.startswith(GZIP_MAGIC):
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise ReportInputError(f"{path}: truncated (the gzip stream ends early)") from None
+        except (OSError, zlib.error) as e:
+            raise ReportInputError(f"{path}: not a valid gzip file ({e})") from None
+    if not raw.strip():
+        raise ReportInputError(f"{path}: empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReportInputError(f"{path}: not a result file (not UTF-8 text)") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_int=_int, parse_float=_float)
+    except json.JSONDecodeError as e:
+        if e.pos >= len(text.rstrip()):
+            raise ReportInputError(f"{path}: truncated (the JSON ends early, at line "
+                                   f"{e.lineno} column {e.colno})") from None
+        raise ReportInputError(f"{path}: not a result file (not JSON: {e})") from None
+    except _BadNumber as e:
+        raise ReportInputError(f"{path}: not a result file ({e})") from None
+    except RecursionError:
+        raise ReportInputError(f"{path}: not a result file (nested too deeply)") from None
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadNumber(f"{name} is not a JSON number")
+
+
+def _int(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_NUMBER:
+        raise _BadNumber(f"the number {text[:30]} is out of range")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not abs(value) <= MAX_NUMBER:
+        raise _BadNumber(f"the number {text[:30]} is out of range")
+    return value
+
+
+def check_document(path: Path, doc: Any, kind: str, tool_key: str, version_key: str,
+                   version: int) -> None:
+    """``doc`` is ours (``tool_key`` names TOOL), of ``version``, valid against the
+    ``kind`` schema; else ReportInputError naming ``path``."""
+    what = f"a {TOOL} {kind} file"
+    if kind == "result" and isinstance(doc, dict) and doc.get("kind") == "summary":
+        raise ReportInputError(f"{path}: a JSON summary, not a result file: this needs the "
+                               f"result file (loadmaster run --out)")
+    if not isinstance(doc, dict):
+        raise ReportInputError(f"{path}: not {what} (its JSON is not an object)")
+    tool = doc.get(tool_key)
+    if not (isinstance(tool, dict) and tool.get("name") == TOOL):
+        raise ReportInputError(f"{path}: not {what} (no \"{tool_key}\": {{\"name\": "
+                               f"\"{TOOL}\"}} at its top)")
+    if doc.get(version_key) != version:
+        raise ReportInputError(
+            f"{path}: {kind} file of schema version {doc.get(version_key)!r} (written by "
+            f"{TOOL} {tool.get('version')!r}); this loadmaster ({__version__}) reads version "
+            f"{version}")
+    error = best_match(validator(kind).iter_errors(doc))
+    if error is not None:
+        where = "/".join(map(str, error.absolute_path)) or "its top"
+        message = error.message
+        if len(message) > MESSAGE_CHARS:
+            message = message[:MESSAGE_CHARS] + "..."
+        raise ReportInputError(f"{path}: at {where}: {message}")
+
+
+def _check_hist(path: Path, where: str, hist: Mapping[str, Sequence[int]],
+                total: int | None) -> None:
+    gaps, counts = hist["i"], hist["c"]
+    if len(gaps) != len(counts):
+        raise ReportInputError(f"{path}: at {where}: {len(gaps)} bucket indexes for "
+                               f"{len(counts)} counts")
+    if not gaps:
+        bad = ""
+    elif gaps[0] < 0 or min(gaps[1:], default=1) < 1:
+        bad = "bucket indexes must increase"
+    elif sum(gaps) > MAX_INDEX:
+        bad = f"a bucket index over {MAX_INDEX}"
+    elif min(counts) < 0 or max(counts) > MAX_COUNT:
+        bad = "a count out of range"
+    elif total is not None and sum(counts) != total:
+        bad = f"the histogram holds {sum(counts)} calls where ok is {total}"
+    else:
+        bad = ""
+    if bad:
+        raise ReportInputError(f"{path}: at {where}: {bad}")
+
+
+def _check_figures(path: Path, doc: Mapping[str, Any]) -> None:
+    """What the schema cannot say: times that are times, a final block's figures all
+    there, histograms valid and of the right size, series arrays one entry a second."""
+    for key in ("t0", "end"):
+        if doc[key] is not None and not 0 <= doc[key] <= MAX_TIME:
+            raise ReportInputError(f"{path}: at {key}: {doc[key]} is not a time")
+    totals = doc["totals"]
+    if totals is not None:
+        for key in ("run_time", "users"):
+            if doc[key] is None:
+                raise ReportInputError(f"{path}: at {key}: null where totals are given")
+        _check_hist(path, "totals/all/hist", totals["all"]["hist"], totals["all"]["ok"])
+        for name, st in totals["names"].items():
+            _check_hist(path, f"totals/names/{name}/hist", st["hist"], st["ok"])
+    series = doc["series"]
+    n = series["seconds"]
+
+    def check_len(where: str, values: Sequence[Any]) -> None:
+        if len(values) != n:
+            raise ReportInputError(f"{path}: at series/{where}: {len(values)} entries for "
+                                   f"{n} seconds")
+
+    for key in ("clients", "ok", "fail"):
+        check_len(key, series[key])
+    for name, s in series["names"].items():
+        for key in ("ok", "fail", "hist"):
+            check_len(f"names/{name}/{key}", s[key])
+        for k, (hist, ok) in enumerate(zip(s["hist"], s["ok"], strict=True)):
+            _check_hist(path, f"series/names/{name}/hist/{k}", hist, ok)
+    for agent, s in series["agents"].items():
+        for key in ("ok", "fail", "cpu_seconds", "cpu_span", "loop_lag_s"):
+            check_len(f"agents/{agent}/{key}", s[key])
+
+
+def check_result(path: Path, doc: Any) -> dict[str, Any]:
+    """``doc``, read from ``path``, checked as a result document."""
+    check_document(path, doc, "result", "tool", "version", SCHEMA_VERSION)
+    _check_figures(path, doc)
+    return dict(doc)
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """The result document in ``path``, checked; ReportInputError names what is wrong."""
+    return check_result(path, read_json(path))
+
+
+# -- the final block, rebuilt ---------------------------------------------------------
+def _op(name: str, st: Mapping[str, Any]) -> OpStats:
+    out = OpStats(name, dense=True)
+    out.ok, out.fail, out.sum_ns = st["ok"], st["fail"], st["sum_ns"]
+    if st["ok"]:
+        out.min_ns, out.max_ns = st["min_ns"], st["max_ns"]
+    counts = decode_histogram(st["hist"])
+    hist = DenseHistogram()
+    if counts:
+        hist.add(np.fromiter(counts, dtype=np.int64),
+                 np.fromiter(counts.values(), dtype=np.uint64))
+    out.hist = hist
+    out.statuses = {int(code): n for code, n in st["statuses"].items()}
+    out.sent, out.received = st["bytes_sent"], st["bytes_received"]
+    return out
+
+
+def totals_of(doc: Mapping[str, Any]) -> Totals:
+    """The run's totals (per name, with their errors) as the final block had them."""
+    totals = Totals(dense=True)
+    if doc["totals"] is None:
+        return totals
+    for name, st in doc["totals"]["names"].items():
+        totals.ops[name] = _op(name, st)
+    for e in doc["errors"]:
+        totals.errors[(e["name"], e["type"], e["message"])] = e["count"]
+    return totals
+
+
+def final_view(doc: Mapping[str, Any]) -> FinalView | None:
+    """The final block of the run, None when it failed before having one."""
+    if doc["totals"] is None or doc["run_time"] is None:
+        return None
+    lines = [AgentLine(name=a["name"], workers=a["workers"], clients=a["clients"],
+                       rps=a["rps"] or 0.0, ok=a["ok"] or 0, fail=a["fail"] or 0,
+                       state=a["state"], clock_offset=a["clock_offset_s"],
+                       start_skew=a["start_skew_s"] or 0.0, cpu=a["cpu"],
+                       loop_lag=a["max_loop_lag_s"], saturated=a["saturated"])
+             for a in doc["agents"]]
+    grace = doc["stop_grace"]
+    return FinalView(
+        run_time=doc["run_time"], users=doc["users"] or 0, totals=totals_of(doc),
+        agents=lines, missed_deltas=doc["missed_deltas"], notes=list(doc["notes"]),
+        incomplete=doc["incomplete"], users_planned=doc["users_planned"],
+        grace=None if grace is None else GraceView(grace["seconds"], grace["finished"],
+                                                   grace["cancelled"]))
+
+
+# -- histograms of the file as dense arrays (reports compute many percentiles) ----------
+@functools.cache
+def bucket_values() -> npt.NDArray[np.int64]:
+    """Every bucket's value (its midpoint, ns), by index."""
+    return np.array([bucket_value(i) for i in range(MAX_INDEX + 1)], dtype=np.int64)
+
+
+def dense_counts(hist: Mapping[str, Sequence[int]], low: int = 0,
+                 high: int = MAX_INDEX) -> npt.NDArray[np.int64]:
+    """A file histogram as counts over the bucket indexes ``low..high`` (all its buckets
+    must be within them)."""
+    out = np.zeros(high - low + 1, dtype=np.int64)
+    if hist["i"]:
+        out[np.cumsum(np.asarray(hist["i"], dtype=np.int64)) - low] = hist["c"]
+    return out
+
+
+def percentiles(counts: npt.NDArray[np.int64], qs: Sequence[float],
+                values: npt.NDArray[np.int64] | None = None) -> list[int | None]:
+    """The nearest-rank percentiles ``qs`` (0 < q <= 1) of dense ``counts`` whose buckets
+    have ``values`` (by default every bucket's), in ns (the rule of $defs/histogram in
+    the result schema); None when empty."""
+    running = np.cumsum(counts)
+    total = int(running[-1]) if running.size else 0
+    if total == 0:
+        return [None] * len(qs)
+    ranks = [max(1, math.ceil(q * total - 1e-9)) for q in qs]
+    where = np.searchsorted(running, ranks, side="left")
+    if values is None:
+        values = bucket_values()
+    return [int(values[i]) for i in where]
