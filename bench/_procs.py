@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 SAMPLE_EVERY = 0.2
 STOP_WAIT = 5.0
@@ -123,6 +124,16 @@ class Run:
             if pid in s.procs:
                 return s.procs[pid].ppid
         return None
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so a bench cleans up the same way on
+    Ctrl-C, a kill, or when started in the background (where SIGINT comes in ignored)."""
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def read_proc(pid: int) -> ProcInfo | None:

@@ -10,8 +10,14 @@ socket, decode, validate, merge per worker, per second and in total) runs in thi
 process on asyncio, as in `loadmaster run`. Printed: deltas received, deltas lost, and
 this process's CPU time over the measured window as a share of one core.
 
+With ``--curve`` the master's SUB is a CURVE server, as in ``loadmaster run --key``: a
+ZAP handler (``loadmaster.auth.AgentAuth``) runs in the master's context and admits one
+key, the publishers' (CURVE clients pinned to the master's public key); both key pairs
+are made in memory. Decryption runs on ZeroMQ's I/O thread, in this process: its CPU
+time counts.
+
     python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2] [--pin]
-        [--dash PAGES]
+        [--dash PAGES] [--curve]
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
+from loadmaster.auth import AgentAuth
 from loadmaster.config import load_config
 from loadmaster.console import AgentLine
 from loadmaster.dashboard import Dashboard, DashOptions, Feed
+from protocol.security import Curve, KeyPair, curve_keys, curve_of
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta
@@ -92,9 +100,21 @@ def check_frames(sample: Totals) -> None:
     assert ours == real, "the bench's deltas differ from the real encoder's"
 
 
+class CountingAuth(AgentAuth):
+    """``AgentAuth`` counting the handshakes it admits."""
+
+    admitted = 0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = super().callback(domain, key)
+        self.admitted += ok
+        return ok
+
+
 def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: float,
-              cpus: set[int] | None) -> None:
-    """``count`` simulated workers through one PUB socket, one delta each a second."""
+              cpus: set[int] | None, keys: list[bytes] | None = None) -> None:
+    """``count`` simulated workers through one PUB socket, one delta each a second;
+    ``keys`` (``curve_keys``): a CURVE client."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     rng = random.Random(first)
@@ -102,6 +122,9 @@ def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: f
     sock = ctx.socket(zmq.PUB)
     sock.sndhwm = 0  # this bench measures the master, not our send queue
     sock.linger = 5000
+    client = curve_of(keys or [])
+    if client is not None:
+        client.apply(sock)
     sock.connect(endpoint)
     # the parts of every body made once: a publisher costs far less than the workers it
     # stands for, so that it takes little CPU from the master it measures
@@ -172,14 +195,21 @@ async def serve_dashboard(agg: Aggregator, workers: int
 
 
 async def measure(workers: int, seconds: float, publishers: int, pin: bool,
-                  dash_pages: int | None = None) -> None:
+                  dash_pages: int | None = None, curve: bool = False) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     master_cpus = publisher_cpus = None
     if pin and len(cpus) > 1:  # the master on a core of its own, as on a real cluster
         master_cpus, publisher_cpus = {cpus[-1]}, set(cpus[:-1])
         os.sched_setaffinity(0, master_cpus)
     ctx = zmq.asyncio.Context()
-    agg = Aggregator(ctx, "127.0.0.1", RUN_ID)
+    auth, server, client_keys = None, None, None
+    if curve:  # as `loadmaster run --key`: the handler first, then the CURVE server socket
+        server = Curve(KeyPair(*zmq.curve_keypair()))
+        client = Curve(KeyPair(*zmq.curve_keypair()), server.pair.public)
+        client_keys = curve_keys(client)
+        auth = CountingAuth(ctx, {client.pair.public: "the bench's publishers"})
+        auth.start()
+    agg = Aggregator(ctx, "127.0.0.1", RUN_ID, server)
     port = agg.bind()
     for w in range(workers):
         agg.expect("bench", w)
@@ -197,9 +227,11 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
         if n <= 0:
             break
         proc = mp.Process(target=publisher, args=(f"tcp://127.0.0.1:{port}", first, n,
-                                                  seconds, start_at, publisher_cpus))
+                                                  seconds, start_at, publisher_cpus,
+                                                  client_keys))
         proc.start()
         procs.append(proc)
+    senders = len(procs)
     for _ in range(dash_pages or 0):  # pages read in processes of their own: not the master
         assert dash is not None
         proc = mp.Process(target=page, args=(dash.url, seconds + 3.0, publisher_cpus))
@@ -221,6 +253,8 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
         await asyncio.gather(feeding, return_exceptions=True)
         await dash.close()
     agg.close()
+    if auth is not None:
+        auth.stop()  # its ZAP socket too, or term() would wait for it
     ctx.term()
     rate = (got1 - got0) / (wall1 - wall0)
     share = (cpu1 - cpu0) / (wall1 - wall0)
@@ -230,6 +264,9 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
     where = (f", master pinned to CPU {min(master_cpus)}, publishers to the others"
              if master_cpus else "")
     print(f"workers simulated        : {workers} ({publishers} publisher processes{where})")
+    if auth is not None:
+        print(f"CURVE                    : the SUB a CURVE server, {auth.admitted} of "
+              f"{senders} publisher(s) admitted by AgentAuth, {len(auth.refused)} refused")
     if dash_pages is not None:
         cost = sorted(SNAPSHOTS)[len(SNAPSHOTS) // 2] if SNAPSHOTS else 0.0
         print(f"dashboard                : served, a snapshot a second ({1e3 * cost:.2f} ms "
@@ -252,9 +289,12 @@ def main() -> None:
     p.add_argument("--dash", type=int, metavar="PAGES", default=None,
                    help="also serve the dashboard, fed each second, with PAGES pages open "
                         "(0: served, no page)")
+    p.add_argument("--curve", action="store_true",
+                   help="the SUB a CURVE server behind loadmaster.auth.AgentAuth, the "
+                        "publishers CURVE clients with an authorized key")
     a = p.parse_args()
     check_frames(realistic_delta(random.Random(0), AGENT, 0, 0).totals)
-    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin, a.dash))
+    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin, a.dash, a.curve))
 
 
 if __name__ == "__main__":

@@ -44,19 +44,17 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _loadmaster import REPO, LoadmasterFailed, ProjectRun, run_loadmaster, write_config
-from _procs import Run, run_sampled
+from _procs import Run, interrupt_on_signals, run_sampled
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
 LETTERS = ("a", "b", "c", "d", "e")
@@ -430,12 +428,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt  # the same cleanup as Ctrl-C
-
-    # Also when started in the background, where SIGINT comes in ignored.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    interrupt_on_signals()
     nofile = raise_fd_limit()
     many = min(IDLE_MANY, nofile - 500)
     if (os.cpu_count() or 1) < 2:

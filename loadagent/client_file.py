@@ -7,7 +7,7 @@ import inspect
 import os
 import sys
 import traceback
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from protocol.client import ClientProtocol
@@ -15,6 +15,23 @@ from protocol.client import ClientProtocol
 
 class ClientLoadError(Exception):
     """The client file cannot be used; the message says why (and may hold a traceback)."""
+
+
+def inside(run_dir: Path, class_file: str) -> Path:
+    """The client file ``class_file`` of a job, which must be a file of its bundle: a
+    relative path that stays inside ``run_dir`` (links resolved). Anything else is
+    refused (ClientLoadError) before a line of it runs: a master must not make an agent
+    import a file that was already on its disk."""
+    rel = PurePosixPath(class_file)
+    if rel.is_absolute() or ".." in rel.parts or not class_file.strip():
+        raise ClientLoadError(f"class_file {class_file[:200]!r} is not a path inside the "
+                              f"job's bundle: refused")
+    root = run_dir.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ClientLoadError(f"class_file {class_file[:200]!r} is not a file of the job's "
+                              f"bundle: refused")
+    return path
 
 
 def load_client_class(path: Path, class_name: str = "") -> type[ClientProtocol]:

@@ -34,8 +34,10 @@ import zmq.asyncio
 
 from loadagent.job import JobRun
 from loadagent.rundir import sweep_stale_rundirs
+from loadagent.status import BEAT, StatusFile
 from protocol import __version__
 from protocol.exitcodes import AgentExitCode
+from protocol.security import Curve, fingerprint
 from protocol.wire.channel import Channel, agent_control, stats_endpoint
 from protocol.wire.codec import (
     PROTOCOL_VERSION,
@@ -98,6 +100,7 @@ class AgentOptions:
     max_message: int
     token: str = ""
     embedded: bool = False
+    curve: Curve | None = None  # this agent's keys, pinned to its master's public key
 
 
 class ClockOffset:
@@ -135,6 +138,12 @@ class AgentDaemon:
         self._clock = ClockOffset()
         self._leaving = False
         self._run_over = False  # the master said its run is done: its going away is normal
+        self._told_handshake = False  # a failed handshake with this master was logged
+        self._registered = False  # with a master now
+        self._status = StatusFile(opts.name, opts.master)
+        if not self._status.usable:
+            log.warning("%s is not a folder of this user's alone: `loadagent status` will "
+                        "not see this agent", self._status.folder)
 
     # -- signals and the embedding master -----------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -166,6 +175,7 @@ class AgentDaemon:
         for path in sweep_stale_rundirs():
             log.info("removed %s, left by an agent that is gone", path)
         ctx = zmq.asyncio.Context()
+        status = loop.create_task(self._beat_status())
         try:
             while True:
                 welcome = await self._connect(ctx)
@@ -181,10 +191,25 @@ class AgentDaemon:
             log.error("%s", e)
             return e.code
         finally:
+            status.cancel()
+            await asyncio.gather(status, return_exceptions=True)
+            self._status.remove()
             if self._job is not None:
                 await self._job.close()
             self._close_socket()
             ctx.term()
+
+    async def _beat_status(self) -> None:
+        """The status file `loadagent status` reads, rewritten while the loop turns."""
+        while True:
+            if self.should_exit:
+                state = "leaving"
+            elif self._job is not None:
+                state = "running"  # not which run: the file is this user's, but still
+            else:
+                state = "idle" if self._registered else "dialing"
+            self._status.write(state)  # a few hundred bytes: no thread (one could write
+            await asyncio.sleep(BEAT)  # it again after the file was removed at exit)
 
     # -- connection ---------------------------------------------------------------------
     def _close_socket(self) -> None:
@@ -238,7 +263,8 @@ class AgentDaemon:
         """
         self._close_socket()
         self._channel = agent_control(ctx, self._opts.master, self._opts.max_message,
-                                      BACKOFF_MAX)
+                                      BACKOFF_MAX, self._opts.curve)
+        self._told_handshake = False
         log.info("dialing master %s", self._opts.master)
         register = Register(
             name=self._opts.name, hostname=socket.gethostname(),
@@ -248,6 +274,7 @@ class AgentDaemon:
             self._send(register)
             msg = await self._recv(REGISTER_EVERY)
             if not isinstance(msg, Welcome):
+                self._check_handshakes()
                 continue
             if msg.accepted:
                 self._clock = ClockOffset()
@@ -259,6 +286,23 @@ class AgentDaemon:
                 raise AgentExit(AgentExitCode.USAGE, f"embedded agent not accepted: {msg.reason}")
             await self._sleep_or_wake(NOT_ACCEPTED_RETRY)
         return None
+
+    def _check_handshakes(self) -> None:
+        """Say once per master why it does not answer, when the handshake is the cause."""
+        assert self._channel is not None
+        if not self._channel.handshake_failures() or self._told_handshake:
+            return
+        self._told_handshake = True
+        if self._opts.curve is None:
+            log.warning("the master at %s refused the handshake: a master with keys wants "
+                        "this agent's --key and --master-key (or that is not a loadmaster)",
+                        self._opts.master)
+        else:
+            log.warning("the master at %s failed the CURVE handshake: it is not the master "
+                        "of --master-key (%s), has no keys, or does not authorize this "
+                        "agent's key (%s)", self._opts.master,
+                        fingerprint(self._opts.curve.server_public or b""),
+                        fingerprint(self._opts.curve.pair.public))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Sleep, cut short by a signal."""
@@ -273,6 +317,7 @@ class AgentDaemon:
         """Heartbeat and run jobs until we leave (False) or lose the master (True)."""
         publish_to = stats_endpoint(self._opts.master, welcome.stats_port)
         self._run_over = False
+        self._registered = True
         loop = asyncio.get_running_loop()
         # Heartbeats have a task of their own: handling a message may take seconds (a job
         # of 200,000 files decoded in a thread, a run directory removed), and the master
@@ -282,6 +327,7 @@ class AgentDaemon:
         try:
             return await self._serve_messages(publish_to)
         finally:
+            self._registered = False
             beating.cancel()
             await asyncio.gather(beating, return_exceptions=True)
 
@@ -400,5 +446,5 @@ class AgentDaemon:
         log.info("run %s: job received (%d worker(s), %d bundle file(s))", job.run_id,
                  len(job.worker_ids), len(job.bundle))
         self._job = JobRun(job, self._opts.name, stats_endpoint, self._mp, self._send,
-                           lambda: (self._clock.offset, self._clock.rtt))
+                           lambda: (self._clock.offset, self._clock.rtt), self._opts.curve)
         self._job.begin()

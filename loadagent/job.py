@@ -35,6 +35,7 @@ from multiprocessing.process import BaseProcess
 from loadagent.rundir import RunDir, write_bundle
 from loadagent.worker import worker_main
 from protocol.bundle import BundleError
+from protocol.security import Curve, curve_keys
 from protocol.wire.codec import Message, WireError, decode_joined, encode_joined
 from protocol.wire.limits import FINAL_MAX
 from protocol.wire.messages import (
@@ -101,8 +102,10 @@ class WorkerHandle:
 
 class JobRun:
     def __init__(self, job: Job, agent: str, stats_endpoint: str, mp: ForkServerContext,
-                 send: Callable[[Message], None], clock: Callable[[], tuple[float, float]]) -> None:
+                 send: Callable[[Message], None], clock: Callable[[], tuple[float, float]],
+                 curve: Curve | None = None) -> None:
         self.job = job
+        self._curve = curve
         self._agent = agent
         self._stats_endpoint = stats_endpoint
         self._mp = mp
@@ -146,7 +149,7 @@ class JobRun:
                  self._rundir.path)
 
     def _write_rundir(self) -> RunDir:
-        rundir = RunDir(self.job.run_id)
+        rundir = RunDir()
         try:
             write_bundle(self.job.bundle, rundir.path)
         except BaseException:
@@ -165,7 +168,8 @@ class JobRun:
         try:
             ours.send_bytes(encode_joined(WorkerJob(
                 job=replace(self.job, bundle=[]), worker=index, agent=self._agent,
-                stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path))))
+                stats_endpoint=self._stats_endpoint, run_dir=str(self._rundir.path),
+                curve=curve_keys(self._curve))))
         except BaseException:
             _kill(handle)
             raise

@@ -66,14 +66,16 @@ PREFIX = "loadagent-"
 
 
 class RunDir:
-    """A temporary directory for one run; ``remove()`` is safe to call twice.
+    """A temporary directory for one run (mode 0700, a random name); ``remove()`` is
+    safe to call twice.
 
     Its name carries the agent's pid, so a later agent can tell the directory of one
-    that was killed before it could clean up (``sweep_stale_rundirs``).
+    that was killed before it could clean up (``sweep_stale_rundirs``), but not the run
+    id, which would let any local user aim a forged delta at the run.
     """
 
-    def __init__(self, run_id: str) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{run_id}-"))
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -82,7 +84,7 @@ class RunDir:
 def sweep_stale_rundirs(parent: Path | None = None) -> list[Path]:
     """Remove run directories whose agent process no longer exists; returns them."""
     removed = []
-    for path in Path(parent or tempfile.gettempdir()).glob(f"{PREFIX}*-*-*"):
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
         pid = path.name[len(PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or not path.is_dir() or path.is_symlink():
             continue

@@ -22,13 +22,19 @@ from pathlib import Path
 import uvloop
 import zmq
 
-from loadagent.client_file import describe_failure, load_client_class, run_global_init
+from loadagent.client_file import (
+    describe_failure,
+    inside,
+    load_client_class,
+    run_global_init,
+)
 from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import ClientScheduler, GraceReport
 from protocol.client import ClientProtocol
 from protocol.exitcodes import AgentExitCode
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
 from protocol.plan import client_offsets, clients_of
+from protocol.security import curve_of
 from protocol.stats import Totals
 from protocol.wire.channel import stats_pub
 from protocol.wire.codec import (
@@ -211,7 +217,7 @@ class Worker:
             if cls is None:
                 return
             ctx = zmq.Context()
-            pub = stats_pub(ctx, self._wj.stats_endpoint)
+            pub = stats_pub(ctx, self._wj.stats_endpoint, curve_of(self._wj.curve))
             try:
                 self._send(WorkerReady(worker=self._wj.worker, notes=self._notes()))
                 t0 = await self._hello_until_start(pub)
@@ -233,7 +239,8 @@ class Worker:
         try:
             os.chdir(self._wj.run_dir)
             sys.path.insert(0, self._wj.run_dir)
-            cls = load_client_class(Path(job.class_file), job.class_name)
+            cls = load_client_class(inside(Path(self._wj.run_dir), job.class_file),
+                                    job.class_name)
             await run_global_init(cls, job.custom_conf)
         except BaseException as e:  # SystemExit from user code is a failure too
             if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):

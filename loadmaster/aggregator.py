@@ -27,17 +27,29 @@ import zmq.asyncio
 
 from loadmaster.series import AgentSecond, Merged, Second, Series
 from protocol.histogram import Counts, DenseHistogram, HistogramArena, Indexes, Unpacked
+from protocol.security import Curve
 from protocol.stats import OpStats, Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
 from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
-from protocol.wire.messages import MAX_SECOND, Delta, Hello
+from protocol.wire.messages import Delta, Hello
 
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
 POLL_WAIT = 0.2  # seconds; a missed ZMQ_FD edge costs at most this
 RATE_WINDOW = 5  # complete seconds behind "current rps"
 SECOND_SLACK = 30.0  # how far ahead of T0 + elapsed a delta's second may be (clock skew)
+# A worker sends about a delta a second: a sequence number further ahead than the run's
+# seconds and this slack is not one of its own; nor are more calls in one delta than a
+# worker's loop can end in a second (a bare loop of no-op awaits does about a million).
+SEQ_SLACK = 60
+MAX_DELTA_CALLS = 20_000_000
+# Nor more operation names in a run than this (each costs the master a histogram per
+# second), a worker's loop lag or CPU time over an hour in a second, or more clients
+# than a worker's open files allow.
+MAX_NAMES = 1000
+MAX_DELTA_SECONDS = 3600.0
+MAX_CLIENTS = 10_000_000
 # The saturation rule (one place: a later issue makes these configurable)
 SATURATION_CPU = 0.9  # of one core, per second
 SATURATION_LAG = 0.020  # seconds of event-loop lag
@@ -58,6 +70,7 @@ class WorkerLive:
     arena: HistogramArena | None = None
     slots: dict[str, int] = field(default_factory=dict)
     next_seq: int = 0
+    dropped: int = 0  # implausible deltas since the last one taken: not lost, not counted
     missed: int = 0
     clients: int = 0
     last_second: int = 0  # the latest second of the run it reported
@@ -132,8 +145,10 @@ class WorkerLive:
 
 
 class Aggregator:
-    def __init__(self, ctx: zmq.asyncio.Context, host: str, run_id: str) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, host: str, run_id: str,
+                 curve: Curve | None = None) -> None:
         self._ctx = ctx
+        self._curve = curve
         self._host = host
         self._topic = run_id.encode("ascii")
         self._channel: Channel | None = None
@@ -144,10 +159,11 @@ class Aggregator:
         self.series = Series()
         self._arena = HistogramArena()  # the workers' histograms
         self.bad_messages = 0
+        self.implausible = 0  # deltas dropped as impossible for a real worker
         self.t0: float | None = None  # wall clock of T0, once the run started
 
     def bind(self) -> int:
-        self._channel, self.port = stats_sub(self._ctx, self._host, self._topic)
+        self._channel, self.port = stats_sub(self._ctx, self._host, self._topic, self._curve)
         return self.port
 
     def close(self) -> None:
@@ -180,7 +196,9 @@ class Aggregator:
             except WireError as e:
                 self._bad(str(e))
                 continue
-            if isinstance(msg, Hello):  # (a delta has DELTA_HEADER: it cannot come here)
+            # (a delta has DELTA_HEADER: it cannot come here); planned workers only, or a
+            # stream of made-up names would grow this set for the whole run
+            if isinstance(msg, Hello) and (msg.agent, msg.worker) in self.workers:
                 self.hellos.add((msg.agent, msg.worker))
         if bodies:
             self._on_deltas(decode_deltas(bodies))
@@ -209,7 +227,7 @@ class Aggregator:
         seconds: dict[tuple[int, str], list[int]] = {}
         # a delta's second may not be far ahead of the run's clock (a forged one would hold
         # the live figures back)
-        horizon = MAX_SECOND if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
+        horizon = SECOND_SLACK if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
         for d, parts in zip(batch.deltas, batch.parts, strict=True):
             w = self._take(d, horizon)
             if w is None:
@@ -250,6 +268,27 @@ class Aggregator:
                       f"far ahead of the run's clock")
             return None
         lost = d.seq - w.next_seq
+        calls = 0
+        new_names = 0
+        known = self.totals.ops
+        for name, st in d.totals.ops.items():
+            calls += st.ok + st.fail
+            if name not in known:
+                new_names += 1
+        far = lost > (0 if self.t0 is None else horizon) + SEQ_SLACK
+        if far or calls > MAX_DELTA_CALLS or len(known) + new_names > MAX_NAMES \
+                or d.loop_lag > MAX_DELTA_SECONDS or d.cpu_seconds > MAX_DELTA_SECONDS \
+                or d.clients > MAX_CLIENTS:
+            self.implausible += 1
+            self._bad(f"an implausible delta for agent {d.agent}, worker {d.worker} (sequence "
+                      f"{d.seq} where {w.next_seq} was next, {calls} calls, {new_names} new "
+                      f"name(s) beyond {len(known)}, {d.clients} clients, loop lag "
+                      f"{d.loop_lag:.3g} s, cpu {d.cpu_seconds:.3g} s): dropped")
+            if not far:  # not counted again as lost (the sequence stays: a real delta of
+                w.dropped += 1  # that number may still come, if this one was forged)
+            return None
+        lost = max(0, lost - w.dropped)
+        w.dropped = 0
         w.missed += lost
         w.next_seq = d.seq + 1
         w.clients = d.clients

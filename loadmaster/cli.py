@@ -24,14 +24,21 @@ from loadmaster.outputs import Outputs, save_outputs, write_reports
 from loadmaster.result import Ending, ResultFileError, build_result
 from loadmaster.resultfile import ReportInputError, final_view, load_result
 from loadmaster.run import Run
-from loadmaster.run_options import RunFailed, RunOptions
+from loadmaster.run_options import MasterKeys, RunFailed, RunOptions
 from loadmaster.summary import load_summary
 from protocol.bundle import BundleError
 from protocol.command import new_app
 from protocol.cpus import parse_cpu_list
 from protocol.exitcodes import ExitCode
 from protocol.fdlimit import raise_open_files_limit
-from protocol.wire.channel import CONTROL_PORT, EndpointError, parse_host_port
+from protocol.security import KeyFileError, load_authorized, load_keypair, write_keys
+from protocol.wire.channel import (
+    CONTROL_PORT,
+    EndpointError,
+    host_port,
+    is_loopback,
+    parse_host_port,
+)
 
 app = new_app("loadmaster", "Distributed load tester: drives loadagent workers and reports.")
 
@@ -107,11 +114,56 @@ def _early_result(cfg: Config, opts: RunOptions, failed: RunFailed) -> None:
     save_outputs(opts.outputs, lambda: build_result(cfg, opts.mask, ending))
 
 
+def master_keys(key: Path | None, authorized: Path | None, cfg: Config,
+                insecure: bool) -> MasterKeys | None:
+    """The master's CURVE keys from --key and --authorized-agents, or else the config's
+    ``security:``; None without keys. ValueError (KeyFileError) names what is wrong."""
+    if key is None and authorized is None and cfg.security is not None:
+        where = f"{cfg.path}: key 'security'"
+        key, authorized = Path(cfg.security["key"]), Path(cfg.security["authorized_agents"])
+    else:
+        where = ""
+    if key is None and authorized is None:
+        return None
+    if key is None or authorized is None:
+        missing = "--key" if key is None else "--authorized-agents"
+        raise ValueError(f"{missing} is required with "
+                         f"{'--authorized-agents' if key is None else '--key'}")
+    if insecure:
+        raise ValueError("--insecure with keys: the keys are the secure way; drop --insecure")
+    try:
+        return MasterKeys(load_keypair(key), load_authorized(authorized))
+    except KeyFileError as e:
+        raise ValueError(f"{where}: {e}" if where else str(e)) from None
+
+
+def check_bind(host: str, keys: MasterKeys | None, insecure: bool) -> None:
+    """Agents run the code the master sends: beyond this machine only with keys, or when
+    told --insecure (warned about)."""
+    if keys is not None or is_loopback(host):
+        return
+    if not insecure:
+        raise ValueError(
+            f"--bind {host_port(host)}: any host that reaches this address could join as an "
+            f"agent (and "
+            f"read the client code and config) or forge figures; give the master --key and "
+            f"--authorized-agents (README: Security), or --insecure on a network you trust")
+    print(f"loadmaster: warning: --insecure: the control and stats channels on "
+          f"{host_port(host)} are "
+          f"not authenticated: any host that reaches them can join as an agent (and read the "
+          f"test) or forge figures", file=sys.stderr)
+
+
 def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
-               log_level: str = "") -> int:
+               log_level: str = "", key: Path | None = None,
+               authorized: Path | None = None) -> int:
     try:
         cfg = load_config(conf, overrides)
+        opts.keys = master_keys(key, authorized, cfg, opts.insecure)
+        check_bind(opts.bind_host, opts.keys, opts.insecure)
     except ConfigError as e:
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    except ValueError as e:
         raise _fail(ExitCode.USAGE, str(e)) from None
     level = log_level or ("warning" if cfg.agents == 0 else "info")
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
@@ -201,6 +253,17 @@ def run(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only the final block (no live blocks or progress).")]
     = False,
+    key_dir: Annotated[Path | None, typer.Option(
+        "--key", metavar="DIR",
+        help="This master's CURVE key pair (a `loadmaster keygen` folder): control and stats "
+             "channels accept only --authorized-agents.")] = None,
+    authorized_agents: Annotated[Path | None, typer.Option(
+        "--authorized-agents", metavar="DIR",
+        help="A folder of the agents' public key files (NAME.key); required with --key.")]
+    = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow a --bind address other than loopback without keys.")]
+    = False,
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
@@ -228,9 +291,21 @@ def run(
         raise _fail(ExitCode.USAGE, str(e)) from None
     opts = RunOptions(bind_host, bind_port, cpu_list, outputs=outputs, mask=tuple(mask or ()),
                       dash=dash_opts, metrics=metrics_at, metrics_keep=metrics_keep,
-                      quiet=quiet)
-    code = run_config(file, overrides, opts, log_level)
+                      quiet=quiet, insecure=insecure)
+    code = run_config(file, overrides, opts, log_level, key_dir, authorized_agents)
     raise typer.Exit(code)
+
+
+@app.command()
+def keygen(
+    folder: Annotated[Path, typer.Argument(
+        help="Where to write the pair (created if missing).", show_default=False)],
+    name: Annotated[str, typer.Option(help="The files' name: NAME.key, NAME.key_secret.")]
+    = "master",
+) -> None:
+    """Write a CURVE key pair for --key: NAME.key (public: give it to the agents'
+    --master-key) and NAME.key_secret (readable by you only)."""
+    write_keys(folder, name, "loadmaster")
 
 
 @app.command()

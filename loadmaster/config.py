@@ -109,6 +109,9 @@ class Config:
     files: list[str] = _key(values.path_list,
                             "extra files and folders to ship to agents, relative paths kept",
                             default=[], shown="`[]`")
+    security: dict[str, str] | None = _key(
+        values.security, "CURVE keys, as `--key` and `--authorized-agents`: `{key: FOLDER, "
+        "authorized_agents: FOLDER}` (see [Security](#security))", default=None, shown="none")
     # not keys: where the config came from, the keys for global_init, what to warn about
     path: Path = Path()
     custom: dict[str, Any] = field(default_factory=dict)

@@ -130,3 +130,15 @@ def path_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("expected a list of file or folder paths")
     return list(value)
+
+
+SECURITY_KEYS = ("key", "authorized_agents")
+
+
+def security(value: Any) -> dict[str, str]:
+    """``{key: DIR, authorized_agents: DIR}``: both folders, nothing else."""
+    expected = "expected {key: FOLDER, authorized_agents: FOLDER} (folders made by keygen)"
+    if not isinstance(value, dict) or set(value) != set(SECURITY_KEYS) or not all(
+            isinstance(v, str) and v.strip() for v in value.values()):
+        raise ValueError(expected)
+    return {k: str(value[k]).strip() for k in SECURITY_KEYS}

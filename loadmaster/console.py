@@ -230,8 +230,9 @@ def format_final(view: FinalView) -> str:
                          f"{generator:<9} {1000 * a.clock_offset:>10.1f} "
                          f"{1000 * a.start_skew:>8.1f}  {a.state}")
     if view.missed_deltas:
-        lines.append(f"live deltas lost on the stats channel: {view.missed_deltas} "
-                     f"(the totals above come from final totals and are exact)")
+        exact = "" if view.incomplete else \
+            " (the totals above come from final totals and are exact)"
+        lines.append(f"live deltas lost on the stats channel: {view.missed_deltas}{exact}")
     lines.extend(view.notes)
     return "\n".join(lines)
 

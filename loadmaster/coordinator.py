@@ -22,6 +22,7 @@ from enum import Enum
 import zmq
 import zmq.asyncio
 
+from protocol.security import Curve
 from protocol.wire.channel import Channel, master_control
 from protocol.wire.codec import (
     Message,
@@ -53,6 +54,8 @@ from protocol.wire.messages import (
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 1000
 CONTROL_LIMIT = FINAL_MAX  # the largest message an agent sends; MAXMSGSIZE guards the socket
+BAD_LOGGED = 20  # bad control messages logged one by one
+BAD_EVERY = 1000  # then one in this many
 
 
 class AgentState(Enum):
@@ -96,8 +99,10 @@ class AgentRecord:
 
 class Coordinator:
     def __init__(self, ctx: zmq.asyncio.Context, host: str, port: int, wanted: int,
-                 token: str | None, on_change: Callable[[], None]) -> None:
+                 token: str | None, on_change: Callable[[], None],
+                 curve: Curve | None = None) -> None:
         self._ctx = ctx
+        self._curve = curve
         self._host = host
         self._port = port
         self._wanted = wanted
@@ -109,11 +114,12 @@ class Coordinator:
         self.run_planned = False  # from then on no agent joins this master
         self.job_failures: list[tuple[str, JobFailed]] = []
         self.job_refusals: list[tuple[str, JobRefused]] = []
+        self.bad_messages = 0  # dropped: undecodable, too large, or of another version
 
     # -- socket -------------------------------------------------------------------------
     def bind(self) -> str:
         self._channel, endpoint = master_control(self._ctx, self._host, self._port,
-                                                 CONTROL_LIMIT)
+                                                 CONTROL_LIMIT, self._curve)
         return endpoint
 
     def close(self, linger_ms: int = 0) -> None:
@@ -186,12 +192,14 @@ class Coordinator:
             who = agent.name if agent else f"peer {identity.hex()}"
             text = (f"agent speaks protocol version {e.theirs}, master speaks {e.ours}: "
                     f"upgrade one of them")
-            log.error("refused %s: %s", who, text)
+            if self._complain():
+                log.error("refused %s: %s", who, text)
             self._raw_send(identity, encode_refused(text))
             return
         except WireError as e:
             who = agent.name if agent else f"peer {identity.hex()}"
-            log.warning("dropped a bad control message from %s: %s", who, e)
+            if self._complain():
+                log.warning("dropped a bad control message from %s: %s", who, e)
             return
         if isinstance(msg, Register):
             self._on_register(identity, msg)
@@ -239,6 +247,16 @@ class Coordinator:
             agent.lost_reason = f"left: {msg.reason}"
             self._on_change()
 
+    def _complain(self) -> bool:
+        """Whether to log one more bad message: the first BAD_LOGGED, then one in
+        BAD_EVERY (a peer sending garbage must not flood the log)."""
+        self.bad_messages += 1
+        n = self.bad_messages
+        if n == BAD_LOGGED + 1:
+            log.warning("%d bad control messages: from now on one in %d is logged", n - 1,
+                        BAD_EVERY)
+        return n <= BAD_LOGGED or n % BAD_EVERY == 0
+
     def _raw_send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer that may not be an agent (yet); False when it is unreachable."""
         assert self._channel is not None
@@ -264,7 +282,7 @@ class Coordinator:
             reason = f"an agent named {reg.name!r} is already registered"
         if reason:
             log.info("agent %s (%s) told to stay idle: %s", reg.name, reg.hostname, reason)
-            self._raw_send(identity, encode(self._welcome(False, reason)))
+            self._raw_send(identity, encode(self._welcome(False, reason)))  # and nothing more
             return
         if not self._raw_send(identity, encode(self._welcome(True, ""))):
             return  # its socket is already gone (a REGISTER resent from a closed socket)
@@ -276,6 +294,7 @@ class Coordinator:
         self._on_change()
 
     def _welcome(self, accepted: bool, reason: str) -> Welcome:
-        return Welcome(accepted=accepted, reason=reason, stats_port=self.stats_port,
-                       master_time=time.time())
+        """Where to publish goes to accepted agents only."""
+        return Welcome(accepted=accepted, reason=reason,
+                       stats_port=self.stats_port if accepted else 0, master_time=time.time())
 

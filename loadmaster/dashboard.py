@@ -19,10 +19,8 @@ cross-site form cannot send.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -44,7 +42,7 @@ from loadmaster.coordinator import AgentRecord
 from loadmaster.masking import mask_text, masked
 from loadmaster.result import plain
 from protocol.stats import OpStats, Totals
-from protocol.wire.channel import host_port
+from protocol.wire.channel import host_port, is_loopback
 
 log = logging.getLogger("loadmaster")
 
@@ -60,14 +58,6 @@ _SERIES = ("t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms")
 
 class DashboardError(Exception):
     """The dashboard cannot be served as asked (an explicit port that is busy)."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    return False
 
 
 def has_display() -> bool:

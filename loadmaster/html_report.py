@@ -483,8 +483,9 @@ def _agents(doc: Mapping[str, Any]) -> str:
 def _notes(doc: Mapping[str, Any]) -> str:
     parts = []
     if doc["missed_deltas"]:
-        text = (f"live deltas lost on the stats channel: {doc['missed_deltas']} (the totals "
-                f"come from final totals and are exact; the charts miss what they held)")
+        exact = "" if doc["incomplete"] else "the totals come from final totals and are exact; "
+        text = (f"live deltas lost on the stats channel: {doc['missed_deltas']} ({exact}the "
+                f"charts miss what they held)")
         parts.append(f'<p id="missed-deltas" class="warn">{_e(text)}</p>')
     if doc["notes"]:
         items = "".join(f"<li>{_e(n)}</li>" for n in doc["notes"])

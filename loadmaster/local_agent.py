@@ -1,6 +1,7 @@
 """The embedded agent: a `loadagent start` child process that only this master accepts.
 
-It gets a one-time token through its environment (not its command line), runs in its
+It gets a one-time token through its environment (not its command line), and when the
+master has CURVE keys a key pair made for this run (the master accepts only it), runs in its
 own process group (Ctrl-C belongs to the master), and exits when its stdin, a pipe
 from the master, closes: it never outlives the master.
 """
@@ -14,14 +15,16 @@ import signal
 import subprocess
 import sys
 
-from protocol.wire.messages import TOKEN_ENV
+from protocol.wire.messages import KEYS_ENV, TOKEN_ENV
 
 EXIT_WAIT = 5.0
 
 
 class LocalAgent:
-    def __init__(self, workers: int | None, cpu_list: str) -> None:
+    def __init__(self, workers: int | None, cpu_list: str,
+                 keys: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.token = secrets.token_hex(16)
+        self._keys = keys  # its CURVE pair and the master's public key, when the master has keys
         self._workers = workers
         self._cpu_list = cpu_list
         self._proc: subprocess.Popen[bytes] | None = None
@@ -34,6 +37,10 @@ class LocalAgent:
         if self._cpu_list:
             cmd += ["--cpu-list", self._cpu_list]
         env = {**os.environ, TOKEN_ENV: self.token}
+        if self._keys is not None:
+            env[KEYS_ENV] = b" ".join(self._keys).decode("ascii")
+        else:  # the master checked its own address (loopback, or --insecure)
+            cmd.append("--insecure")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env,
                                       start_new_session=True)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loadmaster.aggregator import (
+    MAX_NAMES,
     SATURATION_CPU,
     SATURATION_LAG,
     SATURATION_SECONDS,
@@ -42,6 +43,7 @@ class RunEnd:
     stopped: bool = False  # the dashboard's Stop button stopped it (no signal)
     client_failure: str | None = None  # every client failed before any I/O
     missed_deltas: int = 0
+    implausible: int = 0  # live deltas the aggregator dropped as impossible
 
 
 def agent_state(agent: AgentRecord) -> str:
@@ -84,6 +86,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     started = 0
     grace = GraceView(0.0, 0, 0)
     saturation: list[str] = []
+    estimated = False  # a worker's figures come from its live deltas
     for agent in agents:
         agent_totals = Totals(dense=True)
         for w in agent.worker_ids:
@@ -103,7 +106,8 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
             why = agent.lost_workers.get(w) or (
                 agent.lost_reason if agent.gone else "no final totals before the deadline")
             notes.append(f"worker {w} of agent {agent.name}: {why}; counted up to its last "
-                         f"live delta")
+                         f"live delta: its figures are an estimate, not exact")
+            estimated = True
         state = agent_state(agent)
         if agent.gone:
             when = (agent.lost_at or end.now) - end.t0
@@ -127,6 +131,12 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
     notes.extend(saturation)
+    if end.implausible:
+        notes.append(f"{end.implausible} live delta(s) dropped as implausible: a sequence "
+                     f"number, call count, loop lag, CPU time or client count no worker "
+                     f"could have sent, or operation names beyond {MAX_NAMES} in the run "
+                     f"(the live figures and the series miss them; the totals above come "
+                     f"from final totals)")
     if end.stopped:
         notes.append("stopped early from the dashboard (exit 130, as Ctrl-C)")
     if end.client_failure:
@@ -135,7 +145,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     view = FinalView(
         run_time=run_time, users=started, users_planned=end.users, totals=total,
         agents=lines, missed_deltas=end.missed_deltas, notes=notes,
-        incomplete=end.incomplete, grace=grace)
+        incomplete=end.incomplete or estimated, grace=grace)
     codes = set()
     if end.client_failure:
         codes.add(ExitCode.CLIENT_FAILED)

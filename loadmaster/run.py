@@ -34,6 +34,7 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import Aggregator
+from loadmaster.auth import AgentAuth
 from loadmaster.bundle import Bundle
 from loadmaster.config import Config
 from loadmaster.console import (
@@ -53,6 +54,7 @@ from loadmaster.run_options import RunFailed, RunOptions
 from loadmaster.run_views import LIVE_DELAY, RunViews
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
+from protocol.security import Curve
 from protocol.wire.channel import host_port
 from protocol.wire.messages import RUN_ID_LEN, Abort, RunDone, Start, Stop
 
@@ -82,12 +84,24 @@ class Run(RunViews):
         embedded = cfg.agents == 0
         self._local: LocalAgent | None = None
         token: str | None = None
+        keys = opts.keys
+        curve = None if keys is None else Curve(keys.pair)
+        self._auth: AgentAuth | None = None
+        local_keys = None
+        if keys is not None:
+            allowed = keys.allowed
+            if embedded:  # a pair for this run's own agent, and no other
+                public, secret = zmq.curve_keypair()
+                allowed = {public: "the embedded agent"}
+                local_keys = (public, secret, keys.pair.public)
+            self._auth = AgentAuth(self._ctx, allowed)
         if embedded:
-            self._local = LocalAgent(cfg.worker, opts.cpu_list)
+            self._local = LocalAgent(cfg.worker, opts.cpu_list, local_keys)
             token = self._local.token
         self.coord = Coordinator(self._ctx, opts.bind_host, 0 if embedded else opts.bind_port,
-                                 wanted=cfg.agents or 1, token=token, on_change=self._changed.set)
-        self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id)
+                                 wanted=cfg.agents or 1, token=token, on_change=self._changed.set,
+                                 curve=curve)
+        self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id, curve)
         self._agents: list[AgentRecord] = []
         self._total_workers = 0
         self._crashed: BaseException | None = None
@@ -196,15 +210,17 @@ class Run(RunViews):
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         try:
+            if self._auth is not None:
+                self._auth.start()  # before any CURVE socket: it guards both
             try:
                 endpoint = self.coord.bind()
                 self.coord.stats_port = self.agg.bind()
             except zmq.ZMQError as e:
                 where = host_port(self.opts.bind_host, self.opts.bind_port or None)
                 raise RunFailed(ExitCode.USAGE, f"--bind {where}: {e}") from None
-            if self.opts.bind_host not in ("127.0.0.1", "::1", "localhost"):
-                log.warning("control and stats channels on %s are unauthenticated: any host "
-                            "that reaches them can join or read", self.opts.bind_host)
+            if self._auth is not None:
+                log.info("CURVE: control and stats channels accept %d agent key(s)",
+                         len(self._auth.allowed))
             await self._start_dashboard()
             await self._start_metrics()
             tasks = [loop.create_task(self.coord.serve()), loop.create_task(self.agg.serve())]
@@ -242,6 +258,8 @@ class Run(RunViews):
         if self._local is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._local.stop)
         self.agg.close()
+        if self._auth is not None:
+            self._auth.stop()  # its ZAP socket too, or term() would wait for it
         self._ctx.term()
 
     async def _gather_agents(self) -> None:
@@ -435,7 +453,8 @@ class Run(RunViews):
             t0=self._t0, now=time.time(), users=self.cfg.users,
             total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
             stopped=self._dash_stop and self._signal is None,
-            client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas))
+            client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas,
+            implausible=self.agg.implausible))
         self._printer.final(format_final(view))
         self._view = view
         self._code = int(code)

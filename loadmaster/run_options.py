@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from loadmaster.dashboard import DashOptions
 from loadmaster.outputs import Outputs
+from protocol.security import KeyPair
 from protocol.wire.channel import CONTROL_PORT
 
-__all__ = ["RunFailed", "RunOptions"]
+__all__ = ["MasterKeys", "RunFailed", "RunOptions"]
 
 
 @dataclass
@@ -23,6 +24,16 @@ class RunOptions:
     metrics: tuple[str, int] | None = None  # where /metrics is served (--metrics)
     metrics_keep: float = 0.0  # seconds /metrics stays up after the run (--metrics-keep)
     quiet: bool = False  # only the final block (--quiet)
+    keys: MasterKeys | None = None  # CURVE (--key, --authorized-agents); None: plaintext
+    insecure: bool = False  # --insecure: a non-loopback bind without keys, as asked
+
+
+@dataclass(frozen=True)
+class MasterKeys:
+    """The master's key pair and the agents' public keys it accepts (key -> file name)."""
+
+    pair: KeyPair
+    allowed: dict[bytes, str]
 
 
 class RunFailed(Exception):

@@ -26,10 +26,11 @@ from loadmaster.console import (
     format_live,
 )
 from loadmaster.coordinator import AgentRecord, Coordinator
-from loadmaster.dashboard import Dashboard, DashboardError, Feed, is_loopback
+from loadmaster.dashboard import Dashboard, DashboardError, Feed
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
 from protocol.exitcodes import ExitCode
+from protocol.wire.channel import is_loopback
 
 __all__ = ["LIVE_DELAY", "RunViews"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -303,3 +304,32 @@ class Agents:
                 proc.kill()
                 codes[name] = None
         return codes
+
+
+@dataclass
+class Keys:
+    """Keys made as the README says: `loadmaster keygen`, `loadagent keygen` (one pair
+    shared by every agent), the agent's public key copied into an authorized folder."""
+
+    master: Path
+    agent: Path
+    authorized: Path
+
+    @property
+    def master_args(self) -> tuple[str, ...]:
+        return ("--key", str(self.master), "--authorized-agents", str(self.authorized))
+
+    @property
+    def agent_args(self) -> tuple[str, ...]:
+        return ("--key", str(self.agent), "--master-key", str(self.master / "master.key"))
+
+
+def make_keys(folder: Path) -> Keys:
+    """Keys in ``folder``, made by the real keygen commands."""
+    keys = Keys(folder / "master-keys", folder / "agent-keys", folder / "authorized")
+    for program, where in (("loadmaster", keys.master), ("loadagent", keys.agent)):
+        subprocess.run([sys.executable, "-m", program, "keygen", str(where)], check=True,
+                       capture_output=True, timeout=30)
+    keys.authorized.mkdir()
+    shutil.copy(keys.agent / "agent.key", keys.authorized)
+    return keys

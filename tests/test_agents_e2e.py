@@ -301,6 +301,14 @@ class FakeMaster:
         identity, *frames = self.sock.recv_multipart()
         return identity, frames
 
+    def accept(self) -> bytes:
+        """Read the agent's REGISTER, welcome it; its identity."""
+        identity, frames = self.recv()
+        assert isinstance(decode(frames), Register)
+        self.sock.send_multipart([identity, *encode(Welcome(
+            accepted=True, reason="", stats_port=free_port(), master_time=time.time()))])
+        return identity
+
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
@@ -360,10 +368,7 @@ def test_agent_refuses_a_bundle_that_leaves_its_run_directory(tag: str, tmp_path
     agents = Agents(tag, fake.port, tmp_path)
     try:
         agents.start("careful")
-        identity, frames = fake.recv()
-        assert isinstance(decode(frames), Register)
-        fake.sock.send_multipart([identity, *encode(Welcome(
-            accepted=True, reason="", stats_port=1, master_time=time.time()))])
+        identity = fake.accept()
         for path in ("../evil.py", "/tmp/evil-absolute.py", "ok/../../evil.py"):
             job = Job(run_id="0123456789abcdef", host="h", class_file="c.py", class_name="",
                       custom_conf={}, users=1, hatch_rate=1, run_time=1, wait_time=0,
@@ -438,7 +443,7 @@ def test_a_job_of_200k_files_never_pauses_the_agents_heartbeats(
         gaps = [b - a for a, b in itertools.pairwise(sent)]
         # a beat every HEARTBEAT seconds; never a missed one (before: gaps of 2.2 s and more)
         assert len(sent) > 3 and max(gaps) < 2 * HEARTBEAT, gaps
-        assert not list(shm.glob(f"loadagent-*-{job.run_id}-*"))
+        assert not list(shm.glob("loadagent-[0-9]*"))  # run directories
     finally:
         agents.stop_all()
         fake.close()

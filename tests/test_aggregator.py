@@ -273,6 +273,47 @@ def test_a_delta_far_ahead_of_the_runs_clock_is_dropped() -> None:
     assert 10_000 not in agg.series.seconds and agg.latest_second == 1
 
 
+def test_an_implausible_delta_is_dropped_and_counted_and_the_real_ones_go_on() -> None:
+    """A forged delta far ahead in sequence would make every real delta look old, and
+    one with a trillion calls would own the live figures: both are dropped, counted."""
+    huge = Totals()
+    huge.op("op").hist.record(1_000_000, 10**12)
+    huge.op("op").ok = 10**12
+    forged_far = delta(0, 10**9, ok=3, second=1)
+    forged_big = Delta(agent="a", worker=1, seq=0, second=1, clients=3, totals=huge,
+                       cpu_seconds=0.5, loop_lag=0.0)
+    frames = [encode_stats(TOPIC, forged_far), encode_stats(TOPIC, forged_big),
+              encode_stats(TOPIC, delta(0, 0, ok=5)), encode_stats(TOPIC, delta(0, 1, ok=7)),
+              encode_stats(TOPIC, delta(1, 0, ok=2))]
+
+    agg = asyncio.run(feed(frames, lambda a: a.totals.ok >= 14, t0=time.time()))
+    assert agg.implausible == 2
+    assert agg.totals.ok == 14 and agg.missed_deltas == 0
+    assert agg.workers[("a", 0)].next_seq == 2  # the real sequence went on
+
+
+def test_deltas_no_worker_sends_are_dropped_and_memory_stays_bounded() -> None:
+    """A thousand and one names (each costs a histogram a second), an absurd loop lag or
+    client count: dropped, counted; a Hello from a worker outside the plan is not kept."""
+    many = Totals()
+    for i in range(1001):
+        many.op(f"name-{i}").fail = 1
+    lag = delta(1, 0, ok=1, lag=1e308)
+    crowd = delta(1, 1, ok=1, clients=2**62)
+    names = Delta(agent="a", worker=1, seq=2, second=1, clients=3, totals=many,
+                  cpu_seconds=0.5, loop_lag=0.0)
+    frames = [encode_stats(TOPIC, lag), encode_stats(TOPIC, crowd),
+              encode_stats(TOPIC, names),
+              *(encode_stats(TOPIC, Hello(agent=f"stranger-{i}", worker=i)) for i in range(50)),
+              encode_stats(TOPIC, delta(1, 3, ok=4))]
+
+    agg = asyncio.run(feed(frames, lambda a: a.totals.ok >= 4, t0=time.time()))
+    assert agg.implausible == 3
+    assert agg.missed_deltas == 0  # dropped, not also counted as lost
+    assert agg.totals.ok == 4 and list(agg.totals.ops) == ["op"]
+    assert agg.hellos == {("a", 0)}  # the feed's own, planned
+
+
 def mixed_frames() -> list[list[bytes]]:
     """Deltas of two agents' workers, two names, several seconds and one late, with a
     duplicate, an unplanned worker, a bad body and a HELLO among them."""

@@ -330,14 +330,16 @@ def test_a_link_to_a_file_in_the_run_dir_is_not_followed(run_root: Path) -> None
 # -- run directory -------------------------------------------------------------------------
 
 
-def test_run_dir_is_fresh_and_removed() -> None:
-    a = RunDir("0123456789abcdef")
-    b = RunDir("0123456789abcdef")
+def test_run_dir_is_fresh_private_and_removed() -> None:
+    a = RunDir()
+    b = RunDir()
     try:
         assert a.path.is_dir() and b.path.is_dir()
         assert a.path != b.path
         assert list(a.path.iterdir()) == []
-        assert "0123456789abcdef" in a.path.name
+        # private, and named by the agent's pid (for the sweep), not by the run
+        assert stat.S_IMODE(a.path.stat().st_mode) == 0o700
+        assert a.path.name.startswith(f"loadagent-{os.getpid()}-")
         write_bundle([BundleFile("data/x.json", 0o644, b"{}")], a.path)
         assert (a.path / "data" / "x.json").is_file()
     finally:
@@ -355,9 +357,9 @@ def test_stale_run_directories_of_dead_agents_are_swept(tmp_path: Path) -> None:
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = tmp_path / f"loadagent-{dead.pid}-0123456789abcdef-x1"
-    live = tmp_path / f"loadagent-{os.getpid()}-0123456789abcdef-x2"
-    other = tmp_path / "loadagent-notapid-x-y"
+    stale = tmp_path / f"loadagent-{dead.pid}-x1ab_9zq"
+    live = tmp_path / f"loadagent-{os.getpid()}-x2cd_8yr"
+    other = tmp_path / "loadagent-notapid-y"
     for d in (stale, live, other):
         d.mkdir()
         (d / "client.py").write_text("")

@@ -57,7 +57,7 @@ def test_loadagent_start_help_has_a_text_and_no_contradiction_for_each_option() 
     assert r.returncode == 0, r.stderr
     rows = option_rows(r.stdout)
     assert set(rows) == {"--master", "--name", "--workers", "--cpu-list", "--max-message",
-                         "--log-level", "--help"}, r.stdout
+                         "--log-level", "--key", "--master-key", "--insecure", "--help"}, r.stdout
     for option, text in rows.items():
         assert re.search(r"[a-z]{3}", text.split("[default:")[0]), f"{option}: no help text"
     assert "[default: 0]" not in rows["--workers"]

@@ -23,6 +23,7 @@ from tests.e2e_helpers import (
     LineReader,
     Result,
     Target,
+    make_keys,
     master_cmd,
     tagged_env,
     wait_no_tagged,
@@ -43,11 +44,12 @@ def make_network(tag: str) -> Iterator[Callable[[Sequence[str]], Network]]:
 class Agent:
     """``loadagent start`` inside a host's namespace, its cwd an empty directory."""
 
-    def __init__(self, net: Network, host: Host, tag: str, master: Host, cwd: Path) -> None:
+    def __init__(self, net: Network, host: Host, tag: str, master: Host, cwd: Path,
+                 *args: str) -> None:
         self.host = host
         cmd = [sys.executable, "-m", "loadagent", "start",
                "--master", f"tcp://{master.ip}:{CONTROL_PORT}", "--name", host.name,
-               "--workers", "1"]
+               "--workers", "1", *args]
         self.proc = subprocess.Popen(net.exec_cmd(host, cmd), cwd=cwd, env=tagged_env(tag),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, stdin=subprocess.DEVNULL)
@@ -121,6 +123,7 @@ def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
 
 def test_agents_on_separate_hosts_generate_traffic_from_their_own_addresses(
         tmp_path: Path, tag: str, make_network: Callable[[Sequence[str]], Network]) -> None:
+    """With keys, as the README's multi-host set-up: every figure exact."""
     net = make_network(["master", "agent1", "agent2", "agent3"])
     master = net["master"]
     hosts = [net["agent1"], net["agent2"], net["agent3"]]
@@ -130,11 +133,13 @@ def test_agents_on_separate_hosts_generate_traffic_from_their_own_addresses(
     agent_dir.mkdir()  # the agents' cwd: empty, and it must stay so
     conf = write_job(master_dir, {"host": target.url, "users": 9, "hatch_rate": 9,
                                   "run_time": 3, "agent_timeout": 20})
-    agents = [Agent(net, h, tag, master, agent_dir) for h in hosts]
+    keys = make_keys(tmp_path)
+    agents = [Agent(net, h, tag, master, agent_dir, *keys.agent_args) for h in hosts]
 
     proc = subprocess.run(
         net.exec_cmd(master, master_cmd(conf, "--agents", "3",
-                                        "--bind", f"{master.ip}:{CONTROL_PORT}")),
+                                        "--bind", f"{master.ip}:{CONTROL_PORT}",
+                                        *keys.master_args)),
         cwd=master_dir, env=tagged_env(tag), capture_output=True, text=True, timeout=30,
         stdin=subprocess.DEVNULL)
     r = Result(proc.returncode, proc.stdout, proc.stderr)
@@ -182,10 +187,10 @@ def test_agent_whose_link_goes_down_is_reported_lost(
     agent_dir.mkdir()
     conf = write_job(master_dir, {"host": target.url, "users": 4, "hatch_rate": 4,
                                   "run_time": run_time, "stop_grace": 2, "agent_timeout": 20})
-    a1, a2 = (Agent(net, h, tag, master, agent_dir) for h in (h1, h2))
+    a1, a2 = (Agent(net, h, tag, master, agent_dir, "--insecure") for h in (h1, h2))
 
     with master_in(net, master, master_dir, conf, tag, "--agents", "2",
-                   "--bind", f"{master.ip}:{CONTROL_PORT}") as proc:
+                   "--bind", f"{master.ip}:{CONTROL_PORT}", "--insecure") as proc:
         out, err = LineReader(proc.stdout), LineReader(proc.stderr)
         try:
             out.wait_for("current rps", timeout=30)

@@ -158,7 +158,12 @@ def test_a_lost_worker_makes_its_agent_incomplete() -> None:
     assert view.agents[1].ok == 120 + 50  # worker 2's final, worker 3's live totals
     assert view.run_time == 10.2
     assert ("worker 3 of agent b: worker exited with code -9 (SIGKILL); counted up to its "
-            "last live delta") in view.notes
+            "last live delta: its figures are an estimate, not exact") in view.notes
+    assert view.incomplete  # the block says INCOMPLETE: never exact
+    view.missed_deltas = 3
+    text = format_final(view)
+    assert "final benchmark: (INCOMPLETE)" in text
+    assert "live deltas lost on the stats channel: 3\n" in text and "are exact" not in text
 
 
 def test_a_worker_without_final_totals_at_the_deadline_is_noted() -> None:

@@ -320,7 +320,10 @@ def test_a_worker_that_dies_is_reported_with_its_exit_code(
     assert len(notes) == 1
     assert "worker exited with code 7 before its totals" in notes[0]
     assert "counted up to its last live delta" in notes[0]
-    # the survivor's totals are exact; the dead one's count stops at its last delta
+    # the survivor's totals are exact; the dead one's count stops at its last delta, and
+    # the block says so: never exact
+    assert "its figures are an estimate, not exact" in notes[0]
+    assert "final benchmark: (INCOMPLETE)" in r.stdout
     assert 0 < r.final_int("success count") <= target.counts()["ok"]
 
 

@@ -8,7 +8,10 @@
 | stats PUB | PUB | each worker dials the master | LINGER 2 s (its last delta) |
 
 Every socket is made with LINGER 0 unless said otherwise, and with IPV6 when its host
-is an IPv6 address (written ``[::1]`` in an endpoint). Security (CURVE) belongs here.
+is an IPv6 address (written ``[::1]`` in an endpoint). With keys (protocol/security.py)
+the master's two sockets are CURVE servers and the agent's DEALER and its workers' PUBs
+CURVE clients pinned to the master's public key; the master's ZAP handler
+(loadmaster/auth.py) admits only the authorized agents' keys.
 
 The asyncio sockets are used through ``Channel``: the asyncio socket only polls, with
 a timeout, and every send and receive goes through a blocking view of the same socket
@@ -19,21 +22,25 @@ same socket had already consumed, for ever; a poll with a timeout cannot.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
 
+from protocol.security import Curve
 from protocol.wire.limits import SOCKET_SLACK, STATS_SOCKET_MAX
 
 __all__ = [
     "CONTROL_PORT",
+    "HANDSHAKE_FAILED",
     "Channel",
     "EndpointError",
     "agent_control",
     "endpoint_host",
     "host_port",
+    "is_loopback",
     "master_control",
     "parse_endpoint",
     "parse_host_port",
@@ -44,6 +51,8 @@ __all__ = [
 ]
 
 CONTROL_PORT = 5556  # the master's control port when none is given
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 STATS_HWM = 100_000  # deltas queued on the master before PUB/SUB drops (counted as gaps)
 PUB_LINGER_MS = 2000  # a worker's last delta gets this long to leave
 
@@ -61,6 +70,16 @@ def host_port(host: str, port: int | None = None) -> str:
     """``HOST:PORT`` as a user writes it, an IPv6 host in brackets; no port: the host."""
     shown = f"[{host}]" if ":" in host else host
     return shown if port is None else f"{shown}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this
+    machine's loopback: only local processes reach it."""
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
 
 
 def tcp_endpoint(host: str, port: int | None = None) -> str:
@@ -118,7 +137,29 @@ class Channel:
     def __init__(self, sock: zmq.asyncio.Socket) -> None:
         self._sock = sock
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._monitor: zmq.Socket[bytes] | None = None  # a blocking view of _watcher
+        self._watcher: zmq.asyncio.Socket | None = None
         self.closed = False
+
+    def watch_handshakes(self) -> None:
+        """From now on, remember failed handshakes (``handshake_failures``): a peer with
+        the wrong key, or without keys where they are needed, only shows there. The
+        agent's DEALER watches from the start (``agent_control``)."""
+        self._watcher = self._sock.get_monitor_socket(HANDSHAKE_FAILED)
+        self._monitor = zmq.Socket.shadow(self._watcher.underlying)
+
+    def handshake_failures(self) -> list[int]:
+        """The handshake failures (zmq.EVENT_HANDSHAKE_FAILED_*) since the last call."""
+        out: list[int] = []
+        if self._monitor is None:
+            return out
+        with contextlib.suppress(zmq.Again):
+            while True:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+                event = int.from_bytes(frames[0][:2], "little") if frames and \
+                    len(frames[0]) >= 2 else 0
+                out.append(event)
+        return out
 
     async def readable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a message to read."""
@@ -160,6 +201,11 @@ class Channel:
         """Close; ``linger_ms`` lets queued messages leave first."""
         if not self.closed:
             self.closed = True
+            if self._watcher is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.disable_monitor()
+                self._watcher.close(linger=0)
+                self._watcher = self._monitor = None
             self._sock.close(linger=linger_ms)
 
 
@@ -168,14 +214,17 @@ _S = TypeVar("_S", bound=zmq.Socket[Any])
 
 
 @contextlib.contextmanager
-def _made(ctx: zmq.Context[_S], kind: int, host: str, linger_ms: int = 0) -> Iterator[_S]:
-    """A new socket for ``host`` (IPV6 for an IPv6 address), closed again if setting it
-    up fails: a socket left open would hold ``ctx.term()`` for ever."""
+def _made(ctx: zmq.Context[_S], kind: int, host: str, linger_ms: int = 0,
+          curve: Curve | None = None) -> Iterator[_S]:
+    """A new socket for ``host`` (IPV6 for an IPv6 address; CURVE when given), closed
+    again if setting it up fails: a socket left open would hold ``ctx.term()`` for ever."""
     sock = ctx.socket(kind)
     try:
         sock.linger = linger_ms
         if ":" in host:
             sock.ipv6 = True
+        if curve is not None:
+            curve.apply(sock)
         yield sock
     except BaseException:
         sock.close(linger=0)
@@ -191,10 +240,10 @@ def _bind(sock: zmq.Socket[Any], host: str, port: int) -> int:
 
 
 def master_control(ctx: zmq.asyncio.Context, host: str, port: int,
-                   max_message: int) -> tuple[Channel, str]:
+                   max_message: int, curve: Curve | None = None) -> tuple[Channel, str]:
     """The master's ROUTER; the endpoint agents dial. A send to an agent that is gone
     fails at once (ROUTER_MANDATORY) instead of being dropped silently."""
-    with _made(ctx, zmq.ROUTER, host) as sock:
+    with _made(ctx, zmq.ROUTER, host, curve=curve) as sock:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         port = _bind(sock, host, port)
@@ -202,21 +251,28 @@ def master_control(ctx: zmq.asyncio.Context, host: str, port: int,
 
 
 def agent_control(ctx: zmq.asyncio.Context, master: str, max_message: int,
-                  backoff_max: float) -> Channel:
+                  backoff_max: float, curve: Curve | None = None) -> Channel:
     """An agent's DEALER dialing ``master``. libzmq redials with back-off; with
     IMMEDIATE a message is only queued on a live connection."""
-    with _made(ctx, zmq.DEALER, endpoint_host(master)) as sock:
+    with _made(ctx, zmq.DEALER, endpoint_host(master), curve=curve) as sock:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(backoff_max * 1000))
         sock.setsockopt(zmq.MAXMSGSIZE, max_message + SOCKET_SLACK)
-        sock.connect(master)
-    return Channel(sock)
+        channel = Channel(sock)
+        channel.watch_handshakes()  # before the first handshake can fail
+        try:
+            sock.connect(master)
+        except BaseException:
+            channel.close()  # its monitor too, or ctx.term() would wait for it
+            raise
+    return channel
 
 
-def stats_sub(ctx: zmq.asyncio.Context, host: str, topic: bytes) -> tuple[Channel, int]:
+def stats_sub(ctx: zmq.asyncio.Context, host: str, topic: bytes,
+              curve: Curve | None = None) -> tuple[Channel, int]:
     """The master's SUB for one run's HELLO and DELTA messages, on a free port."""
-    with _made(ctx, zmq.SUB, host) as sock:
+    with _made(ctx, zmq.SUB, host, curve=curve) as sock:
         sock.rcvhwm = STATS_HWM
         sock.setsockopt(zmq.MAXMSGSIZE, STATS_SOCKET_MAX)
         sock.subscribe(topic)
@@ -229,8 +285,9 @@ def stats_endpoint(master: str, stats_port: int) -> str:
     return tcp_endpoint(endpoint_host(master), stats_port)
 
 
-def stats_pub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+def stats_pub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+              curve: Curve | None = None) -> zmq.Socket[bytes]:
     """A worker's PUB (blocking: a PUB never blocks; it drops at its high-water mark)."""
-    with _made(ctx, zmq.PUB, endpoint_host(endpoint), PUB_LINGER_MS) as sock:
+    with _made(ctx, zmq.PUB, endpoint_host(endpoint), PUB_LINGER_MS, curve) as sock:
         sock.connect(endpoint)
     return sock

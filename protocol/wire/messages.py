@@ -6,7 +6,7 @@ is the wire order of this protocol version: change it only with PROTOCOL_VERSION
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.stats import Totals
@@ -52,6 +52,9 @@ HEARTBEAT = 1.0
 MISSED_BEATS = 3
 # The embedded agent's one-time token travels in its environment, not its command line.
 TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
+# The embedded agent's CURVE keys when the master has keys: "PUBLIC SECRET MASTER_PUBLIC"
+# (Z85), through its environment as the token, removed at once
+KEYS_ENV = "LOADTEST_AGENT_KEYS"
 MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load starts
 MAX_SECOND = 10_000_000  # the largest second of a run a delta may cover: 115 days
 
@@ -337,6 +340,13 @@ class WorkerJob(Message):
     agent: str
     stats_endpoint: str
     run_dir: str
+    # the agent's CURVE keys for the stats socket: [public, secret, master's public], or
+    # none (an agent without keys)
+    curve: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.curve) not in (0, 3) or any(len(k) != 40 for k in self.curve):
+            raise WireError("WorkerJob.curve must be empty or three 40-byte keys")
 
 
 @dataclass(frozen=True, slots=True)
