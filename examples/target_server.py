@@ -5,7 +5,8 @@
 POST (or GET) /test, and any path below it, answers 200 "ok" after reading the body;
 with --fail-every K every K-th request gets a 500. GET /__count returns
 {"ok": N, "fail": M, "by_path": {...}, "by_peer": {...}}: answers in all, per request
-path and per client address. Needs aiohttp.
+path and per client address; on exit it prints "target server answered ok=N fail=M".
+Needs aiohttp.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def make_app(fail_every: int = 0, delay_ms: float = 0.0) -> web.Application:
         body = {**counts, "by_path": by_path, "by_peer": by_peer}
         return web.Response(text=json.dumps(body), content_type="application/json")
 
+    async def report(app: web.Application) -> None:
+        # on exit (Ctrl-C, SIGTERM): what it answered, for whoever reads its output
+        print(f"target server answered ok={counts['ok']} fail={counts['fail']}", flush=True)
+
     app = web.Application()
     app.router.add_route("*", "/test{tail:(/.*)?}", test)
     app.router.add_get("/__count", count)
+    app.on_cleanup.append(report)
     return app
 
 
