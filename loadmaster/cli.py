@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from loadmaster.bundle import build_bundle
-from loadmaster.config import Config, ConfigError, load_config
+from loadmaster.config import Config, load_config
 from loadmaster.console import format_final
 from loadmaster.dashboard import DEFAULT_PORT, DashOptions
 from loadmaster.metrics import DEFAULT_PORT as METRICS_PORT
@@ -145,13 +145,12 @@ def check_bind(host: str, keys: MasterKeys | None, insecure: bool) -> None:
     if not insecure:
         raise ValueError(
             f"--bind {host_port(host)}: any host that reaches this address could join as an "
-            f"agent (and "
-            f"read the client code and config) or forge figures; give the master --key and "
-            f"--authorized-agents (README: Security), or --insecure on a network you trust")
+            f"agent (and read the client code and config) or forge figures; give the master "
+            f"--key and --authorized-agents (README: Security), or --insecure on a network "
+            f"you trust")
     print(f"loadmaster: warning: --insecure: the control and stats channels on "
-          f"{host_port(host)} are "
-          f"not authenticated: any host that reaches them can join as an agent (and read the "
-          f"test) or forge figures", file=sys.stderr)
+          f"{host_port(host)} are not authenticated: any host that reaches them can join as "
+          f"an agent (and read the test) or forge figures", file=sys.stderr)
 
 
 def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
@@ -161,9 +160,7 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
         cfg = load_config(conf, overrides)
         opts.keys = master_keys(key, authorized, cfg, opts.insecure)
         check_bind(opts.bind_host, opts.keys, opts.insecure)
-    except ConfigError as e:
-        raise _fail(ExitCode.USAGE, str(e)) from None
-    except ValueError as e:
+    except ValueError as e:  # ConfigError, KeyFileError: each names the file or option
         raise _fail(ExitCode.USAGE, str(e)) from None
     level = log_level or ("warning" if cfg.agents == 0 else "info")
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
