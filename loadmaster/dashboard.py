@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import sys
 import webbrowser
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from loadmaster.aggregator import Aggregator
 from loadmaster.config import Config, resolved_keys
 from loadmaster.console import AgentLine, FinalView, format_final
 from loadmaster.coordinator import AgentRecord
+from loadmaster.http_site import bind_site, new_runner
 from loadmaster.masking import mask_text, masked
 from loadmaster.result import plain
 from protocol.stats import OpStats, Totals
@@ -215,18 +215,17 @@ class Dashboard:
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/events", self._events)
         app.router.add_post("/api/stop", self._stop)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+        self._runner = new_runner(app)
         await self._runner.setup()
         host, port = self.opts.host, self.opts.port
         try:
-            bound = await self._bind(host, port)
+            bound = await bind_site(self._runner, host, port)
         except OSError as e:
             if self.opts.explicit or e.errno != errno.EADDRINUSE:
                 await self._runner.cleanup()
                 raise DashboardError(f"--dash-bind {host_port(host, port)}: "
                                      f"{e.strerror or e}") from None
-            bound = await self._bind(host, 0)  # the default port is busy: any free one
+            bound = await bind_site(self._runner, host, 0)  # the default port is busy: any free one
         shown = host_port(host)
         self.url = f"http://{host_port(host, bound)}/"
         names = {host, shown, "localhost", "127.0.0.1", "[::1]"} if is_loopback(host) \
@@ -234,22 +233,6 @@ class Dashboard:
         self._hosts = {f"{n}:{bound}" for n in names}
         self._any_host = host in ("0.0.0.0", "::", "")
         return self.url
-
-    async def _bind(self, host: str, port: int) -> int:
-        assert self._runner is not None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        site = web.SockSite(self._runner, sock)
-        await site.start()
-        return int(sock.getsockname()[1])
 
     def open_browser(self) -> bool:
         """Open the page in the user's browser when asked and possible; whether it did."""

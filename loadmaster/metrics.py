@@ -23,7 +23,6 @@ and the exception is logged (once for each distinct one).
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from loadmaster.console import AgentLine
+from loadmaster.http_site import bind_site, new_runner
 from protocol.histogram import bucket_index, bucket_value
 from protocol.stats import OpStats, Totals
 from protocol.wire.channel import host_port
@@ -242,32 +242,16 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/", self._index)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+        self._runner = new_runner(app)
         await self._runner.setup()
         try:
-            bound = await self._bind()
+            bound = await bind_site(self._runner, self.host, self.port)
         except OSError as e:
             await self.close()
             raise MetricsError(f"--metrics {host_port(self.host, self.port)}: "
                                f"{e.strerror or e}") from None
         self.url = f"http://{host_port(self.host, bound)}/metrics"
         return self.url
-
-    async def _bind(self) -> int:
-        assert self._runner is not None
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        await web.SockSite(self._runner, sock).start()
-        return int(sock.getsockname()[1])
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -167,11 +167,8 @@ class RunViews:
         """Give the dashboard the figures as they are now (no-op without one)."""
         if self._dash is None or self._feed is None:
             return
-        now = time.time()
-        elapsed = covered = None
-        if self._t0 and now >= self._t0:
-            elapsed = now - self._t0
-            covered = self._covered(elapsed)
+        elapsed = self._elapsed()
+        covered = None if elapsed is None else self._covered(elapsed)
         view = self._view
         if view is not None:
             self._feed.extend_series(self.agg, self.agg.latest_second)
