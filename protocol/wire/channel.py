@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from protocol.security import Curve
 from protocol.wire.limits import SOCKET_SLACK, STATS_SOCKET_MAX
@@ -155,10 +156,7 @@ class Channel:
             return out
         with contextlib.suppress(zmq.Again):
             while True:
-                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
-                event = int.from_bytes(frames[0][:2], "little") if frames and \
-                    len(frames[0]) >= 2 else 0
-                out.append(event)
+                out.append(int(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]))
         return out
 
     async def readable(self, timeout: float) -> bool:
