@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from loadmaster.resultfile import bucket_values, dense_counts, percentiles, totals_of
+from loadmaster.resultfile import (
+    bucket_values,
+    dense_counts,
+    flatten_series,
+    merge_flat,
+    percentiles,
+    second_quantiles,
+    totals_of,
+)
 from protocol.histogram import MAX_INDEX
 from protocol.stats import OpStats
 
@@ -93,7 +102,9 @@ class _Running:
         self.fail = 0
 
     def row(self, ts: int, clients: int, label: str, second: npt.NDArray[np.int64], ok: int,
-            fail: int, content: str) -> list[str]:
+            fail: int, content: str, quantiles: Sequence[float]) -> list[str]:
+        """``second``: that second's counts; ``quantiles``: its PERCENTILES (ns, NaN
+        without a success)."""
         self.counts += second
         self.calls += ok + fail
         self.fail += fail
@@ -104,7 +115,7 @@ class _Running:
             mean = float(self.counts @ self.values) / done
             low, high = int(self.values[nonzero[0]]), int(self.values[nonzero[-1]])
         return [str(ts), str(clients), "", label, f"{ok + fail:.6f}", f"{fail:.6f}",
-                *map(_ms, percentiles(second, PERCENTILES, self.values)), str(self.calls),
+                *(_ms(None if math.isnan(q) else q) for q in quantiles), str(self.calls),
                 str(self.fail), _ms(percentiles(self.counts, (0.5,), self.values)[0]),
                 _ms(mean), _ms(low), _ms(high), content]
 
@@ -129,8 +140,15 @@ def _history_rows(doc: Mapping[str, Any], named: Sequence[OpStats],
     values = bucket_values()[low:high + 1]
     running = {name: _Running(values) for name in names}
     merged_running = _Running(values)  # its own, even beside a name called "Aggregated"
+    # each second's percentiles, per name and merged, computed for every second at once
+    n = series["seconds"]
+    flat = {name: flatten_series(series["names"][name]["hist"]) for name in names}
+    per_second = {name: np.column_stack(second_quantiles(b, n, PERCENTILES))
+                  for name, b in flat.items()}
+    merged_per_second = np.column_stack(second_quantiles(merge_flat(flat.values()), n,
+                                                         PERCENTILES))
     rows = []
-    for k in range(series["seconds"]):
+    for k in range(n):
         ts, clients = int(t0) + k + 1, series["clients"][k]
         merged = np.zeros_like(values)
         for name in names:
@@ -138,9 +156,10 @@ def _history_rows(doc: Mapping[str, Any], named: Sequence[OpStats],
             counts = dense_counts(s["hist"][k], low, high)
             merged += counts
             rows.append(running[name].row(ts, clients, name, counts, s["ok"][k], s["fail"][k],
-                                          content.get(name, "0.00")))
+                                          content.get(name, "0.00"), per_second[name][k]))
         rows.append(merged_running.row(ts, clients, AGGREGATED, merged, series["ok"][k],
-                                       series["fail"][k], _content(total)))
+                                       series["fail"][k], _content(total),
+                                       merged_per_second[k]))
     return rows
 
 

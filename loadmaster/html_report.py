@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import itertools
 import json
 import math
 import re
@@ -27,9 +26,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loadmaster.resultfile import bucket_values
+from loadmaster.resultfile import (
+    bucket_values,
+    flatten_series,
+    merge_flat,
+    second_quantiles,
+)
 from protocol.exitcodes import ExitCode
-from protocol.histogram import MAX_INDEX
 from protocol.wire.limits import format_size
 
 __all__ = ["render_html"]
@@ -55,7 +58,6 @@ PALETTE = ("#2f6fb3", "#e08a00", "#2e8b3e", "#d0312d", "#7b4bb7", "#8c564b", "#d
 
 Cell = tuple[str, str]  # (text, class), the text not yet escaped
 FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 
 # -- assets -----------------------------------------------------------------------------
@@ -150,52 +152,6 @@ def _empty(text: str, element_id: str = "") -> str:
 
 
 # -- per-second figures -----------------------------------------------------------------
-Buckets = tuple[IntArray, IntArray, IntArray]  # (second 0.., bucket index, count)
-
-
-def _flatten(hists: Sequence[Mapping[str, Sequence[int]]]) -> Buckets:
-    """Every non-empty bucket of one histogram per second, as three parallel arrays."""
-    lengths = np.fromiter((len(h["i"]) for h in hists), dtype=np.int64, count=len(hists))
-    size = int(lengths.sum())
-    gaps = np.fromiter(itertools.chain.from_iterable(h["i"] for h in hists), dtype=np.int64,
-                       count=size)
-    counts = np.fromiter(itertools.chain.from_iterable(h["c"] for h in hists),
-                         dtype=np.int64, count=size)
-    seconds = np.repeat(np.arange(len(hists), dtype=np.int64), lengths)
-    # the indexes are running sums of the gaps, restarting at each histogram
-    running = np.cumsum(gaps)
-    starts = np.cumsum(lengths) - lengths
-    before = np.zeros(len(hists), dtype=np.int64)
-    later = starts > 0
-    before[later] = running[starts[later] - 1]
-    return seconds, running - np.repeat(before, lengths), counts
-
-
-def _quantiles(buckets: Buckets, n: int, qs: Sequence[float]) -> list[FloatArray]:
-    """Per second, each nearest-rank quantile in ns (NaN: no success that second), as
-    protocol.histogram.Histogram.percentile gives it for that second's merged counts."""
-    out = [np.full(n, np.nan) for _ in qs]
-    sec, idx, cnt = buckets
-    if sec.size == 0:
-        return out
-    key = sec * (MAX_INDEX + 1) + idx
-    if not bool(np.all(key[1:] >= key[:-1])):  # several names merged: sort by second, bucket
-        order = np.argsort(key, kind="stable")
-        sec, idx, cnt = sec[order], idx[order], cnt[order]
-    starts = np.flatnonzero(np.diff(sec, prepend=-1))  # each second's first bucket
-    running = np.cumsum(cnt)  # increasing: every count is at least 1
-    base = np.zeros(starts.size, dtype=np.int64)  # the running count before each second
-    base[1:] = running[starts[1:] - 1]
-    total = running[np.append(starts[1:], sec.size) - 1] - base
-    values = bucket_values()
-    for q, column in zip(qs, out, strict=True):
-        # the epsilon as protocol.histogram's nearest rank has it (float drift: 0.9 * 10)
-        rank = np.maximum(1, np.ceil(q * total - 1e-9)).astype(np.int64)
-        reached = np.searchsorted(running, base + rank)  # the first bucket reaching it
-        column[sec[starts]] = values[idx[reached]]
-    return out
-
-
 def _ms_list(ns: FloatArray) -> list[float | None]:
     """Milliseconds rounded to 3 decimals (compact JSON); None where NaN."""
     return [None if math.isnan(v) else v for v in np.round(ns / 1e6, 3).tolist()]
@@ -214,15 +170,6 @@ def _line(label: str, color: str, values: Sequence[Any], decimals: int = 0,
     return {"label": label, "color": color, "values": values, "decimals": decimals, **extra}
 
 
-def _merged(flat: Iterable[Buckets]) -> Buckets:
-    parts = list(flat)
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    return (np.concatenate([b[0] for b in parts]), np.concatenate([b[1] for b in parts]),
-            np.concatenate([b[2] for b in parts]))
-
-
 def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The charts' data, in the page's order, and why any chart is left out."""
     series = doc["series"]
@@ -237,11 +184,11 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         charts.append(_chart("chart-clients", "clients", "clients", [
             _line("clients", BLUE, series["clients"])]))
     names = series["names"]
-    flat = {name: _flatten(s["hist"]) for name, s in names.items()}
-    merged = _merged(flat.values())
+    flat = {name: flatten_series(s["hist"]) for name, s in names.items()}
+    merged = merge_flat(flat.values())
     ms: list[list[float | None]] = []
     if merged[0].size:
-        ms = [_ms_list(a) for a in _quantiles(merged, n, [q for _, q in CHART_QUANTILES])]
+        ms = [_ms_list(a) for a in second_quantiles(merged, n, [q for _, q in CHART_QUANTILES])]
         charts.append(_chart("chart-latency", "response time, every name", "ms", [
             _line(label, color, values, 3) for (label, _), color, values
             in zip(CHART_QUANTILES, (GOOD, WARN, BAD), ms, strict=True)]))
@@ -249,7 +196,7 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if len(names) > 1:
             lines = []
             for k, name in enumerate(with_calls):
-                p50, p99 = _quantiles(flat[name], n, (0.5, 0.99))
+                p50, p99 = second_quantiles(flat[name], n, (0.5, 0.99))
                 color = PALETTE[k % len(PALETTE)]
                 lines.append(_line(f"{name} p50", color, _ms_list(p50), 3))
                 lines.append(_line(f"{name} p99", color, _ms_list(p99), 3, dash=True))

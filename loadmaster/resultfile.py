@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import json
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,61 @@ def percentiles(counts: npt.NDArray[np.int64], qs: Sequence[float],
     if values is None:
         values = bucket_values()
     return [int(values[i]) for i in where]
+
+
+# -- many seconds at once: the series' histograms flattened (the charts, the CSV) -----
+# (second 0.., bucket index, count), three parallel arrays
+Buckets = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+
+def flatten_series(hists: Sequence[Mapping[str, Sequence[int]]]) -> Buckets:
+    """Every non-empty bucket of one histogram per second, as three parallel arrays."""
+    lengths = np.fromiter((len(h["i"]) for h in hists), dtype=np.int64, count=len(hists))
+    size = int(lengths.sum())
+    gaps = np.fromiter(itertools.chain.from_iterable(h["i"] for h in hists), dtype=np.int64,
+                       count=size)
+    counts = np.fromiter(itertools.chain.from_iterable(h["c"] for h in hists),
+                         dtype=np.int64, count=size)
+    seconds = np.repeat(np.arange(len(hists), dtype=np.int64), lengths)
+    # the indexes are running sums of the gaps, restarting at each histogram
+    running = np.cumsum(gaps)
+    starts = np.cumsum(lengths) - lengths
+    before = np.zeros(len(hists), dtype=np.int64)
+    later = starts > 0
+    before[later] = running[starts[later] - 1]
+    return seconds, running - np.repeat(before, lengths), counts
+
+
+def second_quantiles(buckets: Buckets, n: int,
+                     qs: Sequence[float]) -> list[npt.NDArray[np.float64]]:
+    """Per second, each nearest-rank quantile in ns (NaN: no success that second), as
+    protocol.histogram.Histogram.percentile gives it for that second's merged counts."""
+    out = [np.full(n, np.nan) for _ in qs]
+    sec, idx, cnt = buckets
+    if sec.size == 0:
+        return out
+    key = sec * (MAX_INDEX + 1) + idx
+    if not bool(np.all(key[1:] >= key[:-1])):  # several names merged: sort by second, bucket
+        order = np.argsort(key, kind="stable")
+        sec, idx, cnt = sec[order], idx[order], cnt[order]
+    starts = np.flatnonzero(np.diff(sec, prepend=-1))  # each second's first bucket
+    running = np.cumsum(cnt)  # increasing: every count is at least 1
+    base = np.zeros(starts.size, dtype=np.int64)  # the running count before each second
+    base[1:] = running[starts[1:] - 1]
+    total = running[np.append(starts[1:], sec.size) - 1] - base
+    values = bucket_values()
+    for q, column in zip(qs, out, strict=True):
+        # the epsilon as protocol.histogram's nearest rank has it (float drift: 0.9 * 10)
+        rank = np.maximum(1, np.ceil(q * total - 1e-9)).astype(np.int64)
+        reached = np.searchsorted(running, base + rank)  # the first bucket reaching it
+        column[sec[starts]] = values[idx[reached]]
+    return out
+
+
+def merge_flat(flat: Iterable[Buckets]) -> Buckets:
+    parts = list(flat)
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return (np.concatenate([b[0] for b in parts]), np.concatenate([b[1] for b in parts]),
+            np.concatenate([b[2] for b in parts]))
