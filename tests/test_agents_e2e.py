@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import zmq
@@ -35,6 +36,8 @@ from tests.e2e_helpers import (
     started_master,
     write_job,
 )
+
+T = TypeVar("T")
 
 # The seed's client, posting to <host>/<agent name> so the target counts per agent.
 AGENT_CLIENT = '''
@@ -301,6 +304,15 @@ class FakeMaster:
         identity, *frames = self.sock.recv_multipart()
         return identity, frames
 
+    def expect(self, kind: type[T], timeout: float) -> T:
+        """The agent's next message of type ``kind`` (others, heartbeats, are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, frames = self.recv(max(0.1, deadline - time.monotonic()))
+            msg = decode(frames)
+            if isinstance(msg, kind):
+                return msg
+
     def accept(self) -> bytes:
         """Read the agent's REGISTER, welcome it; its identity."""
         identity, frames = self.recv()
@@ -376,12 +388,7 @@ def test_agent_refuses_a_bundle_that_leaves_its_run_directory(tag: str, tmp_path
                       bundle=[BundleFile(path="c.py", mode=0o644, data=b""),
                               BundleFile(path=path, mode=0o644, data=b"boom")])
             fake.sock.send_multipart([identity, *encode(job)])
-            deadline = time.monotonic() + 10
-            while True:
-                _, frames = fake.recv(max(0.1, deadline - time.monotonic()))
-                msg = decode(frames)
-                if isinstance(msg, JobRefused):
-                    break
+            msg = fake.expect(JobRefused, 10)
             assert "bundle refused" in msg.error and path in msg.error
         assert not Path("/tmp/evil-absolute.py").exists()
         assert not any(p.name.startswith("evil") for p in Path("/tmp").iterdir())

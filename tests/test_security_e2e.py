@@ -326,12 +326,7 @@ def test_an_agent_imports_the_client_only_from_inside_the_jobs_bundle(
                       stop_grace=0, total_workers=1, worker_ids=[0],
                       bundle=[BundleFile(path="c.py", mode=0o644, data=b"")])
             fake.sock.send_multipart([identity, *encode(job)])
-            deadline = time.monotonic() + 30
-            while True:
-                _, frames = fake.recv(max(0.1, deadline - time.monotonic()))
-                msg = decode(frames)
-                if isinstance(msg, JobFailed):
-                    break
+            msg = fake.expect(JobFailed, 30)
             assert "not a path inside the job's bundle" in msg.error or \
                 "not a file of the job's bundle" in msg.error, msg.error
             fake.sock.send_multipart([identity, *encode(RunDone(run_id=job.run_id))])
