@@ -79,6 +79,7 @@ class ClientScheduler:
         self._cancelled_as = CANCELLED_AT_STOP
         self.running = 0
         self.started = 0  # clients whose init_before_use returned
+        self.init_failed = 0  # clients whose init_before_use raised
         # perf_counter_ns at the end of the last call that finished by itself (0: none)
         self.last_call_end_ns = 0
         self.grace = GraceReport()
@@ -125,6 +126,7 @@ class ClientScheduler:
             if inspect.isawaitable(r):
                 await r
         except Exception as e:  # no shutdown() for it: as __exit__ after a failed __enter__
+            self.init_failed += 1
             st = self._delta.op(self._name)
             st.fail += 1
             key = error_key(self._name, e)

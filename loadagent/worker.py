@@ -22,6 +22,7 @@ from pathlib import Path
 import uvloop
 import zmq
 
+from loadagent.arrivals import Arrivals, OpenScheduler
 from loadagent.client_file import (
     describe_failure,
     inside,
@@ -33,7 +34,7 @@ from loadagent.scheduler import ClientScheduler, GraceReport
 from protocol.client import ClientProtocol
 from protocol.exitcodes import AgentExitCode
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
-from protocol.plan import client_offsets, clients_of
+from protocol.plan import arrival_workers, client_offsets, clients_of
 from protocol.security import curve_of
 from protocol.stats import Totals
 from protocol.wire.channel import stats_pub
@@ -296,10 +297,7 @@ class Worker:
         self._t0_perf_ns = time.perf_counter_ns() + int((t0 - now) * 1e9)
         self._start_lag = max(0.0, now - t0)
         self._cpu_mark = time.process_time()  # the first delta's CPU is the load's, not start-up's
-        sched = self._sched = ClientScheduler(cls, job.host, job.wait_time, self._delta,
-                                              self._early)
-        sched.start(loop_t0, client_offsets(self._wj.worker, job.total_workers, job.users,
-                                          job.hatch_rate))
+        sched = self._sched = self._scheduler(cls, loop_t0)
         if self._aborted.reason is not None:
             sched.abort(self._aborted.reason)
         stop_timer = loop.call_at(loop_t0 + job.run_time, self._run_time_reached, t0)
@@ -316,6 +314,27 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _scheduler(self, cls: type[ClientProtocol], loop_t0: float) -> ClientScheduler:
+        """The clients' scheduler, started: the closed model's (``users``), or the open
+        model's (``arrival_rate``) when this worker has a share of the pool."""
+        job, w = self._job, self._wj.worker
+        if job.arrival_rate and self._clients:
+            arrivals = Arrivals(
+                t0_ns=self._t0_perf_ns, run_time=job.run_time, rate=job.arrival_rate,
+                time_unit=job.time_unit, worker=w,
+                workers=arrival_workers(job.total_workers, job.users),
+                poisson=job.arrivals == "poisson", seed=f"{job.run_id}:{w}")
+            pre = clients_of(w, job.total_workers, job.pre_allocated_users)
+            open_sched = OpenScheduler(cls, job.host, self._delta, self._early, arrivals,
+                                       self._clients, pre, job.max_schedule_lag)
+            open_sched.start_pool(pre)
+            return open_sched
+        sched = ClientScheduler(cls, job.host, job.wait_time, self._delta, self._early)
+        offsets = [] if job.arrival_rate else client_offsets(w, job.total_workers, job.users,
+                                                             job.hatch_rate)
+        sched.start(loop_t0, offsets)
+        return sched
 
     async def _shutdown_clients(self, sched: ClientScheduler) -> None:
         """shutdown() every client; an ABORT cuts it short, so the totals still go out."""

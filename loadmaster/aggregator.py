@@ -26,9 +26,16 @@ import numpy as np
 import zmq.asyncio
 
 from loadmaster.series import AgentSecond, Merged, Second, Series
-from protocol.histogram import Counts, DenseHistogram, HistogramArena, Indexes, Unpacked
+from protocol.histogram import (
+    Counts,
+    DenseHistogram,
+    Histogram,
+    HistogramArena,
+    Indexes,
+    Unpacked,
+)
 from protocol.security import Curve
-from protocol.stats import OpStats, Totals
+from protocol.stats import Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
 from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
@@ -61,14 +68,14 @@ class WorkerLive:
     """What one worker's live deltas said, and its sequence and generator figures.
 
     ``counts`` holds everything but the latency histograms, which are in ``arena``
-    (``slots``: name -> slot) when the aggregator keeps them; ``totals()`` puts them
-    together."""
+    (``slots``: (name, kind) -> slot) when the aggregator keeps them; ``totals()`` puts
+    them together."""
 
     agent: str
     worker: int
     counts: Totals = field(default_factory=Totals)
     arena: HistogramArena | None = None
-    slots: dict[str, int] = field(default_factory=dict)
+    slots: dict[tuple[str, int], int] = field(default_factory=dict)
     next_seq: int = 0
     dropped: int = 0  # implausible deltas since the last one taken: not lost, not counted
     missed: int = 0
@@ -88,16 +95,16 @@ class WorkerLive:
         out = Totals(dense=True)
         out.merge(self.counts)
         if self.arena is not None:
-            for name, slot in self.slots.items():
-                _dense(out.op(name)).add(*self.arena.packed(slot))
+            for (name, kind), slot in self.slots.items():
+                _dense(out.op(name).histogram(kind)).add(*self.arena.packed(slot))
         return out
 
-    def slot(self, name: str) -> int:
-        """The arena slot of its histogram of ``name``."""
-        slot = self.slots.get(name)
+    def slot(self, key: tuple[str, int]) -> int:
+        """The arena slot of its histogram ``key``: (name, kind)."""
+        slot = self.slots.get(key)
         if slot is None:
             assert self.arena is not None
-            slot = self.slots[name] = self.arena.new()
+            slot = self.slots[key] = self.arena.new()
         return slot
 
     @property
@@ -223,8 +230,8 @@ class Aggregator:
         slots: list[int] = []  # the arena slot of each
         offsets: list[int] = []  # and its offset there
         moves = self._arena.moves
-        run: dict[str, list[int]] = {}
-        seconds: dict[tuple[int, str], list[int]] = {}
+        run: dict[tuple[str, int], list[int]] = {}  # (name, kind): histograms
+        seconds: dict[tuple[int, str, int], list[int]] = {}  # (second, name, kind)
         # a delta's second may not be far ahead of the run's clock (a forged one would hold
         # the live figures back)
         horizon = SECOND_SLACK if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
@@ -234,14 +241,14 @@ class Aggregator:
                 continue
             w.counts.merge_counts(d.totals)
             self.totals.merge_counts(d.totals)
-            for name, j in parts.items():
+            for key, j in parts.items():
                 if hists.highs[j]:  # not empty
-                    slot = w.slot(name)
+                    slot = w.slot(key)
                     taken.append(j)
                     slots.append(slot)
                     offsets.append(self._arena.offset(slot, hists.lows[j], hists.highs[j]))
-                    run.setdefault(name, []).append(j)
-                    seconds.setdefault((d.second, name), []).append(j)
+                    run.setdefault(key, []).append(j)
+                    seconds.setdefault((d.second, *key), []).append(j)
         if not taken:
             return
         if self._arena.moves != moves:  # a slot moved, or all did: every range is in place now
@@ -250,10 +257,10 @@ class Aggregator:
         indexes, counts = _gather(hists, taken)
         lengths = [hists.starts[j + 1] - hists.starts[j] for j in taken]
         self._arena.add(indexes + np.repeat(np.array(offsets, np.intp), lengths), counts)
-        for name, where in run.items():
-            _dense(self.totals.op(name)).add(*_gather(hists, where))
-        for (second, name), where in seconds.items():
-            self.series.histogram(second, name).add(*_gather(hists, where))
+        for (name, kind), where in run.items():
+            _dense(self.totals.op(name).histogram(kind)).add(*_gather(hists, where))
+        for (second, name, kind), where in seconds.items():
+            self.series.histogram(second, name, kind).add(*_gather(hists, where))
 
     def _take(self, d: Delta, horizon: float) -> WorkerLive | None:
         """Count a delta's sequence, clients and the generator's figures into its worker
@@ -272,7 +279,7 @@ class Aggregator:
         new_names = 0
         known = self.totals.ops
         for name, st in d.totals.ops.items():
-            calls += st.ok + st.fail
+            calls += st.ok + st.fail + st.dropped
             if name not in known:
                 new_names += 1
         far = lost > (0 if self.t0 is None else horizon) + SEQ_SLACK
@@ -349,10 +356,10 @@ class Aggregator:
                 if (a := s.agents.get(agent)) is not None]
 
 
-def _dense(st: OpStats) -> DenseHistogram:
-    """The histogram of an operation of a dense ``Totals``."""
-    assert isinstance(st.hist, DenseHistogram)
-    return st.hist
+def _dense(hist: Histogram | DenseHistogram) -> DenseHistogram:
+    """A histogram of an operation of a dense ``Totals``."""
+    assert isinstance(hist, DenseHistogram)
+    return hist
 
 
 def _gather(hists: Unpacked, which: list[int]) -> tuple[Indexes, Counts]:

@@ -49,6 +49,12 @@ CUSTOM_KEY = "custom"  # never a system key: its mapping reaches custom_conf["cu
 MAX_CONFIG_BYTES = CONFIG_FILE_MAX
 MAX_ALIAS_VALUES = 100_000
 
+# The open model's keys, and the closed model's that it replaces
+OPEN_ONLY = ("time_unit", "arrivals", "max_users", "pre_allocated_users", "max_schedule_lag")
+CLOSED_ONLY = ("users", "hatch_rate", "wait_time")
+DEFAULT_MAX_USERS = 1000
+DEFAULT_PRE_ALLOCATED = 100
+
 _ENV = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -74,11 +80,35 @@ class Config:
 
     host: str = _key(values.non_empty_str, "passed to each client's `init_before_use`")
     users: int = _key(values.positive_int,
-                      "total clients; user k starts at `k / hatch_rate` s on worker `k mod W`, "
-                      "so shares sum exactly and the ramp is the same for any number of workers")
+                      "total clients (the closed model); user k starts at `k / hatch_rate` s "
+                      "on worker `k mod W`, so shares sum exactly and the ramp is the same "
+                      "for any number of workers", default=0,
+                      shown="required, unless `arrival_rate`")
     hatch_rate: float = _key(values.positive_number,
                              "clients started per second, over the whole run", default=0.0,
                              shown="`users`")
+    arrival_rate: float | None = _key(
+        values.positive_number,
+        "the open model: calls started per `time_unit` over the whole run, whatever the "
+        "server does, split exactly over every worker (see [Open model](#open-model)); "
+        "replaces `users`, `hatch_rate` and `wait_time`", default=None, shown="none")
+    time_unit: float = _key(values.positive_duration, "the period of `arrival_rate`",
+                            default=1.0, shown="`1s`")
+    arrivals: str = _key(values.arrival_process,
+                         "`uniform` (evenly spaced) or `poisson` (independent, random gaps)",
+                         default="uniform", shown="`uniform`")
+    max_users: int = _key(values.positive_int,
+                          "the open model's clients at most, over the whole run: a call due "
+                          "while all are busy starts late, on the first free one", default=0,
+                          shown="`1000`, or `pre_allocated_users` if more")
+    pre_allocated_users: int = _key(values.non_negative_int,
+                                    "of `max_users`, the clients made before the load "
+                                    "starts; the others are made when a call finds none "
+                                    "free", default=0, shown="`100`, or `max_users` if fewer")
+    max_schedule_lag: float = _key(values.positive_duration,
+                                   "a call that cannot start this long after its intended "
+                                   "start is dropped (counted, not run)", default=10.0,
+                                   shown="`10s`")
     run_time: float = _key(values.positive_duration,
                            "how long load runs; then no new calls, in-flight calls get "
                            "`stop_grace`")
@@ -137,7 +167,10 @@ def resolved_keys(cfg: Config) -> dict[str, Any]:
     """Every system key with the value the run uses (defaults, overrides and ``${NAME}``
     applied), as YAML would write it: paths as strings, ``worker`` unset as ``auto``."""
     out: dict[str, Any] = {}
+    other = CLOSED_ONLY if cfg.arrival_rate is not None else ("arrival_rate", *OPEN_ONLY)
     for f in KEYS:
+        if f.name in other:  # the other model's: not used
+            continue
         value = getattr(cfg, f.name)
         if isinstance(value, Path):
             value = str(value)
@@ -329,6 +362,7 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
             if key in given:
                 raise ConfigError(f"{_option(key)} {_shown(value)}: {e}") from None
             raise ConfigError(f"{path}: key {key!r}: {e} (got {_short(value)})") from None
+    _model(path, raw, given, values)
     if not values.get("hatch_rate"):
         values["hatch_rate"] = float(values["users"])
     class_file = Path(values["benchmark_class_file"])
@@ -370,6 +404,39 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
             f" here): ship large data as a file (files:, or a path in a custom key) and read "
             f"it in global_init")
     return Config(path=path, custom=custom, warnings=warnings, **values)
+
+
+def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
+           values: dict[str, Any]) -> None:
+    """Check the keys of the closed model (``users``) against the open (``arrival_rate``),
+    and fill in the open model's pool: ``users`` becomes ``max_users``."""
+    def at(key: str) -> str:
+        return _option(key) if key in given else f"{path}: key {key!r}"
+
+    if values.get("arrival_rate") is None:
+        if "users" not in values:
+            raise ConfigError(f"{path}: key 'users' is missing; it is required (or "
+                              f"arrival_rate, for the open model){_missing_hint('users', raw)}")
+        for key in OPEN_ONLY:
+            if key in values:
+                raise ConfigError(f"{at(key)}: only with arrival_rate (the open model); with "
+                                  f"users (the closed model) it means nothing")
+        return
+    for key in CLOSED_ONLY:
+        if key in values:
+            raise ConfigError(
+                f"{at(key)}: not with arrival_rate: in the open model calls start on the "
+                f"schedule, whatever the server does, and max_users and pre_allocated_users "
+                f"size the client pool (remove {key}, or arrival_rate for the closed model)")
+    most, pre = values.get("max_users"), values.get("pre_allocated_users")
+    if most is not None and pre is not None and pre > most:
+        raise ConfigError(f"{at('pre_allocated_users')}: {pre} is over max_users ({most}); "
+                          f"it is how many of those max_users clients are made at the start")
+    if most is None:
+        most = max(DEFAULT_MAX_USERS, pre or 0)
+    values["max_users"] = most
+    values["pre_allocated_users"] = min(DEFAULT_PRE_ALLOCATED, most) if pre is None else pre
+    values["users"] = most
 
 
 def _missing_hint(key: str, raw: dict[str, Any]) -> str:

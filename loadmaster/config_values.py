@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "DURATION_FORMS",
+    "arrival_process",
     "boolean",
     "duration_seconds",
     "non_empty_str",
@@ -130,6 +131,13 @@ def path_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("expected a list of file or folder paths")
     return list(value)
+
+
+def arrival_process(value: Any) -> str:
+    if value not in ("uniform", "poisson"):
+        raise ValueError("expected uniform (evenly spaced) or poisson (random, as users "
+                         "arrive independently)")
+    return str(value)
 
 
 SECURITY_KEYS = ("key", "authorized_agents")

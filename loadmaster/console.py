@@ -18,7 +18,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.text import Text
 
-from protocol.stats import OpStats, Totals
+from protocol.histogram import DenseHistogram, Histogram
+from protocol.stats import LATE_AFTER_NS, OpStats, Totals
 from protocol.wire.limits import format_size
 
 RULE = "=" * 40
@@ -57,6 +58,29 @@ class LiveView:
     behind: int = 0  # whole seconds the figures lag the clock (a busy or silent worker)
     # p50, p90, p99 (ns) over the same complete seconds as current_rps; None: no success
     recent: tuple[int | None, int | None, int | None] = (None, None, None)
+    # the open model: its schedule, and the same seconds' figures; None: the closed model
+    schedule: ScheduleView | None = None
+    recent_open: RecentOpen | None = None
+
+
+@dataclass
+class ScheduleView:
+    """The open model's schedule, as configured."""
+
+    rate: float  # calls per second over the whole run
+    arrivals: str  # uniform, poisson
+    text: str  # as the config says it: "500/s", "100 per 1m"
+
+
+@dataclass
+class RecentOpen:
+    """The open model's figures over the complete seconds behind current rps."""
+
+    started: float  # calls started per second (successes and failures)
+    late: int
+    dropped: int
+    service: tuple[int | None, int | None, int | None]  # p50, p90, p99, ns
+    lag: tuple[int | None, int | None, int | None]
 
 
 @dataclass
@@ -79,6 +103,7 @@ class FinalView:
     incomplete: bool = False
     users_planned: int | None = None  # shown beside users when they differ
     grace: GraceView | None = None
+    schedule: ScheduleView | None = None  # the open model's; None: the closed model
 
 
 def _field(label: str, value: object) -> str:
@@ -127,6 +152,74 @@ def _http_section(totals: Totals) -> list[str]:
     return lines
 
 
+def _trio(ps: Sequence[int | None]) -> str:
+    return " / ".join(_ms(p) for p in ps)
+
+
+def _quantiles(hist: Histogram | DenseHistogram | None) -> list[int | None]:
+    """p50, p90, p99 of a histogram (None: no success)."""
+    if hist is None:
+        return [None, None, None]
+    return [hist.percentile(q) for q in (0.5, 0.9, 0.99)]
+
+
+def _live_open(view: LiveView) -> list[str]:
+    """The open model's live lines: the schedule against what started, late, dropped,
+    and the service time and schedule lag beside the corrected percentiles above."""
+    sched, recent = view.schedule, view.recent_open
+    if sched is None:
+        return []
+    total = view.totals.combined()
+    lines = [_field("arrival rate (target)", f"{sched.text} ({sched.arrivals})")]
+    if recent is not None and view.rate_window:
+        window = f"last {view.rate_window} s"
+        lines += [
+            _field(f"calls started/s ({window})", f"{recent.started:.2f}"),
+            _field(f"late / dropped ({window})", f"{recent.late:,} / {recent.dropped:,}"),
+            _field(f"service p50/p90/p99 ({window})", _trio(recent.service)),
+            _field(f"lag p50/p90/p99 ({window})", _trio(recent.lag)),
+        ]
+    lines.append(_field("late / dropped (whole run)", f"{total.late:,} / {total.dropped:,}"))
+    return lines
+
+
+def _final_open(view: FinalView, total: OpStats) -> list[str]:
+    """The open model's lines of the final block: what the schedule asked and got."""
+    if view.schedule is None:
+        return []
+    sched = total.sched
+    started = total.ok + total.fail
+    service = _quantiles(None if sched is None else sched.service)
+    lag = _quantiles(None if sched is None else sched.lag)
+    return [
+        _field("arrival rate (target)", f"{view.schedule.text} ({view.schedule.arrivals})"),
+        _field("calls scheduled", f"{started + total.dropped:,}"),
+        _field("calls started/s", f"{started / view.run_time:.2f}" if view.run_time else "-"),
+        _field("late calls", f"{total.late:,} (started over {LATE_AFTER_NS // 10**6} ms after "
+                             f"their intended start)"),
+        _field("dropped calls", f"{total.dropped:,} (never started)"),
+        _field("service time p50/p90/p99", _trio(service)),
+        _field("schedule lag p50/p90/p99", _trio(lag)),
+    ]
+
+
+def _open_section(view: FinalView) -> list[str]:
+    """Per name, when there are several: the three latencies, late and dropped."""
+    if view.schedule is None or len(view.totals.ops) < 2:
+        return []
+    lines = ["open model (response time from the intended start; service time from the "
+             "actual start):",
+             f"  {'name':<24} {'late':>8} {'dropped':>8} {'p99':>10} {'service p99':>12} "
+             f"{'lag p99':>10}"]
+    for name, st in sorted(view.totals.ops.items()):
+        sched = st.sched
+        service = None if sched is None else sched.service.percentile(0.99)
+        lag = None if sched is None else sched.lag.percentile(0.99)
+        lines.append(f"  {name[:24]:<24} {st.late:>8} {st.dropped:>8} "
+                     f"{_ms(st.percentile(0.99)):>10} {_ms(service):>12} {_ms(lag):>10}")
+    return lines
+
+
 def _headline(run_time: float, users: int | str,
               total: OpStats) -> tuple[list[str], list[str]]:
     """The seed's fields before and after where the live block puts current rps."""
@@ -160,6 +253,7 @@ def format_live(view: LiveView) -> str:
         lines.append(_field(f"p50/p90/p99 (last {view.rate_window} s)",
                             f"{p50} / {p90} / {p99}"))
     lines += tail
+    lines += _live_open(view)
     if view.stopping:
         lines.append(_field("stopping", view.stopping))
     if view.behind >= 2:
@@ -182,7 +276,9 @@ def format_live(view: LiveView) -> str:
 def format_final(view: FinalView) -> str:
     total = view.totals.combined()
     users: int | str = view.users
-    if view.users_planned is not None and view.users_planned != view.users:
+    if view.schedule is not None and view.users_planned is not None:
+        users = f"{view.users} (pool of at most {view.users_planned})"
+    elif view.users_planned is not None and view.users_planned != view.users:
         users = f"{view.users} (planned {view.users_planned})"
     head, tail = _headline(view.run_time, users, total)
     title = "final benchmark:" + (" (INCOMPLETE)" if view.incomplete else "")
@@ -190,6 +286,7 @@ def format_final(view: FinalView) -> str:
              _field("95% response time", _ms(total.percentile(0.95))),
              _field("99% response time", _ms(total.percentile(0.99))),
              _field("99.9% response time", _ms(total.percentile(0.999))),
+             *_final_open(view, total),
              RULE]
     if len(view.totals.ops) > 1:
         lines.append("operations:")
@@ -198,6 +295,7 @@ def format_final(view: FinalView) -> str:
         for name, st in sorted(view.totals.ops.items()):
             lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
+    lines += _open_section(view)
     lines += _http_section(view.totals)
     if view.grace is not None and (view.grace.finished or view.grace.cancelled):
         g = view.grace

@@ -48,7 +48,9 @@ def job_frames(run_id: str, cfg: Config, bundle: Bundle, agent: AgentRecord,
             class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
             hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
             stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
-            bundle=bundle.files))
+            bundle=bundle.files, arrival_rate=cfg.arrival_rate or 0.0, time_unit=cfg.time_unit,
+            arrivals=cfg.arrivals, pre_allocated_users=cfg.pre_allocated_users,
+            max_schedule_lag=cfg.max_schedule_lag))
     except MessageTooLarge as e:
         raise JobTooLarge(agent, e.size, bundle) from None
 

@@ -20,7 +20,7 @@ from loadmaster.aggregator import (
     WorkerLive,
     generator_figures,
 )
-from loadmaster.console import AgentLine, FinalView, GraceView
+from loadmaster.console import AgentLine, FinalView, GraceView, ScheduleView
 from loadmaster.coordinator import AgentRecord, AgentState
 from protocol.exitcodes import ExitCode, first, for_signal
 from protocol.plan import clients_of
@@ -44,6 +44,7 @@ class RunEnd:
     client_failure: str | None = None  # every client failed before any I/O
     missed_deltas: int = 0
     implausible: int = 0  # live deltas the aggregator dropped as impossible
+    schedule: ScheduleView | None = None  # the open model's; None: the closed model
 
 
 def agent_state(agent: AgentRecord) -> str:
@@ -145,7 +146,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
     view = FinalView(
         run_time=run_time, users=started, users_planned=end.users, totals=total,
         agents=lines, missed_deltas=end.missed_deltas, notes=notes,
-        incomplete=end.incomplete or estimated, grace=grace)
+        incomplete=end.incomplete or estimated, grace=grace, schedule=end.schedule)
     codes = set()
     if end.client_failure:
         codes.add(ExitCode.CLIENT_FAILED)

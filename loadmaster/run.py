@@ -51,7 +51,7 @@ from loadmaster.outputs import save_outputs
 from loadmaster.report import RunEnd, final_report
 from loadmaster.result import Ending, build_result
 from loadmaster.run_options import RunFailed, RunOptions
-from loadmaster.run_views import LIVE_DELAY, RunViews
+from loadmaster.run_views import LIVE_DELAY, RunViews, schedule_view
 from protocol.exitcodes import ExitCode, for_signal
 from protocol.plan import clients_of
 from protocol.security import Curve
@@ -454,7 +454,7 @@ class Run(RunViews):
             total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
             stopped=self._dash_stop and self._signal is None,
             client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas,
-            implausible=self.agg.implausible))
+            implausible=self.agg.implausible, schedule=schedule_view(self.cfg)))
         self._printer.final(format_final(view))
         self._view = view
         self._code = int(code)

@@ -23,6 +23,8 @@ from loadmaster.console import (
     FinalView,
     LiveView,
     Progress,
+    RecentOpen,
+    ScheduleView,
     format_live,
 )
 from loadmaster.coordinator import AgentRecord, Coordinator
@@ -30,9 +32,10 @@ from loadmaster.dashboard import Dashboard, DashboardError, Feed
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
 from protocol.exitcodes import ExitCode
+from protocol.histogram import DenseHistogram
 from protocol.wire.channel import is_loopback
 
-__all__ = ["LIVE_DELAY", "RunViews"]
+__all__ = ["LIVE_DELAY", "RunViews", "schedule_view"]
 
 log = logging.getLogger("loadmaster")
 
@@ -40,6 +43,18 @@ log = logging.getLogger("loadmaster")
 # deltas have arrived: the block then shows complete seconds only.
 LIVE_DELAY = 0.3
 PROGRESS_INTERVAL = 0.5  # seconds between updates of the progress line
+
+
+def schedule_view(cfg: Config) -> ScheduleView | None:
+    """The open model's schedule as the console shows it; None in the closed model."""
+    if cfg.arrival_rate is None:
+        return None
+    rate = cfg.arrival_rate
+    if cfg.time_unit == 1.0:
+        text = f"{rate:g}/s"
+    else:
+        text = f"{rate:g} per {cfg.time_unit:g} s ({rate / cfg.time_unit:.4g}/s)"
+    return ScheduleView(rate=rate / cfg.time_unit, arrivals=cfg.arrivals, text=text)
 
 
 class RunViews:
@@ -116,8 +131,17 @@ class RunViews:
         # the figures cover the complete seconds whose deltas arrived
         lines = self._agent_lines(covered)
         rate, window = self.agg.current_rps(covered)
-        recent = self.agg.recent(covered).hist
+        merged = self.agg.recent(covered)
+        recent = merged.hist
+        schedule = schedule_view(self.cfg)
+        recent_open = None
+        if schedule is not None and window:
+            recent_open = RecentOpen(
+                started=(merged.ok + merged.fail) / window, late=merged.late,
+                dropped=merged.dropped, service=_quantiles(merged.service),
+                lag=_quantiles(merged.lag))
         return LiveView(run_time=float(covered), users=self.agg.clients(),
+                        schedule=schedule, recent_open=recent_open,
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
                         agents=lines, missed_deltas=self.agg.missed_deltas,
                         stopping=self._stopping,
@@ -274,3 +298,9 @@ class RunViews:
         return MetricsState(self.run_id, phase, elapsed, cfg.run_time, self.agg.clients(),
                             cfg.users, self.agg.totals, self._agent_lines(covered),
                             self.agg.missed_deltas)
+
+
+def _quantiles(hist: DenseHistogram | None) -> tuple[int | None, int | None, int | None]:
+    if hist is None:
+        return None, None, None
+    return hist.percentile(0.5), hist.percentile(0.9), hist.percentile(0.99)

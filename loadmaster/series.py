@@ -1,7 +1,8 @@
 """Every second of a run, merged over every worker of every agent.
 
 Second k holds what the deltas of second k said (each delta covers (T0 + k - 1,
-T0 + k] of its worker): per name ok, fail and the merged latency histogram; clients;
+T0 + k] of its worker): per name ok, fail and the merged latency histogram (in the open
+model also late and dropped calls, and the service time and schedule lag); clients;
 and per agent ok, fail, the CPU its workers used and their worst loop lag. Live
 figures (current rps, recent percentiles), the result file, and later the dashboard
 and windowed thresholds read from here.
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protocol.histogram import DenseHistogram, Histogram
-from protocol.stats import Totals
+from protocol.stats import LAG, MAIN, SERVICE, Totals
 
 __all__ = ["OPEN_MAX", "SETTLE", "AgentSecond", "Merged", "NameSecond", "Second", "Series"]
 
@@ -32,6 +33,35 @@ class NameSecond:
     ok: int = 0
     fail: int = 0
     hist: DenseHistogram | Histogram = field(default_factory=Histogram)  # dense once it counts
+    # the open model's (None in the closed model)
+    late: int = 0
+    dropped: int = 0
+    service: DenseHistogram | Histogram | None = None
+    lag: DenseHistogram | Histogram | None = None
+
+    def get(self, kind: int) -> DenseHistogram | Histogram:
+        """Histogram ``kind`` (MAIN, SERVICE, LAG), made when the open model's first come."""
+        if kind == MAIN:
+            return self.hist
+        if kind == SERVICE:
+            if self.service is None:
+                self.service = Histogram()
+            return self.service
+        if self.lag is None:
+            self.lag = Histogram()
+        return self.lag
+
+    def put(self, kind: int, hist: DenseHistogram | Histogram) -> None:
+        if kind == MAIN:
+            self.hist = hist
+        elif kind == SERVICE:
+            self.service = hist
+        else:
+            self.lag = hist
+
+    def kinds(self) -> list[int]:
+        """The histograms it has."""
+        return [MAIN] if self.service is None else [MAIN, SERVICE, LAG]
 
 
 @dataclass(slots=True)
@@ -50,6 +80,8 @@ class Second:
     clients: int = 0  # summed over the deltas of this second
     ok: int = 0
     fail: int = 0
+    late: int = 0  # the open model's
+    dropped: int = 0
     names: dict[str, NameSecond] = field(default_factory=dict)
     agents: dict[str, AgentSecond] = field(default_factory=dict)
 
@@ -89,25 +121,32 @@ class Series:
                 ns = s.names[name] = NameSecond()
             ns.ok += st.ok
             ns.fail += st.fail
+            if st.sched is not None:
+                ns.late += st.sched.late
+                ns.dropped += st.sched.dropped
+                s.late += st.sched.late
+                s.dropped += st.sched.dropped
             s.ok += st.ok
             s.fail += st.fail
             at.ok += st.ok
             at.fail += st.fail
         return s
 
-    def histogram(self, second: int, name: str) -> DenseHistogram:
-        """The histogram of ``name`` in ``second``, to add to: dense, made dense again if
-        the second was settled (a late delta; it is made sparse again later)."""
+    def histogram(self, second: int, name: str, kind: int = MAIN) -> DenseHistogram:
+        """Histogram ``kind`` of ``name`` in ``second``, to add to: dense, made dense again
+        if the second was settled (a late delta; it is made sparse again later)."""
         s = self.at(second)
         ns = s.names.get(name)
         if ns is None:
             ns = s.names[name] = NameSecond()
-        if isinstance(ns.hist, Histogram):  # its first successes, or a late delta
+        hist = ns.get(kind)
+        if isinstance(hist, Histogram):  # its first successes, or a late delta
             dense = DenseHistogram(full=True)
-            dense.merge(ns.hist)
-            ns.hist = dense
+            dense.merge(hist)
+            ns.put(kind, dense)
             self._open.add(second)
-        return ns.hist
+            return dense
+        return hist
 
     def _settle(self, up_to: int) -> None:
         """Make sparse every dense second up to ``up_to``, and the oldest beyond
@@ -118,8 +157,10 @@ class Series:
         for k in done:
             s = self.seconds[k]
             for ns in s.names.values():
-                if isinstance(ns.hist, DenseHistogram):
-                    ns.hist = ns.hist.sparse()
+                for kind in ns.kinds():
+                    hist = ns.get(kind)
+                    if isinstance(hist, DenseHistogram):
+                        ns.put(kind, hist.sparse())
             self._open.discard(k)
 
     def settled(self, second: int) -> bool:
@@ -133,7 +174,8 @@ class Series:
 
     @staticmethod
     def merged(seconds: Iterable[Second], name: str | None = None) -> Merged:
-        """One name's (or every name's) ok, fail and histogram over ``seconds``."""
+        """One name's (or every name's) figures over ``seconds``; in the open model with
+        the service time and schedule lag."""
         out = Merged(0, 0, DenseHistogram(full=True))
         for s in seconds:
             for n, ns in s.names.items():
@@ -141,6 +183,15 @@ class Series:
                     out.ok += ns.ok
                     out.fail += ns.fail
                     out.hist.merge(ns.hist)
+                    out.late += ns.late
+                    out.dropped += ns.dropped
+                    if ns.service is not None:
+                        if out.service is None:
+                            out.service = DenseHistogram(full=True)
+                            out.lag = DenseHistogram(full=True)
+                        assert out.lag is not None and ns.lag is not None
+                        out.service.merge(ns.service)
+                        out.lag.merge(ns.lag)
         return out
 
 
@@ -151,3 +202,7 @@ class Merged:
     ok: int
     fail: int
     hist: DenseHistogram
+    late: int = 0
+    dropped: int = 0
+    service: DenseHistogram | None = None  # the open model's, else None
+    lag: DenseHistogram | None = None

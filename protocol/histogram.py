@@ -268,6 +268,9 @@ class Histogram:
         i = bucket_index(value_ns)
         counts[i] = counts.get(i, 0) + count
 
+    def empty_like(self) -> Histogram:
+        return Histogram()
+
     def merge(self, other: Histogram | DenseHistogram) -> None:
         counts = self.counts
         for i, c in other.items():
@@ -361,6 +364,9 @@ class DenseHistogram:
             start = self._low - low
             grown[start:start + self._counts.size] = self._counts
         self._low, self._counts = low, grown
+
+    def empty_like(self) -> DenseHistogram:
+        return DenseHistogram(self._full)
 
     def merge(self, other: Histogram | DenseHistogram) -> None:
         self.add(*other.packed())

@@ -6,6 +6,14 @@ The built-in HTTP client adds, per name, counts by status code and bytes sent an
 received (``OpStats.statuses``, ``sent``, ``received``); they stay empty for other
 clients.
 
+In the open model (calls on a schedule, ``arrival_rate``) a name also has a
+``Schedule``: ``hist`` then times each success from its *intended* start (the corrected
+latency, the headline), ``Schedule.service`` from its actual start (service time) and
+``Schedule.lag`` the wait between the two (schedule lag); all three over the same
+successes, so ``hist`` is ``service + lag`` call by call. ``late`` counts the calls (success
+or failure) that started over ``LATE_AFTER_NS`` after their intended start, ``dropped``
+the calls that never started (not within ``max_schedule_lag``, or not by the stop).
+
 A ``Totals`` records sparsely (a worker's deltas and totals) or, with ``dense=True``,
 accumulates into dense histograms (the master, which merges thousands of deltas a
 second with vector adds).
@@ -26,11 +34,16 @@ from protocol.histogram import (
 )
 
 __all__ = [
+    "LAG",
+    "LATE_AFTER_NS",
+    "MAIN",
     "MAX_ERRORS_PER_NAME",
     "MAX_ERROR_TEXT",
     "OTHER_ERRORS",
+    "SERVICE",
     "ErrorKey",
     "OpStats",
+    "Schedule",
     "StatsFormatError",
     "Totals",
     "error_key",
@@ -44,17 +57,48 @@ OTHER_ERRORS = "other"
 _NO_MIN = MAX_VALUE_NS
 _NUMBERS = ("ok", "fail", "sum", "min", "max", "bytes sent", "bytes received")
 _INT = {int}
+# An operation's latency histograms, by number (on the wire, and in the master's merges):
+# every model's ``hist``, and in the open model the service time and the schedule lag.
+MAIN, SERVICE, LAG = 0, 1, 2
+# A call of the open model is late when it started this long after its intended start:
+# past the event loop's timer resolution (a millisecond) and ordinary jitter, so a late
+# call means every client was busy, or the generator could not keep up.
+LATE_AFTER_NS = 10_000_000
 
 
 class StatsFormatError(ValueError):
     """A statistics payload from a peer does not have the documented shape."""
 
 
+class Schedule:
+    """The open model's figures of one operation name (see the module docstring)."""
+
+    __slots__ = ("dropped", "lag", "late", "service")
+
+    def __init__(self, like: Histogram | DenseHistogram) -> None:
+        self.late = 0
+        self.dropped = 0
+        self.service = like.empty_like()
+        self.lag = like.empty_like()
+
+    def merge_counts(self, other: Schedule) -> None:
+        self.late += other.late
+        self.dropped += other.dropped
+
+    def reset(self) -> None:
+        self.late = self.dropped = 0
+        self.service.clear()
+        self.lag.clear()
+
+    def to_wire(self) -> list[Any]:
+        return [self.late, self.dropped, *self.service.to_wire(), *self.lag.to_wire()]
+
+
 class OpStats:
     """Totals of one operation name. The hot path updates the fields directly."""
 
-    __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "received", "sent",
-                 "statuses", "sum_ns")
+    __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "received", "sched",
+                 "sent", "statuses", "sum_ns")
 
     def __init__(self, name: str, dense: bool = False, full: bool = False) -> None:
         self.name = name
@@ -68,6 +112,20 @@ class OpStats:
         self.statuses: dict[int, int] = {}  # HTTP status code -> responses (built-in client)
         self.sent = 0  # bytes of requests (built-in client)
         self.received = 0  # bytes of responses (built-in client)
+        self.sched: Schedule | None = None  # the open model's figures; None in the closed
+
+    def schedule(self) -> Schedule:
+        """The open model's figures, made on first use."""
+        if self.sched is None:
+            self.sched = Schedule(self.hist)
+        return self.sched
+
+    def histogram(self, kind: int) -> Histogram | DenseHistogram:
+        """Histogram ``kind`` (MAIN, SERVICE, LAG); SERVICE and LAG make the schedule."""
+        if kind == MAIN:
+            return self.hist
+        sched = self.schedule()
+        return sched.service if kind == SERVICE else sched.lag
 
     def record_ok(self, elapsed_ns: int) -> None:
         self.ok += 1
@@ -81,6 +139,10 @@ class OpStats:
     def merge(self, other: OpStats) -> None:
         self.merge_counts(other)
         self.hist.merge(other.hist)
+        if other.sched is not None:
+            sched = self.schedule()
+            sched.service.merge(other.sched.service)
+            sched.lag.merge(other.sched.lag)
 
     def merge_counts(self, other: OpStats) -> None:
         """Merge everything but the histogram (the master adds those in batches)."""
@@ -97,6 +159,8 @@ class OpStats:
                 statuses[code] = statuses.get(code, 0) + n
         self.sent += other.sent
         self.received += other.received
+        if other.sched is not None:
+            self.schedule().merge_counts(other.sched)
 
     def reset(self) -> None:
         """Zero in place: hot loops keep references to ``hist.counts``."""
@@ -104,6 +168,16 @@ class OpStats:
         self.min_ns = _NO_MIN
         self.hist.clear()
         self.statuses.clear()
+        if self.sched is not None:
+            self.sched.reset()
+
+    @property
+    def dropped(self) -> int:
+        return 0 if self.sched is None else self.sched.dropped
+
+    @property
+    def late(self) -> int:
+        return 0 if self.sched is None else self.sched.late
 
     @property
     def min_value(self) -> int | None:
@@ -124,16 +198,19 @@ class OpStats:
         indexes, counts = self.hist.to_wire()
         mn = 0 if self.ok == 0 else self.min_ns
         statuses = [[code, n] for code, n in self.statuses.items()]
+        sched = [] if self.sched is None else self.sched.to_wire()
         return [self.name, self.ok, self.fail, self.sum_ns, mn, self.max_ns, indexes, counts,
-                statuses, self.sent, self.received]
+                statuses, self.sent, self.received, sched]
 
     @classmethod
-    def parse(cls, obj: Any) -> tuple[OpStats, Any, Any]:
-        """Check every wire field but the histogram: the operation, without its
-        histogram until ``attach``, and the histogram's two raw byte strings."""
-        if not isinstance(obj, list) or len(obj) != 11:
-            raise StatsFormatError("operation stats: expected an array of 11")
-        name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received = obj
+    def parse(cls, obj: Any) -> tuple[OpStats, list[tuple[Any, Any]]]:
+        """Check every wire field but the histograms: the operation, without its
+        histograms until ``attach``, and each histogram's two raw byte strings (MAIN,
+        then in the open model SERVICE and LAG)."""
+        if not isinstance(obj, list) or len(obj) != 12:
+            raise StatsFormatError("operation stats: expected an array of 12")
+        (name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received,
+         sched) = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
         numbers = (ok, fail, sum_ns, mn, mx, sent, received)
@@ -147,23 +224,41 @@ class OpStats:
         st.sent, st.received = sent, received
         if statuses != []:
             st.statuses = _statuses_from_wire(name, statuses)
-        return st, indexes, counts
+        pairs = [(indexes, counts)]
+        if sched != []:
+            if not (isinstance(sched, list) and len(sched) == 6 and type(sched[0]) is int
+                    and type(sched[1]) is int and sched[0] >= 0 and sched[1] >= 0):
+                raise StatsFormatError(f"operation stats {name!r}: bad schedule figures "
+                                       f"{str(sched)[:80]}")
+            st.schedule()
+            assert st.sched is not None
+            st.sched.late, st.sched.dropped = sched[0], sched[1]
+            pairs += [(sched[2], sched[3]), (sched[4], sched[5])]
+        return st, pairs
 
-    def attach(self, hist: Histogram, total: int) -> None:
-        """Give a parsed operation its checked histogram, of ``total`` calls."""
-        if total != self.ok:
+    def attach(self, hists: list[Histogram], totals: list[int]) -> None:
+        """Give a parsed operation its checked histograms (as many as ``parse`` gave raw),
+        of ``totals`` calls each: every one over the same successes."""
+        if any(total != self.ok for total in totals):
             raise StatsFormatError(f"operation stats {self.name!r}: histogram total != ok count")
-        self.hist = hist
+        self.hist = hists[0]
+        if self.sched is not None:
+            self.sched.service, self.sched.lag = hists[1], hists[2]
 
     @classmethod
     def from_wire(cls, obj: Any) -> OpStats:
-        st, indexes, counts = cls.parse(obj)
-        try:
-            hist = Histogram.from_wire(indexes, counts)
-        except HistogramFormatError as e:
-            raise StatsFormatError(f"operation stats {st.name!r}: {e}") from None
-        st.attach(hist, hist.total)
+        st, pairs = cls.parse(obj)
+        st.attach(*_checked(st.name, pairs))
         return st
+
+
+def _checked(name: str, pairs: list[tuple[Any, Any]]) -> tuple[list[Histogram], list[int]]:
+    """The histograms of raw pairs, and their totals (StatsFormatError naming ``name``)."""
+    try:
+        hists = [Histogram.from_wire(indexes, counts) for indexes, counts in pairs]
+    except HistogramFormatError as e:
+        raise StatsFormatError(f"operation stats {name!r}: {e}") from None
+    return hists, [h.total for h in hists]
 
 
 def _statuses_from_wire(name: str, obj: Any) -> dict[int, int]:
@@ -257,6 +352,11 @@ class Totals:
         return out
 
     @property
+    def open_model(self) -> bool:
+        """Whether any name has the open model's figures."""
+        return any(st.sched is not None for st in self.ops.values())
+
+    @property
     def ok(self) -> int:
         return sum(st.ok for st in self.ops.values())
 
@@ -265,19 +365,22 @@ class Totals:
         return sum(st.fail for st in self.ops.values())
 
     def is_empty(self) -> bool:
-        return not self.errors and all(st.ok == 0 and st.fail == 0 for st in self.ops.values())
+        return not self.errors and all(st.ok == 0 and st.fail == 0 and st.dropped == 0
+                                       for st in self.ops.values())
 
     def to_wire(self) -> list[Any]:
-        # a name with HTTP figures but no call ended yet (requests of a long call) too
+        # a name with HTTP figures but no call ended yet (requests of a long call) too, and
+        # one with only late or dropped calls
         ops = [st.to_wire() for st in self.ops.values()
-               if st.ok or st.fail or st.statuses or st.sent or st.received]
+               if st.ok or st.fail or st.statuses or st.sent or st.received or st.late
+               or st.dropped]
         errors = [[n, t, m, c] for (n, t, m), c in self.errors.items()]
         return [ops, errors]
 
     @classmethod
-    def parse(cls, obj: Any) -> tuple[Totals, list[tuple[OpStats, Any, Any]]]:
+    def parse(cls, obj: Any) -> tuple[Totals, list[tuple[OpStats, list[tuple[Any, Any]]]]]:
         """Check every wire field but the histograms (``OpStats.parse``): the totals, and
-        each operation with its histogram's raw byte strings, to ``attach``."""
+        each operation with its histograms' raw byte strings, to ``attach``."""
         if not isinstance(obj, list) or len(obj) != 2:
             raise StatsFormatError("totals: expected [operations, errors]")
         ops, errors = obj
@@ -302,12 +405,8 @@ class Totals:
     @classmethod
     def from_wire(cls, obj: Any) -> Totals:
         out, parts = cls.parse(obj)
-        for st, indexes, counts in parts:
-            try:
-                hist = Histogram.from_wire(indexes, counts)
-            except HistogramFormatError as e:
-                raise StatsFormatError(f"operation stats {st.name!r}: {e}") from None
-            st.attach(hist, hist.total)
+        for st, pairs in parts:
+            st.attach(*_checked(st.name, pairs))
         return out
 
     def iter_errors(self) -> Iterator[tuple[ErrorKey, int]]:

@@ -553,7 +553,8 @@ def test_a_missing_required_key_found_under_custom(base: Path) -> None:
     path = write(base, with_key("users", "") + "custom: {users: 5}\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, cwd=base)
-    assert str(info.value) == (f"{path}: key 'users' is missing; it is required (the file has "
+    assert str(info.value) == (f"{path}: key 'users' is missing; it is required (or arrival_rate, for the open "
+                                   f"model) (the file has "
                                f"it under 'custom', which only global_init reads; put it at "
                                f"the top level)")
 
@@ -595,6 +596,6 @@ def test_every_system_key_is_declared_once_with_a_check_and_a_meaning() -> None:
     from loadmaster.config import KEYS, REQUIRED
 
     assert [f.name for f in KEYS] == [f.name for f in fields(Config) if f.name in SYSTEM_KEYS]
-    assert set(REQUIRED) == {"host", "users", "run_time", "benchmark_class_file"}
+    assert set(REQUIRED) == {"host", "run_time", "benchmark_class_file"}  # users: unless arrival_rate
     for f in KEYS:
         assert callable(f.metadata["check"]) and f.metadata["meaning"], f.name

@@ -44,7 +44,7 @@ def delta_fields(**change: Any) -> list[Any]:
 
 def op(name: str = "GET", ok: int = 2, indexes: Any = None, counts: Any = None) -> list[Any]:
     return [name, ok, 0, 10, 4, 6, u16([300, 301]) if indexes is None else indexes,
-            u32([1, 1]) if counts is None else counts, [], 0, 0]
+            u32([1, 1]) if counts is None else counts, [], 0, 0, []]
 
 
 BAD: dict[str, bytes] = {
@@ -101,9 +101,9 @@ def test_a_batch_decodes_as_each_body_alone() -> None:
     good_ones = [w for w in want if isinstance(w, Delta)]
     assert [d.to_wire() for d in batch.deltas] == [d.to_wire() for d in good_ones]
     for d, parts in zip(batch.deltas, batch.parts, strict=True):
-        assert set(parts) == set(d.totals.ops)
-        for name, j in parts.items():  # each histogram is where its part says
-            got = d.totals.ops[name].hist.counts
+        assert set(parts) == {(name, 0) for name in d.totals.ops}
+        for (name, kind), j in parts.items():  # each histogram is where its part says
+            got = d.totals.ops[name].histogram(kind).counts
             idx, cnt = batch.hists.span(j)
             assert dict(zip(idx.tolist(), cnt.tolist(), strict=True)) == got
 

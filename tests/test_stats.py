@@ -498,7 +498,7 @@ def test_totals_wire_round_trip() -> None:
 
 
 def good_op() -> list[Any]:
-    return ["op", 2, 0, 30, 10, 20, u16([10, 20]), u32([1, 1]), [[200, 2]], 100, 2000]
+    return ["op", 2, 0, 30, 10, 20, u16([10, 20]), u32([1, 1]), [[200, 2]], 100, 2000, []]
 
 
 def with_field(i: int, value: Any) -> list[Any]:

@@ -33,12 +33,13 @@ _CHECKERS = tuple(_later if i == _TOTALS else check for i, check in enumerate(De
 
 @dataclass(slots=True)
 class DeltaBatch:
-    """The good deltas of a batch, each operation's histogram a view of ``hists``'s
-    arrays; ``parts[k][name]`` is the number in ``hists`` of delta ``k``'s histogram of
-    ``name``. ``errors``: why each bad body was dropped."""
+    """The good deltas of a batch, each operation's histograms views of ``hists``'s
+    arrays; ``parts[k][name, kind]`` is the number in ``hists`` of delta ``k``'s histogram
+    ``kind`` (``protocol.stats.MAIN``, ``SERVICE``, ``LAG``) of ``name``. ``errors``: why
+    each bad body was dropped."""
 
     deltas: list[Delta]
-    parts: list[dict[str, int]]
+    parts: list[dict[tuple[str, int], int]]
     hists: Unpacked
     errors: list[str]
 
@@ -46,7 +47,7 @@ class DeltaBatch:
 def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
     """The DELTA bodies of a batch (their frames' header checked by the caller)."""
     errors: list[str] = []
-    parsed: list[tuple[list[Any], list[tuple[OpStats, int]]]] = []
+    parsed: list[tuple[list[Any], list[tuple[OpStats, int, int]]]] = []
     pairs: list[tuple[Any, Any]] = []
     checkers = _CHECKERS
     for body in bodies:
@@ -64,21 +65,25 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
             continue
         values[_TOTALS] = totals
         parts = []
-        for st, indexes, counts in ops:
-            parts.append((st, len(pairs)))
-            pairs.append((indexes, counts))
+        for st, raw in ops:
+            parts.append((st, len(pairs), len(raw)))
+            pairs += raw
         parsed.append((values, parts))
     hists = unpack_many(pairs)
     out = DeltaBatch([], [], hists, errors)
     for values, parts in parsed:
         try:
             numbers = {}
-            for st, j in parts:
-                if j in hists.errors:
-                    raise WireError(f"Delta.totals: operation stats {st.name!r}: "
-                                    f"{hists.errors[j]}")
-                st.attach(Histogram.from_arrays(*hists.span(j)), hists.totals[j])
-                numbers[st.name] = j
+            for st, first, n in parts:
+                js = range(first, first + n)
+                for j in js:
+                    if j in hists.errors:
+                        raise WireError(f"Delta.totals: operation stats {st.name!r}: "
+                                        f"{hists.errors[j]}")
+                st.attach([Histogram.from_arrays(*hists.span(j)) for j in js],
+                          [hists.totals[j] for j in js])
+                for kind, j in enumerate(js):
+                    numbers[st.name, kind] = j
             delta = Delta(*values)
         except StatsFormatError as e:
             errors.append(f"Delta.totals: {e}")

@@ -14,6 +14,7 @@ from protocol.wire.codec import Message, WireError
 from protocol.wire.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MAX, PIPE_MAX
 
 __all__ = [
+    "ARRIVALS",
     "HEARTBEAT",
     "MAX_NOTES",
     "MAX_SECOND",
@@ -57,6 +58,7 @@ TOKEN_ENV = "LOADTEST_AGENT_TOKEN"
 KEYS_ENV = "LOADTEST_AGENT_KEYS"
 MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load starts
 MAX_SECOND = 10_000_000  # the largest second of a run a delta may cover: 115 days
+ARRIVALS = ("uniform", "poisson")  # the open model's arrival processes
 
 
 def _nonneg(cls: str, **values: float) -> None:
@@ -140,6 +142,14 @@ class Job(Message):
     total_workers: int
     worker_ids: list[int]
     bundle: list[BundleFile]
+    # the open model: ``arrival_rate`` calls per ``time_unit`` seconds over the whole run
+    # (0: the closed model); ``users`` is then the pool's most clients, of which
+    # ``pre_allocated_users`` start at once
+    arrival_rate: float = 0.0
+    time_unit: float = 1.0
+    arrivals: str = "uniform"
+    pre_allocated_users: int = 0
+    max_schedule_lag: float = 10.0
 
     def __post_init__(self) -> None:
         if len(self.run_id) != RUN_ID_LEN or self.run_id.strip("0123456789abcdef"):
@@ -147,9 +157,16 @@ class Job(Message):
         if len(set(self.worker_ids)) != len(self.worker_ids):
             raise WireError("Job.worker_ids lists a worker twice")
         _nonneg("Job", users=self.users, run_time=self.run_time, wait_time=self.wait_time,
-                stop_grace=self.stop_grace)
+                stop_grace=self.stop_grace, arrival_rate=self.arrival_rate,
+                pre_allocated_users=self.pre_allocated_users)
         if not self.hatch_rate > 0:  # NaN too
             raise WireError("Job.hatch_rate must be positive")
+        if not (self.time_unit > 0 and self.max_schedule_lag > 0):
+            raise WireError("Job.time_unit and Job.max_schedule_lag must be positive")
+        if self.arrivals not in ARRIVALS:
+            raise WireError(f"Job.arrivals must be one of {', '.join(ARRIVALS)}")
+        if self.pre_allocated_users > self.users:
+            raise WireError("Job.pre_allocated_users must not exceed users")
         if self.total_workers < 1 or any(not 0 <= w < self.total_workers for w in self.worker_ids):
             raise WireError("Job.worker_ids must lie in [0, total_workers)")
 
