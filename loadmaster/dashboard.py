@@ -10,6 +10,14 @@ from the run's figures; building one costs about as much as a live block, once a
 second, whatever the number of pages open (each page gets the same bytes but its part
 of the series).
 
+In the open model (``arrival_rate``) response times are from each call's intended start
+(the corrected latency); a snapshot's ``open`` holds the schedule and what it got (calls
+started, late, dropped, service time and schedule lag, over the whole run and over the
+recent seconds), each name's ``open`` its late and dropped calls and p99s, and the series
+has per second the calls started, late and dropped and the p99 of the service time and
+of the schedule lag too. In the closed model each ``open`` is null and the series is as
+it always was.
+
 Who may press Stop: a browser on the master's machine (loopback peer), or anyone with
 the token printed at start. Every request must name a host the dashboard is bound to
 (``Host`` header: no DNS rebinding), and a stop must carry ``X-Dashboard: stop``, which a
@@ -36,12 +44,13 @@ from aiohttp import web
 
 from loadmaster.aggregator import Aggregator
 from loadmaster.config import Config, resolved_keys
-from loadmaster.console import AgentLine, FinalView, format_final
+from loadmaster.console import AgentLine, FinalView, RecentOpen, ScheduleView, format_final
 from loadmaster.coordinator import AgentRecord
 from loadmaster.http_site import bind_site, new_runner
 from loadmaster.masking import mask_text, masked
 from loadmaster.result import plain
-from protocol.stats import OpStats, Totals
+from protocol.histogram import DenseHistogram, Histogram
+from protocol.stats import LATE_AFTER_NS, OpStats, Totals
 from protocol.wire.channel import host_port, is_loopback
 
 log = logging.getLogger("loadmaster")
@@ -54,6 +63,9 @@ STOP_HEADER = "X-Dashboard"
 TOKEN_HEADER = "X-Stop-Token"
 _PHASES = ("waiting", "preparing", "running", "stopping", "finished")
 _SERIES = ("t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms")
+# the open model's, per second: calls started (ended ok or failed), late, dropped, and the
+# p99 of the service time and of the schedule lag beside the corrected p99_ms
+_OPEN_SERIES = ("started", "late", "dropped", "service_p99_ms", "lag_p99_ms")
 
 
 class DashboardError(Exception):
@@ -70,6 +82,20 @@ def has_display() -> bool:
 
 def _ms(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
+
+
+def _trio_ms(ps: Sequence[int | None]) -> dict[str, float | None]:
+    return dict(zip(("p50", "p90", "p99"), map(_ms, ps), strict=True))
+
+
+def _p99(hist: Histogram | DenseHistogram | None) -> float | None:
+    return None if hist is None else _ms(hist.percentile(0.99))
+
+
+def _hist_ms(hist: Histogram | DenseHistogram | None) -> dict[str, float | None]:
+    """p50, p90, p99 of a histogram, ms (None: no success)."""
+    qs = (0.5, 0.9, 0.99)
+    return _trio_ms([None] * 3 if hist is None else [hist.percentile(q) for q in qs])
 
 
 @dataclass
@@ -100,7 +126,8 @@ class Feed:
     def __post_init__(self) -> None:
         self.config = plain({**masked(resolved_keys(self.cfg), self.mask),
                              "custom": masked(self.cfg.custom, self.mask)})
-        self.series = {key: [] for key in _SERIES}
+        keys = _SERIES if self.cfg.arrival_rate is None else (*_SERIES, *_OPEN_SERIES)
+        self.series = {key: [] for key in keys}
 
     def extend_series(self, agg: Aggregator, covered: int) -> None:
         """Add the seconds up to ``covered`` not charted yet."""
@@ -114,15 +141,24 @@ class Feed:
             s["clients"].append(0 if known is None else known.clients)
             for key, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
                 s[key].append(_ms(merged.hist.percentile(q)))
+            if "started" in s:
+                s["started"].append(merged.ok + merged.fail)
+                s["late"].append(merged.late)
+                s["dropped"].append(merged.dropped)
+                s["service_p99_ms"].append(_p99(merged.service))
+                s["lag_p99_ms"].append(_p99(merged.lag))
 
     def snapshot(self, *, phase: str, status: str, agg: Aggregator,
                  agents: Sequence[AgentRecord], lines: Sequence[AgentLine],
                  elapsed: float | None, covered: int, totals: Totals, users: int,
                  current_rps: float = 0.0, rate_window: int = 0,
                  recent: tuple[int | None, ...] = (None, None, None),
+                 schedule: ScheduleView | None = None, recent_open: RecentOpen | None = None,
                  final: FinalView | None = None, exit_code: int | None = None
                  ) -> dict[str, Any]:
-        """Everything but the series (the dashboard adds each page's part of it)."""
+        """Everything but the series (the dashboard adds each page's part of it).
+        ``schedule``: the open model's (None: the closed model), with ``recent_open`` its
+        figures over the same seconds as ``recent``."""
         assert phase in _PHASES
         run_time = float(self.cfg.run_time)
         combined = totals.combined()
@@ -147,7 +183,9 @@ class Feed:
             "rps": combined.ok / seconds if seconds > 0 else 0.0,
             "current_rps": current_rps,
             "rate_window": rate_window,
-            "recent_ms": dict(zip(("p50", "p90", "p99"), map(_ms, recent), strict=True)),
+            "recent_ms": _trio_ms(recent),
+            "open": None if schedule is None else _open(schedule, combined, seconds,
+                                                        recent_open),
             "names": [_name(st, seconds) for _, st in sorted(totals.ops.items())],
             "errors": [{"name": n, "type": t, "message": mask_text(m), "count": c}
                        for (n, t, m), c in list(totals.iter_errors())[:ERROR_ROWS]],
@@ -163,7 +201,27 @@ class Feed:
         return doc
 
 
+def _open(schedule: ScheduleView, total: OpStats, seconds: float,
+          recent: RecentOpen | None) -> dict[str, Any]:
+    """The open model's figures: the schedule, and what started over the whole run and
+    the recent seconds (``recent``, None before a whole second is in)."""
+    started = total.ok + total.fail
+    sched = total.sched
+    return {
+        "target_rps": schedule.rate, "arrivals": schedule.arrivals, "rate_text": schedule.text,
+        "scheduled": started + total.dropped, "started": started,
+        "started_rps": started / seconds if seconds > 0 else 0.0,
+        "late": total.late, "dropped": total.dropped, "late_after_ms": _ms(LATE_AFTER_NS),
+        "service_ms": _hist_ms(None if sched is None else sched.service),
+        "lag_ms": _hist_ms(None if sched is None else sched.lag),
+        "recent": None if recent is None else {
+            "started_rps": recent.started, "late": recent.late, "dropped": recent.dropped,
+            "service_ms": _trio_ms(recent.service), "lag_ms": _trio_ms(recent.lag)},
+    }
+
+
 def _name(st: OpStats, seconds: float) -> dict[str, Any]:
+    sched = st.sched
     return {
         "name": st.name, "ok": st.ok, "fail": st.fail,
         "rps": st.ok / seconds if seconds > 0 else 0.0,
@@ -173,6 +231,9 @@ def _name(st: OpStats, seconds: float) -> dict[str, Any]:
         "p99_ms": _ms(st.percentile(0.99)),
         "statuses": {str(code): n for code, n in sorted(st.statuses.items())},
         "bytes_sent": st.sent, "bytes_received": st.received,
+        "open": None if sched is None else {
+            "late": sched.late, "dropped": sched.dropped,
+            "service_p99_ms": _p99(sched.service), "lag_p99_ms": _p99(sched.lag)},
     }
 
 

@@ -7,6 +7,11 @@ computed here from the series' histograms) is embedded as JSON and drawn by
 ``report_page/report.js`` with the vendored uPlot. Every script and style is inlined and
 a Content-Security-Policy forbids any load: the page works offline, as one file. The
 same document always gives the same bytes (no clock is read).
+
+In the open model (the document's ``schedule``) the page adds what the final block adds
+(the schedule, scheduled, late and dropped calls, service time and schedule lag), a
+table of those per name, late and dropped calls in the calls-per-second chart, and a
+chart of the corrected p99 against the service time's and the schedule lag's.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from loadmaster.resultfile import (
     bucket_values,
     flatten_series,
     merge_flat,
+    schedule_of,
     second_quantiles,
 )
 from protocol.exitcodes import ExitCode
+from protocol.stats import LATE_AFTER_NS
 from protocol.wire.limits import format_size
 
 __all__ = ["render_html"]
@@ -51,12 +58,18 @@ HEADLINE_TIMES = (
     ("99.9% response time", "p99_9_ns", "total-p99-9"),
 )
 CHART_QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-GOOD, BAD, BLUE, WARN = "#2e8b3e", "#d0312d", "#2f6fb3", "#e08a00"
+GOOD, BAD, BLUE, WARN, PURPLE = "#2e8b3e", "#d0312d", "#2f6fb3", "#e08a00", "#7b4bb7"
 # one colour per name or agent, in order (cycled past ten)
 PALETTE = ("#2f6fb3", "#e08a00", "#2e8b3e", "#d0312d", "#7b4bb7", "#8c564b", "#d6589f",
            "#5f6b7a", "#a0a316", "#17a2b8")
 
 Cell = tuple[str, str]  # (text, class), the text not yet escaped
+# the open model's table: per name, what the schedule asked and got
+OPEN_HEAD: list[Cell] = [
+    ("name", ""), ("scheduled", "num"), ("late", "num"), ("dropped", "num"),
+    ("p50 ms", "num"), ("p90 ms", "num"), ("p99 ms", "num"),
+    ("service p50 ms", "num"), ("service p90 ms", "num"), ("service p99 ms", "num"),
+    ("lag p50 ms", "num"), ("lag p90 ms", "num"), ("lag p99 ms", "num")]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -107,6 +120,11 @@ def _ms_value(ns: float | None) -> str:
 
 def _ms(ns: float | None) -> str:
     return DASH if ns is None else f"{_ms_value(ns)} ms"
+
+
+def _trio(latency: Mapping[str, Any]) -> str:
+    """p50 / p90 / p99 as the final block shows them."""
+    return " / ".join(_ms(latency[key]) for key in ("p50_ns", "p90_ns", "p99_ns"))
 
 
 def _scaled(value: float | None, factor: float, digits: int) -> str:
@@ -179,8 +197,11 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if n == 0:
         left_out.append("no per-second figures: the load never started")
     else:
-        charts.append(_chart("chart-rps", "calls per second", "calls/s", [
-            _line("ok/s", GOOD, series["ok"]), _line("fail/s", BAD, series["fail"])]))
+        rates = [_line("ok/s", GOOD, series["ok"]), _line("fail/s", BAD, series["fail"])]
+        if series.get("late") is not None and series.get("dropped") is not None:
+            rates += [_line("late/s", WARN, series["late"]),
+                      _line("dropped/s", PURPLE, series["dropped"])]
+        charts.append(_chart("chart-rps", "calls per second", "calls/s", rates))
         charts.append(_chart("chart-clients", "clients", "clients", [
             _line("clients", BLUE, series["clients"])]))
     names = series["names"]
@@ -192,6 +213,9 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         charts.append(_chart("chart-latency", "response time, every name", "ms", [
             _line(label, color, values, 3) for (label, _), color, values
             in zip(CHART_QUANTILES, (GOOD, WARN, BAD), ms, strict=True)]))
+        open_chart = _open_chart(names, n, ms[2])
+        if open_chart is not None:
+            charts.append(open_chart)
         with_calls = [name for name, b in flat.items() if b[0].size]
         if len(names) > 1:
             lines = []
@@ -231,6 +255,22 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 "chart-agents-cpu", "load generator CPU per agent (% of one core per worker)",
                 "cpu %", [_line(a, colors[a], cpu[a], 1) for a in agents]))
     return {"seconds": n, "charts": charts}, left_out
+
+
+def _open_chart(names: Mapping[str, Any], n: int,
+                p99: list[float | None]) -> dict[str, Any] | None:
+    """The open model's p99 per second, every name: the corrected response time (``p99``,
+    already computed), the service time and the schedule lag; None in the closed model."""
+    lines = [_line("response time p99", BAD, p99, 3)]
+    for key, label, color in (("service_hist", "service time p99", BLUE),
+                              ("lag_hist", "schedule lag p99", WARN)):
+        hists = [s[key] for s in names.values() if s.get(key) is not None]
+        if not hists:
+            return None
+        (values,) = second_quantiles(merge_flat(map(flatten_series, hists)), n, (0.99,))
+        lines.append(_line(label, color, _ms_list(values), 3))
+    return _chart("chart-open", "p99: response time, service time, schedule lag", "ms",
+                  lines)
 
 
 def _distribution(doc: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -307,8 +347,11 @@ def _totals(doc: Mapping[str, Any]) -> str:
             "error above).", "no-figures"), "final")
     total = totals["all"]
     run_time = doc["run_time"]
+    schedule = doc.get("schedule")
     users = _int(doc["users"])
-    if doc["users"] is not None and doc["users"] != doc["users_planned"]:
+    if schedule is not None:
+        users += f" (pool of at most {doc['users_planned']})"
+    elif doc["users"] is not None and doc["users"] != doc["users_planned"]:
         users += f" (planned {doc['users_planned']})"
     done = total["ok"] + total["fail"]
     rows: list[tuple[str, str, str]] = [
@@ -320,6 +363,19 @@ def _totals(doc: Mapping[str, Any]) -> str:
         ("accuracy", f"{100 * total['ok'] / done:.2f}%" if done else DASH, "total-accuracy"),
     ]
     rows += [(label, _ms(total[key]), ident) for label, key, ident in HEADLINE_TIMES]
+    sched = total.get("open")
+    if schedule is not None and sched is not None:
+        rows += [
+            ("arrival rate (target)", _rate_text(doc), "total-arrival-rate"),
+            ("calls scheduled", str(sched["scheduled"]), "total-scheduled"),
+            ("calls started/s", f"{done / run_time:.2f}" if run_time else DASH,
+             "total-started"),
+            ("late calls", f"{sched['late']} (started over {LATE_AFTER_NS // 10**6} ms after "
+                           f"their intended start)", "total-late"),
+            ("dropped calls", f"{sched['dropped']} (never started)", "total-dropped"),
+            ("service time p50/p90/p99", _trio(sched["service"]), "total-service"),
+            ("schedule lag p50/p90/p99", _trio(sched["lag"]), "total-lag"),
+        ]
     body = "".join(f'<tr><td class="key">{_e(label)}</td>'
                    f'<td id="{ident}" class="num">{_e(value)}</td></tr>'
                    for label, value, ident in rows)
@@ -344,6 +400,42 @@ def _names(doc: Mapping[str, Any]) -> str:
     content = (_table("table-names", head, rows) if rows
                else _empty("no operation was counted", "no-names"))
     return _section("Operations", content, "operations")
+
+
+def _rate_text(doc: Mapping[str, Any]) -> str:
+    """The schedule as the final block shows it: "500/s (uniform)"."""
+    schedule = schedule_of(doc)
+    return DASH if schedule is None else f"{schedule.text} ({schedule.arrivals})"
+
+
+def _open_row(name: str, st: Mapping[str, Any]) -> list[Cell]:
+    sched = st["open"]
+    row: list[Cell] = [(name, ""), (str(sched["scheduled"]), "num"),
+                       (str(sched["late"]), "num bad" if sched["late"] else "num"),
+                       (str(sched["dropped"]), "num bad" if sched["dropped"] else "num")]
+    for latency in (st, sched["service"], sched["lag"]):
+        row += [(_ms_value(latency[key]), "num") for key in ("p50_ns", "p90_ns", "p99_ns")]
+    return row
+
+
+def _open_model(doc: Mapping[str, Any]) -> str:
+    """The open model's figures per name: what the schedule asked and got."""
+    schedule, totals = doc.get("schedule"), doc["totals"]
+    if schedule is None or totals is None:
+        return ""
+    text = (f"calls started on a schedule of {_rate_text(doc)}, whatever the target "
+            f"did (at most {doc['users_planned']} clients). p50/p90/p99: from each call's "
+            f"intended start (the corrected response time); service: from its actual "
+            f"start; lag: the wait between the two. Late: started over "
+            f"{LATE_AFTER_NS // 10**6} ms after its intended start; dropped: never started "
+            f"(not within max_schedule_lag, or not by the stop).")
+    ops = [(name, st) for name, st in totals["names"].items() if st.get("open") is not None]
+    if len(ops) > 1 and totals["all"].get("open") is not None:
+        ops.append(("(every name)", totals["all"]))
+    content = (_table("table-open", OPEN_HEAD, [_open_row(name, st) for name, st in ops])
+               if ops else _empty("no call was scheduled", "no-open"))
+    return _section("Open model: the schedule per name",
+                    f'<p id="schedule">{_e(text)}</p>{content}', "open-model")
 
 
 def _statuses(doc: Mapping[str, Any]) -> str:
@@ -469,8 +561,8 @@ def render_html(doc: Mapping[str, Any]) -> str:
     data, left_out = _chart_data(doc)
     body = "".join([
         _header(doc), "<main>", _totals(doc), _charts(data, left_out), _names(doc),
-        _statuses(doc), _errors(doc), _agents(doc), _notes(doc), _config(doc),
-        "</main>",
+        _open_model(doc), _statuses(doc), _errors(doc), _agents(doc), _notes(doc),
+        _config(doc), "</main>",
         f'<footer>Rendered from the result file by {_e(doc["tool"]["name"])} '
         f'{_e(doc["tool"]["version"])}. Charts drawn with uPlot {UPLOT_VERSION} '
         "(MIT license), inlined.</footer>"])

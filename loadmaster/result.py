@@ -12,6 +12,11 @@ delta-encoded (the first index, then the gap to each next one), ``c`` their coun
 ``decode_histogram`` gives the index -> count mapping back (the layout of an index is
 ``protocol/histogram.py``, also described in the schema).
 
+In the open model (``arrival_rate``) the document also holds the schedule (top-level
+``schedule``), each name's late and dropped calls with its service time and schedule lag
+(``open`` beside the name's figures, whose latencies are then the corrected ones), and
+the same per second; in the closed model those fields are null.
+
 ``write_result`` writes atomically: a temporary file in the target's folder, then a
 rename over the target, so a reader never sees half a file. A name ending ``.gz`` is
 written gzip-compressed.
@@ -42,9 +47,9 @@ from loadmaster.masking import mask_text, masked
 from loadmaster.report import agent_state
 from loadmaster.series import AgentSecond, NameSecond, Second, Series
 from protocol import __version__
-from protocol.histogram import HISTOGRAM_LAYOUT, Counts, Indexes
+from protocol.histogram import HISTOGRAM_LAYOUT, Counts, DenseHistogram, Histogram, Indexes
 from protocol.plan import clients_of
-from protocol.stats import OpStats
+from protocol.stats import OpStats, Schedule
 
 __all__ = ["SCHEMA_VERSION", "TOOL", "Ending", "ResultFileError", "build_result",
            "check_writable", "decode_histogram", "encode_histogram", "write_result",
@@ -87,6 +92,26 @@ def decode_histogram(hist: Mapping[str, Sequence[int]]) -> dict[int, int]:
     return dict(zip(itertools.accumulate(hist["i"]), hist["c"], strict=True))
 
 
+def _encoded(hist: Histogram | DenseHistogram | None) -> dict[str, list[int]]:
+    """A histogram in the file's encoding (None: empty)."""
+    return encode_histogram(*(Histogram() if hist is None else hist).packed())
+
+
+def _latency(hist: Histogram | DenseHistogram) -> dict[str, Any]:
+    """A histogram's percentiles (unclamped: its calls' exact min and max are not kept),
+    its highest bucket and the histogram itself."""
+    out: dict[str, Any] = {label: hist.percentile(q) for label, q in PERCENTILES}
+    out["max_ns"] = hist.percentile(1.0)
+    out["hist"] = _encoded(hist)
+    return out
+
+
+def _open(st: OpStats, sched: Schedule) -> dict[str, Any]:
+    return {"late": sched.late, "dropped": sched.dropped,
+            "scheduled": st.ok + st.fail + sched.dropped,
+            "service": _latency(sched.service), "lag": _latency(sched.lag)}
+
+
 def _op(st: OpStats, run_time: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "ok": st.ok, "fail": st.fail, "sum_ns": st.sum_ns, "min_ns": st.min_value,
@@ -95,9 +120,10 @@ def _op(st: OpStats, run_time: float) -> dict[str, Any]:
     for label, q in PERCENTILES:
         out[label] = st.percentile(q)
     out["rps"] = st.ok / run_time if run_time > 0 else 0.0
-    out["hist"] = encode_histogram(*st.hist.packed())
+    out["hist"] = _encoded(st.hist)
     out["statuses"] = {str(code): n for code, n in sorted(st.statuses.items())}
     out["bytes_sent"], out["bytes_received"] = st.sent, st.received
+    out["open"] = None if st.sched is None else _open(st, st.sched)
     return out
 
 
@@ -127,7 +153,22 @@ def _agent(agent: AgentRecord, line: AgentLine | None, total_workers: int,
     }
 
 
-def _series(series: Series | None, last: int, agent_order: Sequence[str]) -> dict[str, Any]:
+def _name_series(at: Sequence[NameSecond], open_model: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ok": [x.ok for x in at],
+        "fail": [x.fail for x in at],
+        "hist": [_encoded(x.hist) for x in at],
+        "late": None, "dropped": None, "service_hist": None, "lag_hist": None,
+    }
+    if open_model:  # a second without a success has no service time nor lag: empty
+        out["late"], out["dropped"] = [x.late for x in at], [x.dropped for x in at]
+        out["service_hist"] = [_encoded(x.service) for x in at]
+        out["lag_hist"] = [_encoded(x.lag) for x in at]
+    return out
+
+
+def _series(series: Series | None, last: int, agent_order: Sequence[str],
+            open_model: bool) -> dict[str, Any]:
     """Arrays aligned on seconds 1..N; a second without figures is zeros."""
     known = series.seconds if series is not None else {}
     n = max((k for k in known if 0 < k <= last), default=0)
@@ -137,14 +178,9 @@ def _series(series: Series | None, last: int, agent_order: Sequence[str]) -> dic
     seen = {a for s in seconds for a in s.agents}
     agents = [a for a in agent_order if a in seen] + sorted(seen - set(agent_order))
     blank_name, blank_agent = NameSecond(), AgentSecond()  # a second without its figures
-    out_names = {}
-    for name in names:
-        at = [s.names.get(name, blank_name) for s in seconds]
-        out_names[name] = {
-            "ok": [x.ok for x in at],
-            "fail": [x.fail for x in at],
-            "hist": [encode_histogram(*x.hist.packed()) for x in at],
-        }
+    out_names = {name: _name_series([s.names.get(name, blank_name) for s in seconds],
+                                    open_model)
+                 for name in names}
     out_agents = {}
     for agent in agents:
         per = [s.agents.get(agent, blank_agent) for s in seconds]
@@ -160,6 +196,8 @@ def _series(series: Series | None, last: int, agent_order: Sequence[str]) -> dic
         "clients": [s.clients for s in seconds],
         "ok": [s.ok for s in seconds],
         "fail": [s.fail for s in seconds],
+        "late": [s.late for s in seconds] if open_model else None,
+        "dropped": [s.dropped for s in seconds] if open_model else None,
         "names": out_names,
         "agents": out_agents,
     }
@@ -176,6 +214,16 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+def _schedule(cfg: Config, view: FinalView | None) -> dict[str, Any] | None:
+    """The open model's schedule as configured; None in the closed model."""
+    if cfg.arrival_rate is None:
+        return None
+    shown = None if view is None or view.schedule is None else view.schedule.text
+    return {"arrival_rate": cfg.arrival_rate, "time_unit_s": cfg.time_unit,
+            "arrivals": cfg.arrivals, "rate_per_s": cfg.arrival_rate / cfg.time_unit,
+            "text": shown}
 
 
 def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
@@ -206,13 +254,15 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
         "custom": plain(masked(cfg.custom, mask)),
         "users": None if view is None else view.users,
         "users_planned": cfg.users,
+        "schedule": _schedule(cfg, view),
         "agents": [_agent(a, lines.get(a.name), total_workers, cfg.users) for a in agents],
         "totals": None,
         "errors": [],
         "stop_grace": None,
         "missed_deltas": 0 if view is None else view.missed_deltas,
         "notes": [] if view is None else [mask_text(n) for n in view.notes],
-        "series": _series(series, last, [a.name for a in agents]),
+        "series": _series(series, last, [a.name for a in agents],
+                          cfg.arrival_rate is not None),
     }
     if view is not None:
         run_time = view.run_time

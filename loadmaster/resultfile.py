@@ -8,7 +8,9 @@ counts matching the calls, one entry a second). Every failure is a ``ReportInput
 naming the file and what is wrong; the CLI makes it exit 2.
 
 ``final_view`` rebuilds the final block from the document, so ``loadmaster report``
-prints it as the run did.
+prints it as the run did (in the open model with its schedule, late and dropped calls,
+service times and schedule lags). A file written before the open model lacks its
+fields: each reads as null, the closed model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jsonschema import Draft202012Validator, TypeChecker, validators
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 
-from loadmaster.console import AgentLine, FinalView, GraceView
+from loadmaster.console import AgentLine, FinalView, GraceView, ScheduleView
 from loadmaster.result import SCHEMA_VERSION, TOOL, decode_histogram
 from protocol import __version__
 from protocol.histogram import MAX_COUNT, MAX_INDEX, DenseHistogram, bucket_value
@@ -44,6 +46,7 @@ __all__ = [
     "load_result",
     "percentiles",
     "read_json",
+    "schedule_of",
     "totals_of",
     "validator",
 ]
@@ -53,6 +56,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 MESSAGE_CHARS = 200  # of a schema error's text (it may quote a whole array)
 MAX_NUMBER = 2**64  # no figure of ours is larger: counts, nanoseconds, bytes
 MAX_TIME = 1e11  # unix seconds (year 5138): t0 and end beyond it are not times
+# the series' open-model arrays (null, or absent in older files, in the closed model)
+OPEN_SERIES_TOTALS = ("late", "dropped")
+OPEN_SERIES_HISTS = ("service_hist", "lag_hist")
+OPEN_SERIES = (*OPEN_SERIES_TOTALS, *OPEN_SERIES_HISTS)
 
 
 class ReportInputError(Exception):
@@ -158,7 +165,8 @@ def check_document(path: Path, doc: Any, kind: str, tool_key: str, version_key: 
 
 
 def _check_hist(path: Path, where: str, hist: Mapping[str, Sequence[int]],
-                total: int | None) -> None:
+                total: int | None, at_most: bool = False) -> None:
+    """``hist`` valid and holding ``total`` calls (``at_most``: no more)."""
     gaps, counts = hist["i"], hist["c"]
     if len(gaps) != len(counts):
         raise ReportInputError(f"{path}: at {where}: {len(gaps)} bucket indexes for "
@@ -171,12 +179,29 @@ def _check_hist(path: Path, where: str, hist: Mapping[str, Sequence[int]],
         bad = f"a bucket index over {MAX_INDEX}"
     elif min(counts) < 0 or max(counts) > MAX_COUNT:
         bad = "a count out of range"
-    elif total is not None and sum(counts) != total:
+    elif total is not None and (sum(counts) > total if at_most else sum(counts) != total):
         bad = f"the histogram holds {sum(counts)} calls where ok is {total}"
     else:
         bad = ""
     if bad:
         raise ReportInputError(f"{path}: at {where}: {bad}")
+
+
+def _check_op(path: Path, where: str, st: Mapping[str, Any], incomplete: bool) -> None:
+    """One name's (or all names') histograms hold its successes; in the open model its
+    scheduled calls are its ok, fail and dropped ones. A worker lost before its final
+    totals is counted from its live deltas, without its service times and lags: in an
+    incomplete run those histograms may hold fewer."""
+    _check_hist(path, f"{where}/hist", st["hist"], st["ok"])
+    sched = st.get("open")
+    if sched is None:
+        return
+    for key in ("service", "lag"):
+        _check_hist(path, f"{where}/open/{key}/hist", sched[key]["hist"], st["ok"],
+                    at_most=incomplete)
+    if sched["scheduled"] != st["ok"] + st["fail"] + sched["dropped"]:
+        raise ReportInputError(f"{path}: at {where}/open/scheduled: {sched['scheduled']} "
+                               f"is not ok + fail + dropped")
 
 
 def _check_figures(path: Path, doc: Mapping[str, Any]) -> None:
@@ -190,9 +215,9 @@ def _check_figures(path: Path, doc: Mapping[str, Any]) -> None:
         for key in ("run_time", "users"):
             if doc[key] is None:
                 raise ReportInputError(f"{path}: at {key}: null where totals are given")
-        _check_hist(path, "totals/all/hist", totals["all"]["hist"], totals["all"]["ok"])
+        _check_op(path, "totals/all", totals["all"], doc["incomplete"])
         for name, st in totals["names"].items():
-            _check_hist(path, f"totals/names/{name}/hist", st["hist"], st["ok"])
+            _check_op(path, f"totals/names/{name}", st, doc["incomplete"])
     series = doc["series"]
     n = series["seconds"]
 
@@ -203,11 +228,18 @@ def _check_figures(path: Path, doc: Mapping[str, Any]) -> None:
 
     for key in ("clients", "ok", "fail"):
         check_len(key, series[key])
+    for key in OPEN_SERIES_TOTALS:
+        if series.get(key) is not None:
+            check_len(key, series[key])
     for name, s in series["names"].items():
-        for key in ("ok", "fail", "hist"):
-            check_len(f"names/{name}/{key}", s[key])
-        for k, (hist, ok) in enumerate(zip(s["hist"], s["ok"], strict=True)):
-            _check_hist(path, f"series/names/{name}/hist/{k}", hist, ok)
+        for key in ("ok", "fail", "hist", *OPEN_SERIES):
+            if s.get(key) is not None:
+                check_len(f"names/{name}/{key}", s[key])
+        for key in ("hist", *OPEN_SERIES_HISTS):
+            if s.get(key) is None:
+                continue
+            for k, (hist, ok) in enumerate(zip(s[key], s["ok"], strict=True)):
+                _check_hist(path, f"series/names/{name}/{key}/{k}", hist, ok)
     for agent, s in series["agents"].items():
         for key in ("ok", "fail", "cpu_seconds", "cpu_span", "loop_lag_s"):
             check_len(f"agents/{agent}/{key}", s[key])
@@ -226,19 +258,29 @@ def load_result(path: Path) -> dict[str, Any]:
 
 
 # -- the final block, rebuilt ---------------------------------------------------------
+def _dense(hist: Mapping[str, Sequence[int]]) -> DenseHistogram:
+    counts = decode_histogram(hist)
+    out = DenseHistogram()
+    if counts:
+        out.add(np.fromiter(counts, dtype=np.int64),
+                np.fromiter(counts.values(), dtype=np.uint64))
+    return out
+
+
 def _op(name: str, st: Mapping[str, Any]) -> OpStats:
     out = OpStats(name, dense=True)
     out.ok, out.fail, out.sum_ns = st["ok"], st["fail"], st["sum_ns"]
     if st["ok"]:
         out.min_ns, out.max_ns = st["min_ns"], st["max_ns"]
-    counts = decode_histogram(st["hist"])
-    hist = DenseHistogram()
-    if counts:
-        hist.add(np.fromiter(counts, dtype=np.int64),
-                 np.fromiter(counts.values(), dtype=np.uint64))
-    out.hist = hist
+    out.hist = _dense(st["hist"])
     out.statuses = {int(code): n for code, n in st["statuses"].items()}
     out.sent, out.received = st["bytes_sent"], st["bytes_received"]
+    figures = st.get("open")
+    if figures is not None:
+        sched = out.schedule()
+        sched.late, sched.dropped = figures["late"], figures["dropped"]
+        sched.service = _dense(figures["service"]["hist"])
+        sched.lag = _dense(figures["lag"]["hist"])
     return out
 
 
@@ -270,7 +312,19 @@ def final_view(doc: Mapping[str, Any]) -> FinalView | None:
         agents=lines, missed_deltas=doc["missed_deltas"], notes=list(doc["notes"]),
         incomplete=doc["incomplete"], users_planned=doc["users_planned"],
         grace=None if grace is None else GraceView(grace["seconds"], grace["finished"],
-                                                   grace["cancelled"]))
+                                                   grace["cancelled"]),
+        schedule=schedule_of(doc))
+
+
+def schedule_of(doc: Mapping[str, Any]) -> ScheduleView | None:
+    """The open model's schedule as the final block showed it; None in the closed model."""
+    sched = doc.get("schedule")
+    if sched is None:
+        return None
+    text = sched["text"]
+    if text is None:  # no final block showed it
+        text = f"{sched['rate_per_s']:g}/s"
+    return ScheduleView(rate=sched["rate_per_s"], arrivals=sched["arrivals"], text=text)
 
 
 # -- histograms of the file as dense arrays (reports compute many percentiles) ----------

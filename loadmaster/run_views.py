@@ -194,13 +194,14 @@ class RunViews:
         elapsed = self._elapsed()
         covered = None if elapsed is None else self._covered(elapsed)
         view = self._view
+        schedule = schedule_view(self.cfg)
         if view is not None:
             self._feed.extend_series(self.agg, self.agg.latest_second)
             doc = self._feed.snapshot(
                 phase="finished", status=status or f"finished, exit code {self._code}",
                 agg=self.agg, agents=self._agents, lines=view.agents, elapsed=elapsed,
                 covered=len(self._feed.series["t"]), totals=view.totals, users=view.users,
-                final=view, exit_code=self._code)
+                schedule=schedule, final=view, exit_code=self._code)
         elif covered:
             assert elapsed is not None
             self._feed.extend_series(self.agg, covered)
@@ -210,13 +211,14 @@ class RunViews:
                 phase=phase, status=status or self._stopping or "running", agg=self.agg,
                 agents=self._agents, lines=live.agents, elapsed=elapsed, covered=covered,
                 totals=self.agg.totals, users=live.users, current_rps=live.current_rps,
-                rate_window=live.rate_window, recent=live.recent)
+                rate_window=live.rate_window, recent=live.recent, schedule=schedule,
+                recent_open=live.recent_open)
         else:
             phase = "finished" if status else self._phase
             doc = self._feed.snapshot(
                 phase=phase, status=status or self._waiting_status(), agg=self.agg,
                 agents=self._agents, lines=[], elapsed=elapsed, covered=0,
-                totals=self.agg.totals, users=self.agg.clients())
+                totals=self.agg.totals, users=self.agg.clients(), schedule=schedule)
         self._dash.publish(doc, self._feed.series)
 
     def _waiting_status(self) -> str:
@@ -288,16 +290,18 @@ class RunViews:
         """The figures as they are now, for a scrape: live totals (every delta received)
         during the run, the final block's once it is printed."""
         cfg, view = self.cfg, self._view
+        schedule = schedule_view(cfg)
+        rate = None if schedule is None else schedule.rate
         if view is not None:
             return MetricsState(self.run_id, "finished", view.run_time, cfg.run_time,
                                 view.users, cfg.users, view.totals, view.agents,
-                                self.agg.missed_deltas, self._code)
+                                self.agg.missed_deltas, self._code, arrival_rate=rate)
         elapsed = self._elapsed()
         covered = 0 if elapsed is None else self._covered(elapsed)
         phase = "stopping" if self._stopping else self._phase
         return MetricsState(self.run_id, phase, elapsed, cfg.run_time, self.agg.clients(),
                             cfg.users, self.agg.totals, self._agent_lines(covered),
-                            self.agg.missed_deltas)
+                            self.agg.missed_deltas, arrival_rate=rate)
 
 
 def _quantiles(hist: DenseHistogram | None) -> tuple[int | None, int | None, int | None]:

@@ -3,7 +3,9 @@ beside every CI build, and what ``loadmaster compare`` reads.
 
 Built from the result document by a pure function: every figure is the result file's
 (which are the final block's), converted to milliseconds. Its schema is
-``schemas/summary-schema.json``.
+``schemas/summary-schema.json``. In the open model it has the schedule, and per name
+(and all names) the late and dropped calls with the service time and schedule lag
+(``open``; null in the closed model).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SUMMARY_VERSION = 1
 SUMMARY_KIND = "summary"
 _PERCENTILES = (("p50", "p50_ns"), ("p90", "p90_ns"), ("p95", "p95_ns"), ("p99", "p99_ns"),
                 ("p99_9", "p99_9_ns"))
+_OPEN_PERCENTILES = (("p50", "p50_ns"), ("p90", "p90_ns"), ("p99", "p99_ns"))
 
 
 def _ms(ns: float | None) -> float | None:
@@ -38,6 +41,18 @@ def figures(st: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{label}_ms"] = _ms(st[key])
     out["statuses"] = dict(st["statuses"])
     out["bytes_sent"], out["bytes_received"] = st["bytes_sent"], st["bytes_received"]
+    out["open"] = _open(st.get("open"))
+    return out
+
+
+def _open(sched: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The open model's figures of a name, latencies in ms; None in the closed model."""
+    if sched is None:
+        return None
+    out: dict[str, Any] = {key: sched[key] for key in ("scheduled", "late", "dropped")}
+    for kind in ("service", "lag"):
+        for label, key in _OPEN_PERCENTILES:
+            out[f"{kind}_{label}_ms"] = _ms(sched[kind][key])
     return out
 
 
@@ -59,6 +74,7 @@ def summarize(doc: Mapping[str, Any]) -> dict[str, Any]:
         "run_time_s": doc["run_time"],
         "users": doc["users"],
         "users_planned": doc["users_planned"],
+        "schedule": None if doc.get("schedule") is None else dict(doc["schedule"]),
         "total": None if totals is None else figures(totals["all"]),
         "names": {} if totals is None else {name: figures(st)
                                             for name, st in totals["names"].items()},

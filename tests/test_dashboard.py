@@ -343,6 +343,9 @@ def test_events_give_each_second_once_and_state_the_whole_series(
     assert joined == whole["series"] == late["series"]
     assert whole["phase"] == "finished" and whole["final"]["exit_code"] == 0
     assert len(joined["t"]) >= 6  # a 7 s run: its seconds, charted
+    # the closed model: none of the open model's figures (tests/test_open_model_views.py)
+    assert set(joined) == {"t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms"}
+    assert whole["open"] is None and all(n["open"] is None for n in whole["names"])
     assert sum(joined["ok"]) > 0 and max(joined["clients"]) == 2
 
     # one event a second while the run runs, each with the seconds it adds

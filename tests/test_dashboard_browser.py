@@ -1,5 +1,7 @@
 """The live dashboard in a real headless Chromium (selenium): the page follows a run with
-two `loadagent start` agents to its final figures, and its Stop button stops a run.
+two `loadagent start` agents to its final figures, its Stop button stops a run, and in
+the open model it shows the target rate, the late and dropped calls and the service
+time and schedule lag.
 
 Needs Debian's chromium and chromium-driver (.ci/run installs them) and selenium (the dev
 extra). Screenshots go to $LOADTEST_ARTIFACTS, or tests/artifacts/.
@@ -25,6 +27,7 @@ from tests.e2e_helpers import (
     write_job,
 )
 from tests.test_dashboard import LIGHT, STOP_NOTE, DashRun, dash_master, get_state
+from tests.test_open_model_views import DELAY_MS, OPEN, RATE, RUN_TIME
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,6 +76,12 @@ class Page:
             return float(self.text(element_id).split()[0])
         except (ValueError, IndexError):
             return None
+
+    def classes(self, element_id: str) -> list[str]:
+        names = self.driver.execute_script(
+            "return Array.from(document.getElementById(arguments[0]).classList);", element_id)
+        assert isinstance(names, list), names
+        return [str(n) for n in names]
 
     def shown(self, element_id: str) -> bool:
         shown: bool = self.driver.find_element(By.ID, element_id).is_displayed()
@@ -176,6 +185,9 @@ def test_the_page_follows_a_two_agent_run_to_its_final_figures(
             assert sorted(page.column("agents")) == sorted(names)
             assert page.text("phase") == "running"
             assert not page.shown("final")
+            # the closed model: nothing of the open model's
+            assert not page.shown("open") and not page.shown("box-open")
+            assert page.text("title-latency") == "latency, ms"
             page.screenshot("running")
             assert not page.severe(), page.console
 
@@ -229,3 +241,54 @@ def test_the_stop_button_stops_the_run_gracefully(tmp_path: Path, tag: str, targ
     assert "final benchmark:" in final and STOP_NOTE in final, r.stdout
     assert "stop asked from the dashboard" in r.stderr
     assert r.final_int("success count") == target.counts()["ok"] > 0
+
+
+def test_the_page_shows_the_open_models_schedule_late_and_dropped_calls(
+        tmp_path: Path, tag: str, page: Page) -> None:
+    # a pool of two clients against a 50 ms target cannot start 100 calls a second
+    target = Target(tag, delay_ms=DELAY_MS)
+    try:
+        conf = write_job(tmp_path, {"host": target.url, **OPEN})
+        keep = 5
+        with dash_master(tmp_path, conf, tag, "--dash-bind", f"127.0.0.1:{free_port()}",
+                         "--dash-keep", str(keep)) as run:
+            page.open(run.base)
+            page.wait(lambda: page.text("phase") == "running" and page.shown("open")
+                      and (page.number("open-late") or 0) > 0
+                      and (page.number("open-dropped") or 0) > 0, 40,
+                      "the page to show late and dropped calls")
+            assert page.text("open-target") == f"{RATE}/s"
+            assert "uniform" in page.text("open-arrivals")
+            started = page.number("open-started-recent")
+            assert started is not None and 0 < started < RATE * 0.6  # behind the target
+            assert "warn" in page.classes("open-late") and "bad" in page.classes("open-dropped")
+            assert page.text("title-latency") == "response time from the intended start, ms"
+            # the target line on the rate chart; the three p99s on their own chart
+            page.wait(lambda: "target/s" in page.text("chart-rate"), 10, "the rate chart")
+            assert "dropped/s" in page.text("chart-rate")
+            assert page.shown("box-open")
+            for label in ("response time p99", "service p99", "lag p99"):
+                assert label in page.text("chart-open"), label
+            # per name: late, dropped, service and lag p99
+            assert page.shown("names-table")
+            late = page.column("names", 10)
+            assert len(late) == 1 and int(late[0]) > 0, late
+            service, lag = float(page.column("names", 12)[0]), float(page.column("names", 13)[0])
+            assert DELAY_MS <= service < lag, (service, lag)
+            page.screenshot("open-running")
+            assert not page.severe(), page.console
+
+            page.wait(lambda: page.shown("final"), RUN_TIME + 40, "the final figures")
+            shown = {k: page.number(k) for k in ("open-late", "open-dropped", "ok")}
+            page.screenshot("open-final")
+            r = run.result(keep + 30)
+        assert r.code == 0, r.stderr
+        final = r.final()
+        assert shown == {
+            "open-late": int(final["late calls"].split()[0].replace(",", "")),
+            "open-dropped": int(final["dropped calls"].split()[0].replace(",", "")),
+            "ok": r.final_int("success count")}, (shown, final)
+        assert "dropped calls" in page.text("final-text")
+        assert not page.severe(), page.console
+    finally:
+        target.stop()

@@ -36,6 +36,7 @@ from tests.e2e_helpers import (
 )
 from tests.test_http_figures_e2e import MIXED_CLIENT
 from tests.test_result_file import load_result
+from tests.test_result_open import OPEN, open_job
 
 UPLOT = ROOT / "loadmaster" / "dash" / "vendor" / "uplot"
 # markup that would run script or load something if it reached the page unescaped
@@ -56,6 +57,8 @@ class Hostile(ClientProtocol):
 ONE_NAME_CHARTS = ["chart-rps", "chart-clients", "chart-latency", "chart-distribution",
                    "chart-latency-vs-rps", "chart-agents", "chart-agents-cpu"]
 FAIL_ONLY_CHARTS = ["chart-rps", "chart-clients", "chart-agents", "chart-agents-cpu"]
+# the open model's: its corrected, service and lag p99 over time after the response time
+OPEN_CHARTS = [*ONE_NAME_CHARTS[:3], "chart-open", *ONE_NAME_CHARTS[3:]]
 
 
 # -- the runs (one of each per module: a run takes seconds) ----------------------------
@@ -110,6 +113,22 @@ def failed_doc(tmp_path_factory: pytest.TempPathFactory, module_tag: str) -> dic
                    "--agents", "1", "--bind", f"127.0.0.1:{free_port()}", code=4)
 
 
+@pytest.fixture(scope="module")
+def open_doc(tmp_path_factory: pytest.TempPathFactory, module_tag: str) -> dict[str, Any]:
+    """The open model falling behind (tests/test_result_open.py's run): 100 calls a
+    second asked of two clients, the target answering in 50 ms."""
+    target = Target(module_tag, delay_ms=50)
+    try:
+        folder = tmp_path_factory.mktemp("open")
+        conf = open_job(folder, {"host": target.url, **OPEN})
+        r = run_master(folder, conf, module_tag, "--out", str(folder / "result.json"),
+                       timeout=120)
+        assert r.code == 0, r.stderr
+        return load_result(folder / "result.json")
+    finally:
+        target.stop()
+
+
 # -- edited copies ----------------------------------------------------------------------
 def slower(hist: dict[str, list[int]], shift: int) -> dict[str, list[int]]:
     """The same counts ``shift`` buckets up (128 buckets: twice the latency)."""
@@ -141,7 +160,7 @@ def longer(doc: dict[str, Any], seconds: int, names: int) -> dict[str, Any]:
     out["series"] = {
         "seconds": s["seconds"] * times,
         **{k: s[k] * times for k in ("clients", "ok", "fail")},
-        "names": {f"name-{k}": {f: v * times for f, v in one.items()}
+        "names": {f"name-{k}": {f: None if v is None else v * times for f, v in one.items()}
                   for one in s["names"].values() for k in range(names)},
         "agents": {a: {f: v * times for f, v in one.items()}
                    for a, one in s["agents"].items()},
@@ -291,6 +310,9 @@ def test_the_tables_show_the_final_block_of_the_run(http_doc: dict[str, Any]) ->
     assert json.loads(page.text["config"]) == http_doc["config"]
     assert json.loads(page.text["custom"]) == http_doc["custom"]
     assert [c["id"] for c in page.data()["charts"]] == ONE_NAME_CHARTS
+    # the closed model: nothing of the open one
+    assert "table-open" not in page.tables and "open-model" not in page.text
+    assert "total-late" not in page.text and "total-arrival-rate" not in page.text
 
 
 def test_the_charts_hold_the_series_and_its_per_second_percentiles(
@@ -428,3 +450,69 @@ def test_an_hour_of_ten_names_renders_every_second(http_doc: dict[str, Any]) -> 
         assert len(values) == n, label
     assert len(series_of(charts["chart-latency"])["p99"]) == n
     assert len(text) < 10 << 20  # compact: rounded figures, no per-bucket data per second
+
+
+def trio_ms(latency: dict[str, Any]) -> str:
+    """p50 / p90 / p99 as the final block shows them."""
+    return " / ".join(f"{shown_ms(latency[k])} ms" for k in ("p50_ns", "p90_ns", "p99_ns"))
+
+
+def per_second_p99(hists: list[dict[str, list[int]]]) -> list[float | None]:
+    return [ms(Histogram(decode_histogram(h)).percentile(0.99)) for h in hists]
+
+
+def test_the_open_model_shows_its_schedule_late_dropped_service_and_lag(
+        open_doc: dict[str, Any]) -> None:
+    page = Page(render_html(open_doc))
+    all_ = open_doc["totals"]["all"]
+    sched = all_["open"]
+    assert sched["late"] > 0 and sched["dropped"] > 0  # the run fell behind
+    # the final block's lines, in the totals
+    assert page.text["total-users"] == f"{open_doc['users']} (pool of at most 2)"
+    assert page.text["total-arrival-rate"] == "100/s (uniform)"
+    assert page.text["total-scheduled"] == str(sched["scheduled"]) == "400"
+    assert page.text["total-started"] == \
+        f"{(all_['ok'] + all_['fail']) / open_doc['run_time']:.2f}"
+    assert page.text["total-late"].startswith(f"{sched['late']} (started over 10 ms")
+    assert page.text["total-dropped"] == f"{sched['dropped']} (never started)"
+    assert page.text["total-service"] == trio_ms(sched["service"])
+    assert page.text["total-lag"] == trio_ms(sched["lag"])
+    assert page.text["schedule"].startswith("calls started on a schedule of 100/s (uniform)")
+    # the table per name: one name, whose figures are the run's
+    (row,) = page.rows("table-open")
+    assert row == {
+        "name": "HttpFast", "scheduled": "400", "late": str(sched["late"]),
+        "dropped": str(sched["dropped"]),
+        **{f"{label}{p} ms": shown_ms(figures[f"{p}_ns"])
+           for label, figures in (("", all_), ("service ", sched["service"]),
+                                  ("lag ", sched["lag"]))
+           for p in ("p50", "p90", "p99")}}
+    # one chart more: p99 per second of the three latencies
+    charts = page.charts()
+    assert list(charts) == OPEN_CHARTS
+    lines = series_of(charts["chart-open"])
+    one = open_doc["series"]["names"]["HttpFast"]
+    assert lines == {
+        "response time p99": series_of(charts["chart-latency"])["p99"],
+        "service time p99": per_second_p99(one["service_hist"]),
+        "schedule lag p99": per_second_p99(one["lag_hist"])}
+    assert lines["response time p99"] == per_second_p99(one["hist"])
+    assert any(v is not None and v > 50 for v in lines["schedule lag p99"])
+    # the late and dropped calls of each second, beside ok and fail
+    rates = series_of(charts["chart-rps"])
+    assert rates["late/s"] == open_doc["series"]["late"]
+    assert rates["dropped/s"] == open_doc["series"]["dropped"]
+    assert sum(rates["dropped/s"]) == sched["dropped"]
+
+
+def test_the_open_models_table_has_a_row_per_name_and_keeps_markup_as_text(
+        open_doc: dict[str, Any]) -> None:
+    doc = with_more(open_doc, HOSTILE, "agent-2")
+    text = render_html(doc)
+    assert HOSTILE not in text and "<img" not in text
+    page = Page(text)
+    rows = page.rows("table-open")
+    assert [r["name"] for r in rows] == ["HttpFast", HOSTILE, "(every name)"]
+    assert rows[2]["scheduled"] == str(doc["totals"]["all"]["open"]["scheduled"])
+    labels = [s["label"] for s in page.charts()["chart-open"]["series"]]
+    assert labels == ["response time p99", "service time p99", "schedule lag p99"]

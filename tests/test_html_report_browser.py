@@ -25,15 +25,19 @@ from tests.test_html_report import (
     FAIL_ONLY_CHARTS,
     HOSTILE,
     ONE_NAME_CHARTS,
+    OPEN_CHARTS,
     fail_only_doc,
     failed_doc,
     http_doc,
     module_tag,
+    open_doc,
+    shown_ms,
     with_more,
 )
 
 # the fixtures imported above, used by name
-__all__ = ["fail_only_doc", "failed_doc", "http_doc", "module_tag", "page", "pytestmark"]
+__all__ = ["fail_only_doc", "failed_doc", "http_doc", "module_tag", "open_doc", "page",
+           "pytestmark"]
 
 
 def wait(page: Page, cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -88,6 +92,44 @@ def test_the_report_of_a_run_draws_every_chart_and_shows_the_files_totals(
     assert float(page.text("total-rps")) == pytest.approx(all_["rps"], abs=0.005)
     assert page.text("run-id") == http_doc["run_id"]
     page.screenshot("report")
+    assert_no_script_error(page)
+
+
+def table_rows(page: Page, table_id: str) -> list[dict[str, str]]:
+    """A table's body rows by its header, as the browser shows them."""
+    rows: list[dict[str, str]] = page.driver.execute_script(
+        "const t = document.getElementById(arguments[0]);"
+        "const head = Array.from(t.tHead.rows[0].cells, (c) => c.innerText.trim());"
+        "return Array.from(t.tBodies[0].rows, (tr) => Object.fromEntries("
+        "  Array.from(tr.cells, (c, k) => [head[k], c.innerText.trim()])));", table_id)
+    return rows
+
+
+def test_the_open_models_table_and_chart_show_the_files_figures(
+        tmp_path: Path, page: Page, open_doc: dict[str, Any]) -> None:
+    open_report(page, open_doc, tmp_path / "open.html")
+    assert charts_drawn(page) == len(OPEN_CHARTS)
+    sizes = canvas_sizes(page)
+    assert sorted(sizes) == sorted(OPEN_CHARTS)
+    assert all(min(size or [0]) > 0 for size in sizes.values()), sizes
+    legend = page.text("chart-open")
+    for label in ("response time p99", "service time p99", "schedule lag p99"):
+        assert label in legend
+    all_ = open_doc["totals"]["all"]
+    sched = all_["open"]
+    assert sched["late"] > 0 and sched["dropped"] > 0
+    # the table's totals (one name: its row is every name's) are the file's
+    (row,) = table_rows(page, "table-open")
+    assert (row["scheduled"], row["late"], row["dropped"]) == \
+        (str(sched["scheduled"]), str(sched["late"]), str(sched["dropped"]))
+    assert int(row["scheduled"]) == all_["ok"] + all_["fail"] + sched["dropped"]
+    assert row["p99 ms"] == shown_ms(all_["p99_ns"])
+    assert row["service p99 ms"] == shown_ms(sched["service"]["p99_ns"])
+    assert row["lag p99 ms"] == shown_ms(sched["lag"]["p99_ns"])
+    assert page.text("total-scheduled") == str(sched["scheduled"])
+    assert page.text("total-dropped").startswith(str(sched["dropped"]))
+    assert "100/s (uniform)" in page.text("schedule")
+    page.screenshot("report-open")
     assert_no_script_error(page)
 
 

@@ -1,6 +1,9 @@
 """The Prometheus endpoint (loadmaster/metrics.py): a real server on loopback, real GETs,
 the body parsed by prometheus_client's own parser and checked against the Totals, agents
-and state it was given."""
+and state it was given, in the closed model and the open one.
+
+tests/test_open_model_views.py checks the open model's figures of a real run against its
+final block."""
 
 from __future__ import annotations
 
@@ -11,13 +14,22 @@ import socket
 from collections.abc import Callable
 
 import aiohttp
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadmaster.console import AgentLine
-from loadmaster.metrics import BUCKETS, PHASES, MetricsError, MetricsServer, MetricsState
-from protocol.histogram import bucket_index, bucket_value
-from protocol.stats import Totals
+from loadmaster.metrics import (
+    BUCKETS,
+    PHASES,
+    MetricsError,
+    MetricsServer,
+    MetricsState,
+    families,
+    midpoints,
+)
+from protocol.histogram import MAX_INDEX, bucket_index, bucket_value
+from protocol.stats import LAG, SERVICE, Totals
 from tests.state_helpers import in_loop
 
 MS = 1_000_000  # ns
@@ -95,10 +107,11 @@ async def scrape(st: Callable[[], MetricsState]) -> Samples:
     return parse(body)
 
 
-def buckets(samples: Samples, name: str) -> list[tuple[float, float]]:
-    """(le, count) of a name's response time histogram, in le order."""
+def buckets(samples: Samples, name: str,
+            metric: str = "loadtest_response_time_seconds") -> list[tuple[float, float]]:
+    """(le, count) of a name's histogram ``metric``, in le order."""
     out = [(float(dict(labels)["le"]), v)
-           for labels, v in series(samples, "loadtest_response_time_seconds_bucket").items()
+           for labels, v in series(samples, metric + "_bucket").items()
            if dict(labels)["name"] == name]
     return sorted(out)
 
@@ -160,6 +173,94 @@ async def test_buckets_count_by_the_reported_value() -> None:
     for le, ns in zip(BUCKETS, bounds, strict=True):
         assert got[le] == sum(r <= ns for r in reported), le
     assert got[float("inf")] == len(values)
+
+
+# -- the open model ------------------------------------------------------------------------
+
+OPEN_FAMILIES = ("loadtest_late_calls_total", "loadtest_dropped_calls_total",
+                 "loadtest_service_time_seconds_bucket", "loadtest_schedule_lag_seconds_bucket",
+                 "loadtest_arrival_rate_planned")
+
+
+def open_figures(form: str = "sparse") -> Totals:
+    """The open model's figures: ``get /`` with 300 successes served in 3 ms each, a
+    third started on time, a third 40 ms late and a third 400 ms late, and 4 failures;
+    ``post /x`` only dropped calls (none started)."""
+    t = Totals(dense=form == "dense")
+    get = t.op("get /")
+    for lag in (0, 40 * MS, 400 * MS):
+        for _ in range(100):
+            get.record_ok(3 * MS + lag)  # from the intended start
+            get.histogram(SERVICE).record(3 * MS)
+            get.histogram(LAG).record(lag)
+    get.fail += 4
+    get.schedule().late = 204  # the ones 40 and 400 ms late, and the failures
+    get.schedule().dropped = 17
+    t.op("post /x").schedule().dropped = 5
+    return Totals.from_wire(t.to_wire()) if form == "wire" else t
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense", "wire"])
+@in_loop
+async def test_open_model_late_dropped_service_and_lag(form: str) -> None:
+    s = await scrape(lambda: state(open_figures(form), arrival_rate=250.0))
+    assert value(s, "loadtest_arrival_rate_planned") == 250
+    assert series(s, "loadtest_late_calls_total") == {
+        frozenset({("name", "get /")}): 204, frozenset({("name", "post /x")}): 0}
+    assert series(s, "loadtest_dropped_calls_total") == {
+        frozenset({("name", "get /")}): 17, frozenset({("name", "post /x")}): 5}
+    for metric in ("response_time", "service_time", "schedule_lag"):
+        full = f"loadtest_{metric}_seconds"
+        assert value(s, full + "_count", name="get /") == 300, metric
+        assert [le for le, _ in buckets(s, "get /", full)] == [*BUCKETS, float("inf")]
+        counts = [n for _, n in buckets(s, "post /x", full)]
+        assert counts == [0] * (len(BUCKETS) + 1), metric  # nothing started
+        assert value(s, full + "_count", name="post /x") == 0
+    service = dict(buckets(s, "get /", "loadtest_service_time_seconds"))
+    assert (service[0.0025], service[0.005]) == (0, 300)  # every one 3 ms
+    lag = dict(buckets(s, "get /", "loadtest_schedule_lag_seconds"))
+    assert (lag[0.0005], lag[0.025], lag[0.05], lag[0.25], lag[0.5]) == \
+        (100, 100, 200, 200, 300)
+    corrected = dict(buckets(s, "get /"))  # the lag included
+    assert (corrected[0.0025], corrected[0.005], corrected[0.05], corrected[0.5]) == \
+        (0, 100, 200, 300)
+    # the lag and service time keep no sum: their bucket midpoints give it
+    assert value(s, "loadtest_service_time_seconds_sum", name="get /") == \
+        pytest.approx(300 * 0.003, rel=1 / 256)
+    assert value(s, "loadtest_schedule_lag_seconds_sum", name="get /") == \
+        pytest.approx(100 * 0.04 + 100 * 0.4, rel=1 / 256)
+    assert value(s, "loadtest_response_time_seconds_sum", name="get /") == \
+        pytest.approx(300 * 0.003 + 100 * 0.04 + 100 * 0.4)
+
+
+def test_open_model_help_says_where_each_latency_starts() -> None:
+    docs = {f.name: f.documentation
+            for f in families(state(open_figures(), arrival_rate=250.0))}
+    assert "from each call's intended start" in docs["loadtest_response_time_seconds"]
+    assert "the corrected latency" in docs["loadtest_response_time_seconds"]
+    assert "from their actual start" in docs["loadtest_service_time_seconds"]
+    assert "actual start minus intended start" in docs["loadtest_schedule_lag_seconds"]
+    assert "0.01 s after their intended start" in docs["loadtest_late_calls"]
+    assert "never started" in docs["loadtest_dropped_calls"]
+    closed = {f.name: f.documentation for f in families(state(figures()))}
+    assert "intended" not in closed["loadtest_response_time_seconds"]
+
+
+@in_loop
+async def test_the_closed_model_has_no_open_model_metrics() -> None:
+    s = await scrape(lambda: state(figures()))
+    for metric in OPEN_FAMILIES:
+        assert not series(s, metric), metric
+    # in the open model the target is there before any call ended
+    s = await scrape(lambda: state(Totals(), arrival_rate=5.0))
+    assert value(s, "loadtest_arrival_rate_planned") == 5
+
+
+def test_midpoints_are_the_bucket_values() -> None:
+    indexes = np.arange(MAX_INDEX + 1)
+    assert midpoints(indexes).tolist() == [bucket_value(i) for i in range(MAX_INDEX + 1)]
+    assert midpoints(indexes.astype(np.uint16)).tolist()[-3:] == \
+        [bucket_value(i) for i in range(MAX_INDEX - 2, MAX_INDEX + 1)]
 
 
 @in_loop

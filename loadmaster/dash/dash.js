@@ -1,6 +1,8 @@
 // The live dashboard of a loadmaster run: reads snapshots (version 1) from the
 // Server-Sent Events stream /api/events and draws them. No framework, no build step;
 // every piece of data goes into the DOM through textContent, never as HTML.
+// In the open model (the snapshot's `open` is set) it also shows the schedule and what
+// it got: a target line, late and dropped calls, service time and schedule lag.
 "use strict";
 
 (function () {
@@ -76,7 +78,9 @@
   }
 
   // ---- the series: kept here, extended by each event ----
-  const KEYS = ["t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms"];
+  const KEYS = ["t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms",
+                // the open model's (absent, so null, in the closed model)
+                "started", "late", "dropped", "service_p99_ms", "lag_p99_ms"];
   let series = emptySeries();
 
   function emptySeries() {
@@ -111,17 +115,43 @@
   // ---- charts (uPlot), created on the first data ----
   const CHART_HEIGHT = 200;
   const valueFmt = (d) => (u, v) => (v == null ? DASH : v.toFixed(d));
-  const CHARTS = [
-    { el: "chart-rate", data: () => [series.t, series.ok, series.fail],
-      series: [{ label: "ok/s", stroke: "#2e8b3e", width: 1.5, value: valueFmt(0) },
-               { label: "fail/s", stroke: "#d0312d", width: 1.5, value: valueFmt(0) }] },
-    { el: "chart-clients", data: () => [series.t, series.clients],
-      series: [{ label: "clients", stroke: "#2f6fb3", width: 1.5, value: valueFmt(0) }] },
-    { el: "chart-latency", data: () => [series.t, series.p50_ms, series.p90_ms, series.p99_ms],
-      series: [{ label: "p50", stroke: "#2e8b3e", width: 1.5, value: valueFmt(2) },
-               { label: "p90", stroke: "#e08a00", width: 1.5, value: valueFmt(2) },
-               { label: "p99", stroke: "#d0312d", width: 1.5, value: valueFmt(2) }] },
-  ];
+  const line = (label, stroke, digits, extra) =>
+    Object.assign({ label, stroke, width: 1.5, value: valueFmt(digits) }, extra || {});
+  const LATENCY = { el: "chart-latency",
+    data: () => [series.t, series.p50_ms, series.p90_ms, series.p99_ms],
+    series: [line("p50", "#2e8b3e", 2), line("p90", "#e08a00", 2), line("p99", "#d0312d", 2)] };
+  const CLIENTS = { el: "chart-clients", data: () => [series.t, series.clients],
+    series: [line("clients", "#2f6fb3", 0)] };
+
+  // The charts of a run: chosen once, with its first series (a run's model never changes).
+  function chartsFor(open) {
+    if (!open) {
+      return [
+        { el: "chart-rate", data: () => [series.t, series.ok, series.fail],
+          series: [line("ok/s", "#2e8b3e", 0), line("fail/s", "#d0312d", 0)] },
+        CLIENTS, LATENCY,
+      ];
+    }
+    const target = isNum(open.target_rps) ? open.target_rps : null;
+    return [
+      // the target is constant over the run: drawn under each second charted
+      { el: "chart-rate",
+        data: () => [series.t, series.t.map(() => target), series.ok, series.fail,
+                     series.late, series.dropped],
+        series: [line("target/s", "#8a93a3", 1, { dash: [6, 4] }),
+                 line("ok/s", "#2e8b3e", 0), line("fail/s", "#d0312d", 0),
+                 // dashed: when every call is late it lies on ok/s and fail/s
+                 line("late/s", "#e08a00", 0, { dash: [3, 3] }),
+                 line("dropped/s", "#7b3fa0", 0)] },
+      CLIENTS, LATENCY,
+      { el: "chart-open",
+        data: () => [series.t, series.p99_ms, series.service_p99_ms, series.lag_p99_ms],
+        series: [line("response time p99", "#d0312d", 2), line("service p99", "#2f6fb3", 2),
+                 line("lag p99", "#e08a00", 2)] },
+    ];
+  }
+  let charts = null;  // made on the first data, when the model is known
+  let openModel = null;  // the latest snapshot's `open`
 
   // whole seconds only on the x axis
   const X_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400];
@@ -132,7 +162,8 @@
 
   function drawCharts() {
     if (series.t.length === 0 || typeof uPlot === "undefined") return;
-    for (const c of CHARTS) {
+    if (charts === null) charts = chartsFor(openModel);
+    for (const c of charts) {
       if (c.plot) { c.plot.setData(c.data()); continue; }
       const el = $(c.el);
       const opts = {
@@ -141,7 +172,7 @@
         // x: seconds of the run, not dates; y: from 0 (all-null data gives [0, 1])
         scales: { x: { time: false },
                   y: { range: (u, min, max) => [0, isNum(max) && max > 0 ? max * 1.05 : 1] } },
-        cursor: { sync: { key: "loadmaster" } }, // one cursor over the three charts
+        cursor: { sync: { key: "loadmaster" } }, // one cursor over every chart
         series: [{ label: "s", value: valueFmt(0) }].concat(c.series),
         axes: [{ incrs: X_STEPS }, { size: 56 }],
       };
@@ -155,7 +186,7 @@
     resizePending = true;
     requestAnimationFrame(() => {
       resizePending = false;
-      for (const c of CHARTS) {
+      for (const c of charts || []) {
         if (c.plot) c.plot.setSize({ width: chartWidth($(c.el)), height: CHART_HEIGHT });
       }
     });
@@ -202,6 +233,7 @@
     setText("p50", ms(recent.p50));
     setText("p90", ms(recent.p90));
     setText("p99", ms(recent.p99));
+    renderOpen(s.open && typeof s.open === "object" ? s.open : null, s.rate_window);
 
     if (mergeSeries(s.series)) drawCharts();
 
@@ -210,6 +242,41 @@
     renderErrors(Array.isArray(s.errors) ? s.errors : []);
     renderAgents(Array.isArray(s.agents) ? s.agents : [], s.missed_deltas);
     renderConfig(s.config);
+  }
+
+  // A count that should be zero: coloured when it is not.
+  function setCount(id, n, cls) {
+    setText(id, int(n));
+    $(id).classList.toggle(cls, isNum(n) && n > 0);
+  }
+
+  function renderOpen(open, rateWindow) {
+    openModel = open;
+    $("open").hidden = !open;
+    $("box-open").hidden = !open;
+    $("charts").classList.toggle("open-model", !!open);
+    setText("title-rate", open ? "calls per second, against the target" : "calls per second");
+    setText("title-latency", open ? "response time from the intended start, ms" : "latency, ms");
+    if (!open) return;
+    // "100/s", "1.667/s"; as the config says it ("100 per 60 s") on hover
+    setText("open-target", isNum(open.target_rps)
+      ? String(Number(open.target_rps.toPrecision(4))) + "/s" : DASH);
+    $("open-target").title = open.rate_text ? String(open.rate_text) : "";
+    setText("open-arrivals", open.arrivals ? ", " + String(open.arrivals) : "");
+    setText("open-started", fixed(open.started_rps, 1));
+    setCount("open-late", open.late, "warn");
+    setCount("open-dropped", open.dropped, "bad");
+    setText("open-late-after", isNum(open.late_after_ms) ? String(open.late_after_ms) : DASH);
+    const recent = open.recent && typeof open.recent === "object" ? open.recent : {};
+    for (const el of document.querySelectorAll("#open .open-window")) {
+      const text = isNum(rateWindow) && rateWindow > 0
+        ? "(last " + rateWindow + " s)" : "(recent)";
+      if (el.textContent !== text) el.textContent = text;
+    }
+    setText("open-started-recent", fixed(recent.started_rps, 1));
+    setText("open-recent-late-dropped", int(recent.late) + " / " + int(recent.dropped));
+    setText("open-service-p99", ms((recent.service_ms || {}).p99));
+    setText("open-lag-p99", ms((recent.lag_ms || {}).p99));
   }
 
   function renderFinal(f) {
@@ -238,18 +305,28 @@
     // status and bytes columns only when some name has them (the built-in HTTP client)
     const hasStatus = names.some((n) => n && n.statuses && Object.keys(n.statuses).length > 0);
     const hasBytes = names.some((n) => n && (n.bytes_sent > 0 || n.bytes_received > 0));
+    // late, dropped, service and lag only in the open model
+    const hasOpen = names.some((n) => n && n.open && typeof n.open === "object");
     const table = $("names-table");
     table.classList.toggle("hide-status", !hasStatus);
     table.classList.toggle("hide-bytes", !hasBytes);
+    table.classList.toggle("hide-open", !hasOpen);
     table.hidden = names.length === 0;
     $("no-names").hidden = names.length > 0;
     fillRows($("names"), names, (n) => [
       [String(n.name)], [int(n.ok), "num"], [int(n.fail), "num"], [fixed(n.rps, 1), "num"],
       [ms(n.avg_ms), "num"], [ms(n.min_ms), "num"], [ms(n.max_ms), "num"],
       [ms(n.p50_ms), "num"], [ms(n.p90_ms), "num"], [ms(n.p99_ms), "num"],
+      ...openCells(n.open && typeof n.open === "object" ? n.open : {}),
       [statuses(n.statuses), "col-status"],
       [bytes(n.bytes_sent), "num col-bytes"], [bytes(n.bytes_received), "num col-bytes"],
     ], (n) => (n.fail > 0 ? "has-fail" : ""));
+  }
+
+  function openCells(o) {
+    const flag = (n, cls) => "num col-open" + (isNum(n) && n > 0 ? " " + cls : "");
+    return [[int(o.late), flag(o.late, "warn")], [int(o.dropped), flag(o.dropped, "bad")],
+            [ms(o.service_p99_ms), "num col-open"], [ms(o.lag_p99_ms), "num col-open"]];
   }
 
   function renderErrors(errors) {
