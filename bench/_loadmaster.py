@@ -18,7 +18,8 @@ from _target import CLIENT_CPU, pinned
 
 REPO = Path(__file__).resolve().parent.parent
 START_MARGIN = 60.0  # start-up, stop grace and shutdown on top of run_time
-_FIELD = re.compile(r"^(?P<label>[A-Za-z0-9.% ]+?)\s*:(?P<value>.*)$")
+_FIELD = re.compile(r"^(?P<label>[A-Za-z0-9.%/ ]+?)\s*:(?P<value>.*)$")
+_LIVE_RPS = re.compile(r"^current rps \(last \d+ s\)\s*:\s*([\d.]+)", re.MULTILINE)
 _ERROR = re.compile(r"^\s+(?P<count>\d+)\s+(?P<name>\S+)\s+(?P<type>\S+)\s+(?P<message>.*)$")
 
 
@@ -35,13 +36,18 @@ class LoadmasterFailed(RuntimeError):
 
 @dataclass
 class FinalBlock:
-    """The `final benchmark:` block of `loadmaster run`."""
+    """The `final benchmark:` block of `loadmaster run`; the open model's lines, None in
+    the closed model."""
 
     run_time: float
     success: int
     fail: int
     rps: float
     errors: dict[str, int] = field(default_factory=dict)  # by error type
+    started_rate: float | None = None  # calls started/s: (success + fail) / run time
+    scheduled: int | None = None
+    late: int | None = None
+    dropped: int | None = None
 
     @classmethod
     def parse(cls, stdout: str) -> FinalBlock | None:
@@ -66,10 +72,21 @@ class FinalBlock:
             if m:
                 values.setdefault(m["label"].strip(), m["value"].strip())
         try:
-            return cls(float(values["run time"]), int(values["success count"]),
-                       int(values["fail count"]), float(values["rps"]), errors)
+            final = cls(float(values["run time"]), int(values["success count"]),
+                        int(values["fail count"]), float(values["rps"]), errors)
+            if "calls started/s" in values:
+                final.started_rate = float(values["calls started/s"])
+                final.scheduled = _count(values["calls scheduled"])
+                final.late = _count(values["late calls"])
+                final.dropped = _count(values["dropped calls"])
         except (KeyError, ValueError):
             return None
+        return final
+
+
+def _count(value: str) -> int:
+    """A count as the final block prints it: "1,234" or "1,234 (what it means)"."""
+    return int(value.split()[0].replace(",", ""))
 
 
 @dataclass
@@ -84,6 +101,12 @@ class ProjectRun:
         if first is None or last is None or last - first < 1.0:
             return None
         return first, last
+
+    def live_rps(self) -> float | None:
+        """The last live block's current rps: successes/s over the run's last complete
+        seconds (up to 5), so neither the ramp nor what the stop took."""
+        rates = _LIVE_RPS.findall(self.run.stdout.partition("final benchmark:")[0])
+        return float(rates[-1]) if rates else None
 
     def cpu(self) -> float | None:
         window = self.load_window()

@@ -16,8 +16,16 @@ key, the publishers' (CURVE clients pinned to the master's public key); both key
 are made in memory. Decryption runs on ZeroMQ's I/O thread, in this process: its CPU
 time counts.
 
+With ``--open`` the same run measures the closed model's deltas and then the open
+model's (issue 19), rounds interleaved (``--rounds``): each open delta's operation also
+carries its service-time and schedule-lag histograms and its late and dropped counts, as
+a worker running ``arrival_rate`` below saturation sends them (service time ~0.7 ms
+median as above, lag ~0.1 ms median with a tail past 1 ms, the main histogram their sum:
+the response time from the intended start). Printed for each: the master's CPU per delta
+and as a share of one core, and at the end the open model's against the closed.
+
     python bench/aggregation.py [--workers 10000] [--seconds 20] [--publishers 2] [--pin]
-        [--dash PAGES] [--curve]
+        [--dash PAGES] [--curve] [--open [--rounds 1]]
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,7 +55,7 @@ from loadmaster.config import load_config
 from loadmaster.console import AgentLine
 from loadmaster.dashboard import Dashboard, DashOptions, Feed
 from protocol.security import Curve, KeyPair, curve_keys, curve_of
-from protocol.stats import Totals
+from protocol.stats import LATE_AFTER_NS, Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta
 
@@ -57,11 +66,33 @@ HEADER_FRAME = HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE)
 SNAPSHOTS: list[float] = []  # CPU seconds of each dashboard snapshot built and published
 
 
-def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int) -> Delta:
+@dataclass
+class Measured:
+    """One measurement: the master's CPU over its window and what it received."""
+
+    share: float  # of one core
+    per_delta: float  # seconds of CPU
+    rate: float  # deltas received per second
+    lost: int
+
+
+def realistic_delta(rng: random.Random, agent: str, worker: int, seq: int,
+                    open_model: bool = False) -> Delta:
     totals = Totals()
     st = totals.op("HttpClient")
-    for _ in range(rng.randint(2000, 4000)):  # ~3,000 calls/s per worker
-        st.record_ok(int(rng.lognormvariate(13.5, 0.6)))  # ~0.7 ms median: ~500 buckets
+    if open_model:
+        sched = st.schedule()
+        for _ in range(rng.randint(2000, 4000)):
+            service = int(rng.lognormvariate(13.5, 0.6))
+            lag = int(rng.lognormvariate(11.5, 1.1))  # ~0.1 ms median, p99 ~1.3 ms
+            st.record_ok(service + lag)  # from the intended start
+            sched.service.record(service)
+            sched.lag.record(lag)
+            sched.late += lag > LATE_AFTER_NS
+        sched.dropped = rng.choice((0, 0, 0, 1))
+    else:
+        for _ in range(rng.randint(2000, 4000)):  # ~3,000 calls/s per worker
+            st.record_ok(int(rng.lognormvariate(13.5, 0.6)))  # ~0.7 ms median: ~500 buckets
     st.fail = rng.randint(0, 3)
     for _ in range(st.fail):
         totals.add_error(("HttpClient", "ValueError",
@@ -76,19 +107,24 @@ def delta_frames(topic: bytes, totals_packed: bytes, worker: int, seq: int) -> l
             b"".join((head(worker), middle(seq), tail(totals_packed)))]
 
 
+def packb(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
 def head(worker: int) -> bytes:
     """A Delta's body up to its worker: a msgpack array of its 8 fields, agent, worker."""
-    return b"\x98" + msgpack.packb(AGENT) + msgpack.packb(worker)
+    return b"\x98" + packb(AGENT) + packb(worker)
 
 
 def middle(seq: int) -> bytes:
     """seq, second, clients."""
-    return msgpack.packb(seq) + msgpack.packb(seq + 1) + msgpack.packb(50)
+    return packb(seq) + packb(seq + 1) + packb(50)
 
 
 def tail(totals_packed: bytes) -> bytes:
     """totals, cpu_seconds, loop_lag."""
-    return totals_packed + msgpack.packb(0.9) + msgpack.packb(0.001)
+    return totals_packed + packb(0.9) + packb(0.001)
 
 
 def check_frames(sample: Totals) -> None:
@@ -96,7 +132,7 @@ def check_frames(sample: Totals) -> None:
     topic = RUN_ID.encode()
     real = encode_stats(topic, Delta(agent=AGENT, worker=7, seq=3, second=4, clients=50,
                                      totals=sample, cpu_seconds=0.9, loop_lag=0.001))
-    ours = delta_frames(topic, msgpack.packb(sample.to_wire(), use_bin_type=True), 7, 3)
+    ours = delta_frames(topic, packb(sample.to_wire()), 7, 3)
     assert ours == real, "the bench's deltas differ from the real encoder's"
 
 
@@ -106,15 +142,16 @@ class CountingAuth(AgentAuth):
     admitted = 0
 
     def callback(self, domain: str, key: bytes) -> bool:
-        ok = super().callback(domain, key)
+        ok: bool = super().callback(domain, key)
         self.admitted += ok
         return ok
 
 
 def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: float,
-              cpus: set[int] | None, keys: list[bytes] | None = None) -> None:
+              cpus: set[int] | None, keys: list[bytes] | None = None,
+              open_model: bool = False) -> None:
     """``count`` simulated workers through one PUB socket, one delta each a second;
-    ``keys`` (``curve_keys``): a CURVE client."""
+    ``keys`` (``curve_keys``): a CURVE client; ``open_model``: the open model's deltas."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     rng = random.Random(first)
@@ -128,8 +165,8 @@ def publisher(endpoint: str, first: int, count: int, seconds: float, start_at: f
     sock.connect(endpoint)
     # the parts of every body made once: a publisher costs far less than the workers it
     # stands for, so that it takes little CPU from the master it measures
-    tails = [tail(msgpack.packb(realistic_delta(rng, AGENT, 0, 0).totals.to_wire(),
-                                use_bin_type=True)) for _ in range(SAMPLES)]
+    tails = [tail(packb(realistic_delta(rng, AGENT, 0, 0, open_model).totals.to_wire()))
+             for _ in range(SAMPLES)]
     heads = [head(first + i) for i in range(count)]
     topic = RUN_ID.encode()
     time.sleep(max(0.0, start_at - time.time()))
@@ -195,7 +232,8 @@ async def serve_dashboard(agg: Aggregator, workers: int
 
 
 async def measure(workers: int, seconds: float, publishers: int, pin: bool,
-                  dash_pages: int | None = None, curve: bool = False) -> None:
+                  dash_pages: int | None = None, curve: bool = False,
+                  open_model: bool = False) -> Measured:
     cpus = sorted(os.sched_getaffinity(0))
     master_cpus = publisher_cpus = None
     if pin and len(cpus) > 1:  # the master on a core of its own, as on a real cluster
@@ -228,7 +266,7 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
             break
         proc = mp.Process(target=publisher, args=(f"tcp://127.0.0.1:{port}", first, n,
                                                   seconds, start_at, publisher_cpus,
-                                                  client_keys))
+                                                  client_keys, open_model))
         proc.start()
         procs.append(proc)
     senders = len(procs)
@@ -258,11 +296,18 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
     ctx.term()
     rate = (got1 - got0) / (wall1 - wall0)
     share = (cpu1 - cpu0) / (wall1 - wall0)
-    sample = realistic_delta(random.Random(1), "bench", 0, 0)
+    sample = realistic_delta(random.Random(1), "bench", 0, 0, open_model)
     size = len(encode_stats(RUN_ID.encode(), sample)[2])
-    buckets = len(sample.totals.ops["HttpClient"].hist.counts)
+    st = sample.totals.ops["HttpClient"]
+    buckets = f"{len(st.hist.counts)} histogram buckets"
+    if st.sched is not None:
+        buckets = (f"histogram buckets: {len(st.hist.counts)} response time, "
+                   f"{len(st.sched.service.counts)} service time, {len(st.sched.lag.counts)} "
+                   f"schedule lag; late and dropped counts")
     where = (f", master pinned to CPU {min(master_cpus)}, publishers to the others"
              if master_cpus else "")
+    if open_model:
+        print("model                    : open (arrival_rate)")
     print(f"workers simulated        : {workers} ({publishers} publisher processes{where})")
     if auth is not None:
         print(f"CURVE                    : the SUB a CURVE server, {auth.admitted} of "
@@ -271,12 +316,34 @@ async def measure(workers: int, seconds: float, publishers: int, pin: bool,
         cost = sorted(SNAPSHOTS)[len(SNAPSHOTS) // 2] if SNAPSHOTS else 0.0
         print(f"dashboard                : served, a snapshot a second ({1e3 * cost:.2f} ms "
               f"CPU each, median), {dash_pages} page(s) reading its events")
-    print(f"delta body size          : ~{size} bytes (1 operation, {buckets} histogram buckets)")
+    print(f"delta body size          : ~{size} bytes (1 operation, {buckets})")
     print(f"deltas received          : {rate:.0f}/s over {wall1 - wall0:.1f}s")
     print(f"deltas lost (seq gaps)   : {agg.missed_deltas}")
     print(f"master CPU (aggregation) : {100 * share:.1f}% of one core "
           f"({1e6 * (cpu1 - cpu0) / max(1, got1 - got0):.0f} us per delta)")
     print(f"calls represented        : {agg.totals.ok:,}")
+    return Measured(share, (cpu1 - cpu0) / max(1, got1 - got0), rate, agg.missed_deltas)
+
+
+def compare_models(a: argparse.Namespace) -> None:
+    """``--open``: the closed model's deltas and the open model's, rounds interleaved."""
+    found: dict[bool, list[Measured]] = {False: [], True: []}
+    for n in range(a.rounds):
+        for open_model in (False, True) if n % 2 == 0 else (True, False):
+            print(f"-- round {n + 1} of {a.rounds}, {'open' if open_model else 'closed'} "
+                  f"model", flush=True)
+            found[open_model].append(asyncio.run(measure(
+                a.workers, a.seconds, a.publishers, a.pin, a.dash, a.curve, open_model)))
+            SNAPSHOTS.clear()
+    print(f"-- {a.workers:,} workers, {a.rounds} round(s): master CPU, share of one core "
+          f"(us per delta)")
+    for open_model, label in ((False, "closed"), (True, "open")):
+        rounds = ", ".join(f"{100 * m.share:.1f}% ({1e6 * m.per_delta:.0f} us)"
+                           for m in found[open_model])
+        lost = sum(m.lost for m in found[open_model])
+        print(f"{label + ' model':<25}: {rounds}; deltas lost {lost}")
+    ratios = [o.per_delta / c.per_delta for c, o in zip(found[False], found[True], strict=True)]
+    print(f"{'open / closed, per delta':<25}: {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
 def main() -> None:
@@ -292,9 +359,20 @@ def main() -> None:
     p.add_argument("--curve", action="store_true",
                    help="the SUB a CURVE server behind loadmaster.auth.AgentAuth, the "
                         "publishers CURVE clients with an authorized key")
+    p.add_argument("--open", action="store_true",
+                   help="measure the closed model's deltas, then the open model's (service "
+                        "and lag histograms, late and dropped counts), in the same run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --open: rounds of both, interleaved")
     a = p.parse_args()
-    check_frames(realistic_delta(random.Random(0), AGENT, 0, 0).totals)
-    asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin, a.dash, a.curve))
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
+    for open_model in (False, True):
+        check_frames(realistic_delta(random.Random(0), AGENT, 0, 0, open_model).totals)
+    if a.open:
+        compare_models(a)
+    else:
+        asyncio.run(measure(a.workers, a.seconds, a.publishers, a.pin, a.dash, a.curve))
 
 
 if __name__ == "__main__":

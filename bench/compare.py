@@ -20,6 +20,14 @@ and (names for --only):
   noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0)
   exact   variants a and b against the counting target: success count == served?
   memory  one worker's RSS with 10 and with 10,000 idle connected clients
+  open    the open model's cost (issue 19), with the built-in client as in a, in rounds
+          of three runs: (i) the closed model, USERS clients, no wait: its rate R;
+          (ii) arrival_rate 3 x R on a pool of USERS clients (max_users =
+          pre_allocated_users = USERS): successes/s against R (floor 0.90); (iii)
+          arrival_rate 0.8 x R, the same pool: calls started/s against 0.8 x R (within
+          1%), late and dropped calls. Rounds interleaved (--rounds), (ii) and (iii) in
+          turn first; PASS/FAIL on the medians of the rounds whose (i) had the
+          generator at 90% of its core or more.
 
 Requests/s is each tool's own figure (for loadmaster: the final block's rps,
 success count / run time). The generator's CPU is the utime + stime of its
@@ -28,8 +36,8 @@ its clients run, divided by that window's wall time. A ratio between two
 generators only measures the generators while both are near 100% of their
 core; below that, the target or the loopback was the limit.
 
-    python bench/compare.py [--duration 10] [--users 50] [--only a,b,c,d,e,noop,exact,memory]
-        [--skip-memory] [--no-nginx]
+    python bench/compare.py [--duration 10] [--users 50]
+        [--only a,b,c,d,e,noop,exact,memory,open] [--skip-memory] [--no-nginx] [--rounds 1]
 
 It installs nothing: a missing tool's rows say what to install.
 """
@@ -40,6 +48,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -53,12 +62,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _loadmaster import REPO, LoadmasterFailed, ProjectRun, run_loadmaster, write_config
+from _loadmaster import (
+    REPO,
+    FinalBlock,
+    LoadmasterFailed,
+    ProjectRun,
+    run_loadmaster,
+    write_config,
+)
 from _procs import Run, interrupt_on_signals, run_sampled
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
 LETTERS = ("a", "b", "c", "d", "e")
-EXTRAS = ("noop", "exact", "memory")
+EXTRAS = ("noop", "exact", "memory", "open")
 DATA_FILE = "./data/data2.json"  # relative to the repository root, as in the seed's config
 PATH = "/test"
 NOOP_USERS = 10
@@ -71,6 +87,12 @@ SATURATED = 0.9
 DISTURBED = 0.05  # other load on the generator's core above which the figures are not clean
 NGINX_CONNECTIONS = 20_000
 TOOL_MARGIN = 30.0  # on top of --duration before a tool's run is cut
+# the open variant: (ii)'s arrival rate, far above what the pool can start, and (iii)'s,
+# as multiples of (i)'s measured closed-model rate; the issue's two targets
+OPEN_OVER = 3.0
+OPEN_HELD = 0.8
+OPEN_COST_FLOOR = 0.90  # (ii)'s successes/s at least this share of (i)'s
+OPEN_HOLD_TOLERANCE = 0.01  # (iii)'s calls started/s this close to its arrival rate
 
 NOOP_CLIENT = '''\
 from protocol import ClientProtocol
@@ -136,6 +158,25 @@ class Result:
     errors: int = 0
     note: str = ""  # why there is no figure, or what to know about it
     other: float | None = None  # load on the generator's CPU from other processes
+
+
+@dataclass
+class OpenRun:
+    """One run of the open variant: (i) the closed model, (ii) or (iii) the open."""
+
+    step: str  # i, ii, iii
+    rate: float | None  # arrival_rate, calls/s; None: the closed model
+    final: FinalBlock
+    live: float | None  # successes/s of the last live block: the stop left out
+    cpu: float | None
+    other: float | None
+
+    @property
+    def achieved(self) -> float:
+        """(iii): calls started/s; (i), (ii): successes/s."""
+        if self.step == "iii" and self.final.started_rate is not None:
+            return self.final.started_rate
+        return self.final.rps
 
 
 def usage(run: Run, start: float | None, end: float | None) -> tuple[float | None, float | None]:
@@ -249,6 +290,25 @@ class Bench:
                           hatch_rate=NOOP_USERS * RAMP_FACTOR)
         return run_loadmaster(conf, self.duration)
 
+    def open_run(self, step: str, rate: float | None) -> OpenRun:
+        """(i) with ``rate`` None: variant a's closed model; else the open model at
+        ``rate`` calls/s on a pool of --users clients, all made at the start."""
+        client, request = "./examples/http_fast.py", {"method": "POST",
+                                                       "test_data_file": DATA_FILE}
+        if rate is None:
+            conf = self._conf(f"open-{step}", client, **request)
+        else:  # the closed model's keys (users, hatch_rate, wait_time) are refused here
+            conf = write_config(
+                self.tmp / f"open-{step}.yml", host=self.url, arrival_rate=rate,
+                max_users=self.users, pre_allocated_users=self.users,
+                run_time=self.duration, worker=1, benchmark_class_file=client,
+                enable_dash=False, print_interval=1, **request)
+        done = run_loadmaster(conf, self.duration)
+        if rate is not None and done.final.started_rate is None:
+            raise LoadmasterFailed("no open-model lines in the final block", done.run)
+        cpu, other = usage(done.run, *(done.load_window() or (None, None)))
+        return OpenRun(step, rate, done.final, done.live_rps(), cpu, other)
+
     def idle(self, users: int) -> ProjectRun:
         client = self.tmp / "idle_client.py"
         client.write_text(IDLE_CLIENT)
@@ -356,6 +416,121 @@ def memory_line(bench: Bench, many: int) -> str:
             f"{many - IDLE_FEW:,}; {connected}")
 
 
+OpenRound = tuple[OpenRun, OpenRun, OpenRun]  # (i), (ii), (iii)
+
+
+def open_rounds(bench: Bench, rounds: int) -> list[OpenRound]:
+    """Each round: (i), then (ii) and (iii) from (i)'s rate, in turn first."""
+    done: list[OpenRound] = []
+    for n in range(rounds):
+        print(f"running open, round {n + 1} of {rounds} ...", file=sys.stderr, flush=True)
+        try:
+            closed = bench.open_run("i", None)
+            rate = closed.final.rps
+            later = [("ii", round(rate * OPEN_OVER)), ("iii", round(rate * OPEN_HELD))]
+            if n % 2:
+                later.reverse()
+            runs = {step: bench.open_run(step, r) for step, r in later}
+        except LoadmasterFailed as e:
+            print(f"open, round {n + 1}: {e}", file=sys.stderr)
+            continue
+        done.append((closed, runs["ii"], runs["iii"]))
+    return done
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def open_lines(rounds: list[OpenRound], users: int) -> list[str]:
+    """The open variant's table, its two ratios per round, and the verdicts on their
+    medians."""
+    if not rounds:
+        return ["open: loadmaster failed in every round (details on stderr)"]
+    lines = [
+        f"open model (issue 19), built-in client (http_fast.py), 1 worker, {users} clients "
+        f"(closed) or a pool of {users} made at the start (open):",
+        f"  {'round':>5} {'run':<30} {'arrival/s':>10} {'run time':>8} {'success/s':>10} "
+        f"{'live/s':>10} {'started/s':>10} {'late':>9} {'dropped':>9} {'gen CPU':>8} "
+        f"{'other':>6}  ratio",
+    ]
+    labels = {"i": f"i   closed, {users} users, wait 0", "ii": f"ii  open, {OPEN_OVER:g} x (i)",
+              "iii": f"iii open, {OPEN_HELD:.0%} of (i)"}
+    costs, holds, steady = [], [], []  # steady: (ii) against (i) without start and stop
+    valid = []  # rounds whose (i) measured the generator: it was at its core's limit
+    for n, (closed, over, held) in enumerate(rounds, 1):
+        cost = over.final.rps / closed.final.rps
+        hold = held.achieved / (held.rate or 1.0)
+        costs.append(cost)
+        holds.append(hold)
+        steady.append(over.live / closed.live if over.live and closed.live else float("nan"))
+        if closed.cpu is not None and closed.cpu >= SATURATED:
+            valid.append(n - 1)
+        ratios = {"i": "", "ii": f"{cost:.3f} of (i)'s success/s",
+                  "iii": f"{hold:.4f} of its arrival rate ({100 * (hold - 1):+.2f}%)"}
+        for r in (closed, over, held):
+            f = r.final
+            flag = " *" if r.step == "i" and r.cpu is not None and r.cpu < SATURATED else ""
+            lines.append(
+                f"  {n:>5} {labels[r.step]:<30} {_num(r.rate):>10} {f.run_time:>8.3f} "
+                f"{f.rps:>10,.0f} "
+                f"{_num(r.live):>10} {_num(f.started_rate):>10} {_num(f.late):>9} "
+                f"{_num(f.dropped):>9} "
+                f"{_pct(r.cpu) + flag:>8} {_pct(r.other):>6}  {ratios[r.step]}")
+            if f.fail:
+                lines.append(f"  {'':>5} {'':<30} {f.fail:,} failed calls: {f.errors}")
+    if any(c.cpu is not None and c.cpu < SATURATED for c, _, _ in rounds):
+        lines.append(f"  * generator under {SATURATED:.0%} of its core in (i): the target, the "
+                     "loopback or other load was the limit, not the generator; that round is "
+                     "left out of the verdicts")
+    worst = max((r.other for rs in rounds for r in rs if r.other is not None), default=0.0)
+    if worst > DISTURBED:
+        lines.append(f"  WARNING: other processes used up to {worst:.0%} of CPU {CLIENT_CPU} "
+                     "during a run: these figures are disturbed")
+    lines += [
+        _verdict("scheduler cost: (ii) success/s / (i) success/s", costs, valid, 3,
+                 lambda c: c >= OPEN_COST_FLOOR, f"floor {OPEN_COST_FLOOR:.2f}"),
+        _verdict(f"rate held at {OPEN_HELD:.0%}: (iii) calls started/s / arrival rate", holds,
+                 valid, 4, lambda h: abs(h - 1) <= OPEN_HOLD_TOLERANCE,
+                 f"within {OPEN_HOLD_TOLERANCE:.0%}"),
+    ]
+    lines.append(_verdict("the same without the start and the stop: (ii) live/s / (i) "
+                          "live/s", steady, valid, 3, lambda s: s >= OPEN_COST_FLOOR,
+                          f"floor {OPEN_COST_FLOOR:.2f}", "(a diagnosis, not the target)"))
+    lines += [
+        "  run time and success/s: the final block's (success/s: its rps, success count / run "
+        "time); live/s: the last live block's current rps",
+        "  (successes/s over the last 5 complete seconds before the stop); started/s: the final "
+        "block's calls started/s",
+        "  ((success + fail) / run time); late: started over 10 ms after the intended start; "
+        "dropped: never started",
+    ]
+    return lines
+
+
+def _verdict(what: str, ratios: list[float], valid: list[int], digits: int,
+             passes: Callable[[float], bool], target: str, note: str = "") -> str:
+    """PASS or FAIL on the median of the rounds whose (i) measured the generator (a ratio
+    NaN: no figure in that round)."""
+    every = ", ".join("-" if math.isnan(r) else f"{r:.{digits}f}" for r in ratios)
+    valid = [i for i in valid if not math.isnan(ratios[i])]
+    if not valid:
+        return (f"  {what}: rounds {every}, {target}: NO VERDICT (the generator was under "
+                f"{SATURATED:.0%} of its core in every (i))")
+    median = _median([ratios[i] for i in valid])
+    of = f"median of {len(valid)} rounds" if len(valid) > 1 else "one round"
+    if len(valid) < len(ratios):
+        of += " with (i) at its core's limit"
+    return (f"  {what} = {median:.{digits}f} ({of}; rounds {every}), {target}: "
+            f"{'PASS' if passes(median) else 'FAIL'}" + (f" {note}" if note else ""))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def exactness_lines(args: argparse.Namespace, tmp: Path, keys: list[str]) -> list[str]:
     duration = min(args.duration, EXACT_MAX_DURATION)
     exact_args = argparse.Namespace(users=args.users, duration=duration)
@@ -408,10 +583,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per variant")
     parser.add_argument("--users", type=int, default=50, help="concurrent clients")
-    parser.add_argument("--only", default="", help="comma-separated: a,b,c,d,e,noop,exact,memory")
+    parser.add_argument("--only", default="",
+                        help="comma-separated: a,b,c,d,e,noop,exact,memory,open")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 10,000-client run")
     parser.add_argument("--no-nginx", action="store_true",
                         help="use bench/_counting_target.py even if nginx is installed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of the open variant, interleaved")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or [*LETTERS, *EXTRAS]
     unknown = set(chosen) - {*LETTERS, *EXTRAS}
@@ -419,8 +597,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     if args.skip_memory and "memory" in chosen:
         chosen.remove("memory")
-    if args.duration < 2 or args.users < 1:
-        parser.error("--duration must be at least 2 and --users at least 1")
+    if args.duration < 2 or args.users < 1 or args.rounds < 1:
+        parser.error("--duration must be at least 2, --users and --rounds at least 1")
     args.chosen = chosen
     return args
 
@@ -450,6 +628,9 @@ def main() -> None:
                 print(f"running memory ({IDLE_FEW} and {many:,} clients) ...", file=sys.stderr,
                       flush=True)
                 extras.append(memory_line(bench, many))
+            if "open" in args.chosen:
+                extras += [""] if extras else []
+                extras += open_lines(open_rounds(bench, args.rounds), args.users)
         if "exact" in args.chosen:
             print("running exact ...", file=sys.stderr, flush=True)
             keys = [k for k in ("a", "b") if k in args.chosen] or ["a"]

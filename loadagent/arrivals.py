@@ -12,8 +12,10 @@ Glossary
   not before the stop.
 
 Each client, once its call ends, takes the next arrival nobody took: it sleeps until the
-arrival's intended start, or starts at once when that has passed (the call waited for a
-free client: wrk2's way, so the queueing is measured, not hidden). A success is timed
+arrival's intended start when that is over ``EARLY_NS`` away, or starts at once: on time
+(a start before the intended one counts from the actual start), or late when the
+intended start has passed (the call waited for a free client: wrk2's way, so the
+queueing is measured, not hidden). A success is timed
 three ways (``protocol.stats``): from the intended start (the headline), from the actual
 start (service time), and the schedule lag between them.
 
@@ -25,14 +27,18 @@ start, then counts the ones still not started as dropped.
 from __future__ import annotations
 
 import asyncio
-import random
+import bisect
+import hashlib
+import math
 import time
+
+import numpy as np
 
 from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import RETURNED_FALSE, YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
 from protocol.client import ClientProtocol
 from protocol.histogram import SUB_BUCKET_BITS, Histogram
-from protocol.plan import arrival_time
+from protocol.plan import arrival_time, scheduled_arrivals
 from protocol.stats import LATE_AFTER_NS, Totals
 
 __all__ = ["Arrivals", "OpenScheduler"]
@@ -41,17 +47,27 @@ __all__ = ["Arrivals", "OpenScheduler"]
 GROW_AFTER_NS = 2_000_000
 # at the stop, how long past its moment the arrivals due before it may still start
 STOP_SETTLE_NS = 5_000_000
+BLOCK = 512  # intended starts computed at a time
+END = 1 << 62  # the intended start that ends the schedule: after every other
+# A call due this soon starts at once: the loop's timers have a millisecond's resolution
+# (one due sooner may fire that much early anyway), and a timer per call would cost a
+# generator at a high rate what it exists to measure.
+EARLY_NS = 1_000_000
 
 
 class Arrivals:
     """One worker's share of the run's arrival schedule, in ``time.perf_counter_ns``.
 
-    ``next_ns`` is the intended start of the next arrival nobody took, or ``end_ns``
-    (the stop) once the schedule is over; ``take()`` moves to the one after it.
+    The intended starts are computed a block at a time into ``times``; ``times[i]`` is the
+    next one nobody took, or ``END`` once the schedule is over (the call loop reads them
+    there, the cheapest way a Python loop can). A uniform schedule ends after this
+    worker's exact share of the run's arrivals (``protocol.plan``); a Poisson one at the
+    end of run_time. Skipping many arrivals (drops, the stop) costs nothing per arrival:
+    uniform ones are counted, Poisson ones drawn as a count (the process forgets).
     """
 
-    __slots__ = ("_g", "_gap_ns", "_per_ns", "_rate", "_rng", "_step", "_t0_ns", "_unit",
-                 "end_ns", "next_ns")
+    __slots__ = ("_done", "_gap_ns", "_k", "_rate", "_rng", "_step", "_t0_ns", "_total",
+                 "_unit", "_worker", "end_ns", "i", "times")
 
     def __init__(self, *, t0_ns: int, run_time: float, rate: float, time_unit: float,
                  worker: int, workers: int, poisson: bool, seed: str) -> None:
@@ -59,58 +75,120 @@ class Arrivals:
         self._rate = rate
         self._unit = time_unit
         self._step = workers
-        self._g = worker
+        self._worker = worker
         self.end_ns = t0_ns + round(run_time * 1e9)
-        self._per_ns = rate / time_unit / workers / 1e9  # this worker's arrivals a ns
-        self._rng: random.Random | None = None
-        self._gap_ns = 0.0
+        self._gap_ns = workers * time_unit / rate * 1e9  # the mean gap of this worker's
+        self._rng: np.random.Generator | None = None
+        self._total = 0  # uniform: this worker's arrivals in the run
+        self._k = 0  # uniform: how many of them are computed; Poisson: the last one's ns
+        self._done = False  # the last block is computed (it ends with END)
         if poisson:
-            self._rng = random.Random(seed)
-            self._gap_ns = workers * time_unit / rate * 1e9  # the mean gap
-            self.next_ns = t0_ns
-            self.next_ns = self._poisson_next()
+            digest = hashlib.sha256(seed.encode()).digest()
+            self._rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+            self._k = t0_ns
         else:
-            self.next_ns = self._uniform_next()
+            self._total = scheduled_arrivals(rate, time_unit, run_time, worker, workers)
+        self.times: list[int] = []
+        self.i = 0
+        self.refill()
 
-    def _uniform_next(self) -> int:
-        t = self._t0_ns + round(arrival_time(self._g, self._rate, self._unit) * 1e9)
-        return t if t < self.end_ns else self.end_ns
+    def _time(self, k: int) -> int:
+        """Uniform: the intended start of this worker's arrival ``k``."""
+        return self._t0_ns + round(
+            arrival_time(self._worker + k * self._step, self._rate, self._unit) * 1e9)
 
-    def _poisson_next(self) -> int:
-        assert self._rng is not None
-        t = self.next_ns + round(self._rng.expovariate(1.0) * self._gap_ns)
-        return t if t < self.end_ns else self.end_ns
+    def refill(self) -> None:
+        """The next block of intended starts (the call loop calls it at a block's end)."""
+        self.i = 0
+        if self._done:
+            self.times = [END]
+            return
+        if self._rng is None:
+            ks = range(self._k, min(self._k + BLOCK, self._total))
+            self.times = [self._time(k) for k in ks]
+            self._k = ks.stop
+            self._done = self._k >= self._total
+        else:
+            gaps = self._rng.exponential(self._gap_ns, BLOCK)
+            ts = (np.cumsum(gaps) + self._k).astype(np.int64).tolist()
+            cut = bisect.bisect_left(ts, self.end_ns)
+            self.times = ts[:cut]
+            self._k = ts[-1]
+            self._done = cut < len(ts)
+        if self._done:
+            self.times.append(END)
+
+    @property
+    def next_ns(self) -> int:
+        """The intended start of the next arrival nobody took; END: none left."""
+        return self.times[self.i]
 
     def take(self) -> None:
         """The next arrival is taken: move to the one after it."""
-        if self.next_ns >= self.end_ns:
+        if self.times[self.i] >= END:
             return
-        if self._rng is None:
-            self._g += self._step
-            self.next_ns = self._uniform_next()
-        else:
-            self.next_ns = self._poisson_next()
+        self.i += 1
+        if self.i == len(self.times):
+            self.refill()
 
     def skip_before(self, limit_ns: int) -> int:
         """Take every arrival intended before ``limit_ns``; how many."""
-        n = 0
-        while self.next_ns < limit_ns and self.next_ns < self.end_ns:
-            self.take()
-            n += 1
+        times, i = self.times, self.i
+        j = bisect.bisect_left(times, limit_ns, i)
+        n = j - i
+        if j < len(times) or self._done:  # all of them in this block
+            self.i = j
+            if j == len(times):
+                self.refill()
+            return n
+        # past this block: count the rest without computing each
+        if self._rng is None:
+            k = self._k
+            # the first of this worker's arrivals at or after limit_ns: from the rate,
+            # then exactly
+            g = (limit_ns - self._t0_ns) / 1e9 * self._rate / self._unit
+            k_lim = max(k, min(self._total, math.ceil((g - self._worker) / self._step)))
+            while k_lim > k and self._time(k_lim - 1) >= limit_ns:
+                k_lim -= 1
+            while k_lim < self._total and self._time(k_lim) < limit_ns:
+                k_lim += 1
+            n += k_lim - k
+            self._k = k_lim
+            self._done = k_lim >= self._total
+        else:
+            end = min(limit_ns, self.end_ns)
+            if end > self._k:
+                n += int(self._rng.poisson((end - self._k) / self._gap_ns))
+                self._k = end
+            if limit_ns >= self.end_ns:
+                self._done = True
+        self.refill()
         return n
+
+    def drop_rest(self) -> int:
+        """Take every arrival left in the schedule; how many."""
+        return self.skip_before(END)
 
     def due(self, now_ns: int) -> int:
         """About how many arrivals nobody took are due at ``now_ns``."""
-        if self.next_ns > now_ns or self.next_ns >= self.end_ns:
+        nxt = self.times[self.i]
+        if nxt > now_ns:  # END too
             return 0
-        return 1 + int((min(now_ns, self.end_ns) - self.next_ns) * self._per_ns)
+        return 1 + int((min(now_ns, self.end_ns) - nxt) / self._gap_ns)
 
     def stop_at(self, when_ns: int) -> None:
-        """The schedule ends at ``when_ns`` (a STOP before run_time)."""
-        if when_ns < self.end_ns:
-            self.end_ns = when_ns
-            if self.next_ns > when_ns:
-                self.next_ns = when_ns
+        """The schedule ends at ``when_ns`` (a STOP before run_time, an abort)."""
+        if when_ns >= self.end_ns:
+            return
+        rest = self.times[self.i:]
+        while not self._done and (not rest or rest[-1] < when_ns):  # up to when_ns
+            self.refill()
+            rest += self.times
+        cut = bisect.bisect_left(rest, when_ns)
+        self.end_ns = when_ns
+        self.times = [*rest[:cut], END]
+        self.i = 0
+        self._done = True
 
 
 class OpenScheduler(ClientScheduler):
@@ -142,7 +220,7 @@ class OpenScheduler(ClientScheduler):
             return
         arrivals = self._arrivals
         overdue = self._last_turn - arrivals.next_ns
-        if overdue < GROW_AFTER_NS or arrivals.next_ns >= arrivals.end_ns:
+        if overdue < GROW_AFTER_NS or arrivals.next_ns >= END:
             return
         making = self._made - self.started - self.init_failed
         n = min(room, arrivals.due(self._last_turn) - making)
@@ -170,38 +248,47 @@ class OpenScheduler(ClientScheduler):
         clock = time.perf_counter_ns
         sleep = asyncio.sleep
         max_lag = self._max_lag_ns
+        early = EARLY_NS
         task = asyncio.current_task()
         assert task is not None
         idle = self._idle
         watching = self._early.armed
         n = 0
         ended = 0
+        now = clock()  # the end of the last call (nothing waits between it and the next)
         held = False  # the last call held the loop (no turn stamped while it ran)
         try:
             while True:
-                intended = arrivals.next_ns
-                if intended >= arrivals.end_ns:
+                # the next arrival nobody took (Arrivals.take, inlined)
+                i = arrivals.i
+                times = arrivals.times
+                intended = times[i]
+                if intended >= END:
                     return  # the schedule is over
-                arrivals.take()
-                began = clock()
-                if intended > began:
+                i += 1
+                if i < len(times):
+                    arrivals.i = i
+                else:
+                    arrivals.refill()
+                began = now
+                if intended > began + early:
                     idle.add(task)
                     self._waiting += 1
                     try:
                         await sleep((intended - began) / 1e9)
                     except asyncio.CancelledError:  # the stop: it will not start
-                        sched.dropped += 1
+                        if intended < arrivals.end_ns:  # (a STOP may have come before it)
+                            sched.dropped += 1
                         raise
                     finally:
                         self._waiting -= 1
                         idle.discard(task)
                     began = clock()
-                    if began < intended:  # the loop's timers round to the millisecond
-                        intended = began
                 elif began - intended > max_lag:  # too late: dropped, and all as late
                     sched.dropped += 1 + arrivals.skip_before(began - max_lag)
+                    now = clock()
                     continue
-                else:
+                else:  # due, or nearly: at once
                     n += 1
                     if n & (YIELD_EVERY - 1) == 0 or held:
                         idle.add(task)
@@ -210,6 +297,8 @@ class OpenScheduler(ClientScheduler):
                         finally:
                             idle.discard(task)
                         began = clock()
+                if began < intended:  # early, within the timers' resolution: on time
+                    intended = began
                 lag = began - intended
                 if lag > LATE_AFTER_NS:
                     sched.late += 1
@@ -252,6 +341,7 @@ class OpenScheduler(ClientScheduler):
                         self._early.disarm()
                         watching = False
                 held = ended - began > YIELD_AFTER_NS and self._last_turn < began
+                now = ended
                 if self._stopping:  # this call was in flight at the stop
                     self.grace.finished += 1
                     return
@@ -269,10 +359,10 @@ class OpenScheduler(ClientScheduler):
                 arrivals.stop_at(now)  # a STOP before run_time: no arrival after it
             # the loop's timer may fire the stop a little before the schedule's end: the
             # arrivals due before it still start
-            if arrivals.next_ns < arrivals.end_ns or self._waiting:
+            if arrivals.next_ns < END or self._waiting:
                 await asyncio.sleep((max(arrivals.end_ns - now, 0) + STOP_SETTLE_NS) / 1e9)
         sched = self._delta.op(self._name).schedule()
-        sched.dropped += arrivals.skip_before(arrivals.end_ns)
+        sched.dropped += arrivals.drop_rest()
         await super().stop(grace)
 
     def abort(self, reason: str) -> None:

@@ -35,7 +35,7 @@ from protocol.histogram import (
     Unpacked,
 )
 from protocol.security import Curve
-from protocol.stats import Totals
+from protocol.stats import MAIN, Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
 from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
@@ -68,8 +68,10 @@ class WorkerLive:
     """What one worker's live deltas said, and its sequence and generator figures.
 
     ``counts`` holds everything but the latency histograms, which are in ``arena``
-    (``slots``: (name, kind) -> slot) when the aggregator keeps them; ``totals()`` puts
-    them together."""
+    (``slots``: (name, MAIN) -> slot) when the aggregator keeps them; ``totals()`` puts
+    them together. In the open model only the corrected latency is kept per worker (its
+    service time and lag are in the run's totals and the series only): a lost worker's
+    estimate counts its late and dropped calls, but not its service times and lags."""
 
     agent: str
     worker: int
@@ -243,10 +245,12 @@ class Aggregator:
             self.totals.merge_counts(d.totals)
             for key, j in parts.items():
                 if hists.highs[j]:  # not empty
-                    slot = w.slot(key)
-                    taken.append(j)
-                    slots.append(slot)
-                    offsets.append(self._arena.offset(slot, hists.lows[j], hists.highs[j]))
+                    if key[1] == MAIN:  # a worker's open-model histograms are not kept
+                        slot = w.slot(key)
+                        taken.append(j)
+                        slots.append(slot)
+                        offsets.append(self._arena.offset(slot, hists.lows[j],
+                                                          hists.highs[j]))
                     run.setdefault(key, []).append(j)
                     seconds.setdefault((d.second, *key), []).append(j)
         if not taken:

@@ -106,8 +106,10 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
                 started += worker.clients
             why = agent.lost_workers.get(w) or (
                 agent.lost_reason if agent.gone else "no final totals before the deadline")
+            sched = " (its service times and schedule lags are not kept)" \
+                if end.schedule is not None else ""
             notes.append(f"worker {w} of agent {agent.name}: {why}; counted up to its last "
-                         f"live delta: its figures are an estimate, not exact")
+                         f"live delta: its figures are an estimate, not exact{sched}")
             estimated = True
         state = agent_state(agent)
         if agent.gone:

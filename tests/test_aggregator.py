@@ -20,7 +20,7 @@ from loadmaster.aggregator import (
     Aggregator,
     WorkerLive,
 )
-from protocol.histogram import MAX_COUNT, MAX_INDEX
+from protocol.histogram import MAX_COUNT, MAX_INDEX, bucket_index
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
 from protocol.wire.messages import Delta, Hello
@@ -375,3 +375,41 @@ def test_a_batch_merges_as_its_deltas_one_by_one() -> None:
     assert batched.bad_messages == 1 and ("a", 1) in batched.hellos
     assert batched.totals.ok == sum(w.counts.ok for w in batched.workers.values())
     assert sum(s.ok for s in batched.series.seconds.values()) == batched.totals.ok
+
+
+def open_delta(worker: int, seq: int, ok: int, late: int, dropped: int) -> Delta:
+    d = delta(worker, seq, ok)
+    st = d.totals.op("op")
+    sched = st.schedule()
+    for i in range(ok):
+        sched.service.record(900_000 + i)
+        sched.lag.record(100_000)
+    sched.late, sched.dropped = late, dropped
+    return d
+
+
+def test_open_model_figures_merge_into_the_totals_and_each_second() -> None:
+    frames = [encode_stats(TOPIC, open_delta(w, s, ok=4, late=1, dropped=2))
+              for w in (0, 1) for s in (0, 1)]
+    # a closed-model name beside it in the same batch keeps its own shape
+    frames.append(encode_stats(TOPIC, delta(0, 2, ok=3)))
+    agg = asyncio.run(feed(frames, lambda a: "op" in a.totals.ops and a.totals.ops["op"].ok == 19))
+    st = agg.totals.ops["op"]
+    assert (st.late, st.dropped) == (4, 8)
+    assert st.sched is not None
+    assert st.sched.service.total == st.sched.lag.total == 16  # the open deltas' successes
+    assert st.sched.lag.counts == {bucket_index(100_000): 16}
+    for second in (1, 2):
+        ns = agg.series.seconds[second].names["op"]
+        assert (ns.ok, ns.late, ns.dropped) == (8, 2, 4)
+        assert ns.service is not None and ns.service.total == 8
+        assert agg.series.seconds[second].dropped == 4
+    merged = agg.recent(2)
+    assert (merged.late, merged.dropped) == (4, 8)
+    assert merged.lag is not None and merged.lag.total == 16
+    # a worker's own figures (a lost worker's estimate): counts and the corrected
+    # latency, not its service times and lags
+    mine = agg.workers[("a", 1)].totals().ops["op"]
+    assert (mine.ok, mine.late, mine.dropped) == (8, 2, 4)
+    assert mine.hist.total == 8
+    assert mine.sched is not None and mine.sched.service.total == 0

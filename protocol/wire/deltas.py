@@ -45,10 +45,15 @@ class DeltaBatch:
 
 
 def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
-    """The DELTA bodies of a batch (their frames' header checked by the caller)."""
+    """The DELTA bodies of a batch (their frames' header checked by the caller).
+
+    The batch's histograms are numbered kind by kind (every MAIN one, then every SERVICE
+    one, then every LAG one), so one name's histograms of one kind follow each other
+    and the master merges them as one slice."""
     errors: list[str] = []
-    parsed: list[tuple[list[Any], list[tuple[OpStats, int, int]]]] = []
-    pairs: list[tuple[Any, Any]] = []
+    # each op: the operation and, per kind it has, its number among that kind's
+    parsed: list[tuple[list[Any], list[tuple[OpStats, list[int]]]]] = []
+    by_kind: list[list[tuple[Any, Any]]] = [[], [], []]
     checkers = _CHECKERS
     for body in bodies:
         try:
@@ -66,24 +71,29 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
         values[_TOTALS] = totals
         parts = []
         for st, raw in ops:
-            parts.append((st, len(pairs), len(raw)))
-            pairs += raw
+            local = [len(by_kind[kind]) for kind in range(len(raw))]
+            for pairs, pair in zip(by_kind, raw, strict=False):
+                pairs.append(pair)
+            parts.append((st, local))
         parsed.append((values, parts))
-    hists = unpack_many(pairs)
+    base = (0, len(by_kind[0]), len(by_kind[0]) + len(by_kind[1]))
+    hists = unpack_many([pair for pairs in by_kind for pair in pairs])
     out = DeltaBatch([], [], hists, errors)
+    bad, span, totals_of, arrays = hists.errors, hists.span, hists.totals, Histogram.from_arrays
     for values, parts in parsed:
         try:
             numbers = {}
-            for st, first, n in parts:
-                js = range(first, first + n)
-                for j in js:
-                    if j in hists.errors:
-                        raise WireError(f"Delta.totals: operation stats {st.name!r}: "
-                                        f"{hists.errors[j]}")
-                st.attach([Histogram.from_arrays(*hists.span(j)) for j in js],
-                          [hists.totals[j] for j in js])
+            for st, local in parts:
+                js = [base[kind] + n for kind, n in enumerate(local)]
+                if bad:
+                    for j in js:
+                        if j in bad:
+                            raise WireError(f"Delta.totals: operation stats {st.name!r}: "
+                                            f"{bad[j]}")
+                st.attach([arrays(*span(j)) for j in js], [totals_of[j] for j in js])
+                name = st.name
                 for kind, j in enumerate(js):
-                    numbers[st.name, kind] = j
+                    numbers[name, kind] = j
             delta = Delta(*values)
         except StatsFormatError as e:
             errors.append(f"Delta.totals: {e}")
