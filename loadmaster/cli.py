@@ -199,6 +199,8 @@ def run(
     file: Annotated[Path, typer.Option("-f", "--file", help="The YAML config.")],
     users: Annotated[int | None, typer.Option(help="Override `users`.")] = None,
     hatch_rate: Annotated[float | None, typer.Option(help="Override `hatch_rate`.")] = None,
+    arrival_rate: Annotated[float | None, typer.Option(
+        help="Override `arrival_rate` (the open model: calls per `time_unit`).")] = None,
     run_time: Annotated[str | None, typer.Option(help="Override `run_time` (90, 90s, 2m).")]
     = None,
     worker: Annotated[str | None, typer.Option(help="Override `worker` (auto or a number).")]
@@ -264,7 +266,8 @@ def run(
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
-    for key, value in (("users", users), ("hatch_rate", hatch_rate), ("run_time", run_time),
+    for key, value in (("users", users), ("hatch_rate", hatch_rate),
+                       ("arrival_rate", arrival_rate), ("run_time", run_time),
                        ("host", host), ("agents", agents)):
         if value is not None:
             overrides[key] = value

@@ -411,7 +411,9 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
     """Check the keys of the closed model (``users``) against the open (``arrival_rate``),
     and fill in the open model's pool: ``users`` becomes ``max_users``."""
     def at(key: str) -> str:
-        return _option(key) if key in given else f"{path}: key {key!r}"
+        if key in given:
+            return f"{_option(key)} {_shown(given[key])}"
+        return f"{path}: key {key!r}"
 
     if values.get("arrival_rate") is None:
         if "users" not in values:
@@ -423,11 +425,11 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
                                   f"users (the closed model) it means nothing")
         return
     for key in CLOSED_ONLY:
-        if key in values:
+        if key in values and not (key == "wait_time" and values[key] == 0):  # 0: no wait
             raise ConfigError(
                 f"{at(key)}: not with arrival_rate: in the open model calls start on the "
                 f"schedule, whatever the server does, and max_users and pre_allocated_users "
-                f"size the client pool (remove {key}, or arrival_rate for the closed model)")
+                f"size the client pool (remove it, or arrival_rate for the closed model)")
     most, pre = values.get("max_users"), values.get("pre_allocated_users")
     if most is not None and pre is not None and pre > most:
         raise ConfigError(f"{at('pre_allocated_users')}: {pre} is over max_users ({most}); "

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,20 @@ def kill_tagged(tag: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def wait_serving(proc: subprocess.Popen[Any], probe: Callable[[], object], what: str,
+                 timeout: float = 20) -> None:
+    """Until ``probe()`` stops raising OSError: a server ``proc`` started serving."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
 class Target:
     """examples/target_server.py in a subprocess: answers /test, counts at /__count."""
 
@@ -94,15 +108,7 @@ class Target:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.netns = netns
         self.proc = subprocess.Popen(cmd, env=tagged_env(tag), stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.counts()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("target server did not start") from None
-                time.sleep(0.05)
+        wait_serving(self.proc, self.counts, "target server")
 
     @property
     def url(self) -> str:

@@ -81,6 +81,8 @@ def test_the_shipped_example_config_loads() -> None:
     cfg = load_config(root / "conf" / "examples" / "http_post.yml", cwd=root)
     assert cfg.users >= 1 and cfg.run_time > 0
     assert "test_data_file" in cfg.custom
+    cfg = load_config(root / "conf" / "examples" / "open_model.yml", cwd=root)
+    assert cfg.arrival_rate == 500 and cfg.max_users == 100 and not cfg.custom
 
 
 def test_relative_class_file_resolves_against_cwd_not_the_config(base: Path) -> None:
@@ -553,8 +555,8 @@ def test_a_missing_required_key_found_under_custom(base: Path) -> None:
     path = write(base, with_key("users", "") + "custom: {users: 5}\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, cwd=base)
-    assert str(info.value) == (f"{path}: key 'users' is missing; it is required (or arrival_rate, for the open "
-                                   f"model) (the file has "
+    assert str(info.value) == (f"{path}: key 'users' is missing; it is required (or "
+                               f"arrival_rate, for the open model) (the file has "
                                f"it under 'custom', which only global_init reads; put it at "
                                f"the top level)")
 
@@ -596,6 +598,90 @@ def test_every_system_key_is_declared_once_with_a_check_and_a_meaning() -> None:
     from loadmaster.config import KEYS, REQUIRED
 
     assert [f.name for f in KEYS] == [f.name for f in fields(Config) if f.name in SYSTEM_KEYS]
-    assert set(REQUIRED) == {"host", "run_time", "benchmark_class_file"}  # users: unless arrival_rate
+    # users too, unless arrival_rate (checked apart)
+    assert set(REQUIRED) == {"host", "run_time", "benchmark_class_file"}
     for f in KEYS:
         assert callable(f.metadata["check"]) and f.metadata["meaning"], f.name
+
+
+# -- the open model -------------------------------------------------------------------------
+
+OPEN = """\
+host: http://127.0.0.1:8080/test
+arrival_rate: 500
+run_time: 30
+benchmark_class_file: ./client.py
+"""
+
+
+def test_the_open_model_loads_with_its_defaults(base: Path) -> None:
+    cfg = load(base, OPEN)
+    assert cfg.arrival_rate == 500.0 and cfg.time_unit == 1.0 and cfg.arrivals == "uniform"
+    assert (cfg.max_users, cfg.pre_allocated_users, cfg.max_schedule_lag) == (1000, 100, 10.0)
+    assert cfg.users == 1000  # the pool's most clients: what the plan splits over workers
+    resolved = config_module.resolved_keys(cfg)
+    assert resolved["arrival_rate"] == 500.0 and "users" not in resolved
+    assert "wait_time" not in resolved and "hatch_rate" not in resolved
+
+
+def test_the_open_models_keys_and_pool_defaults(base: Path) -> None:
+    cfg = load(base, OPEN + "time_unit: 1m\narrivals: poisson\nmax_users: 20\n"
+                            "max_schedule_lag: 250ms\n")
+    assert (cfg.time_unit, cfg.arrivals, cfg.max_schedule_lag) == (60.0, "poisson", 0.25)
+    assert (cfg.max_users, cfg.pre_allocated_users) == (20, 20)  # pre: at most max_users
+    cfg = load(base, OPEN + "pre_allocated_users: 2000\n")
+    assert (cfg.max_users, cfg.pre_allocated_users) == (2000, 2000)  # max: at least pre
+    cfg = load(base, OPEN + "wait_time: 0\n")  # a seed file's no-wait is harmless
+    assert cfg.arrival_rate == 500.0
+    closed = load(base, SEED)
+    assert closed.arrival_rate is None and "arrival_rate" not in \
+        config_module.resolved_keys(closed)
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ("users: 10\n", "key 'users': not with arrival_rate"),
+    ("hatch_rate: 5\n", "key 'hatch_rate': not with arrival_rate"),
+    ("wait_time: 1\n", "key 'wait_time': not with arrival_rate"),
+    ("max_users: 5\npre_allocated_users: 6\n",
+     "key 'pre_allocated_users': 6 is over max_users (5)"),
+    ("arrivals: bursty\n", "key 'arrivals': expected uniform (evenly spaced) or poisson"),
+    ("time_unit: 0\n", "key 'time_unit': expected a duration > 0"),
+    ("max_schedule_lag: -1s\n", "key 'max_schedule_lag': expected a duration > 0"),
+    ("max_users: 0\n", "key 'max_users': expected a whole number of at least 1"),
+])
+def test_open_model_errors_name_the_key(base: Path, extra: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)) as info:
+        load(base, OPEN + extra)
+    assert str(info.value).startswith(str(base / "conf.yml"))
+
+
+@pytest.mark.parametrize("rate", ["0", "-5", ".nan", ".inf", "fast", "true"])
+def test_a_rate_of_zero_or_below_or_not_a_number_is_refused(base: Path, rate: str) -> None:
+    text = OPEN.replace("arrival_rate: 500", f"arrival_rate: {rate}")
+    with pytest.raises(ConfigError, match=r"key 'arrival_rate': expected a number above 0"):
+        load(base, text)
+
+
+@pytest.mark.parametrize("key", ["max_users: 5", "pre_allocated_users: 5", "time_unit: 1m",
+                                 "arrivals: poisson", "max_schedule_lag: 1s"])
+def test_the_open_models_keys_without_arrival_rate_are_errors(base: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"key '{key.split(':')[0]}': only with "
+                                          rf"arrival_rate"):
+        load(base, SEED + key + "\n")
+
+
+def test_overrides_between_the_models_name_the_option(base: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--users 5: not with arrival_rate"):
+        load(base, OPEN, {"users": 5})
+    with pytest.raises(ConfigError, match=r"^--arrival-rate 0: expected a number above 0"):
+        load(base, OPEN, {"arrival_rate": 0})
+    assert load(base, OPEN, {"arrival_rate": 50}).arrival_rate == 50.0
+    # a closed file made open from the command line: its users must go, and it says so
+    with pytest.raises(ConfigError, match=r"conf.yml: key 'users': not with arrival_rate"):
+        load(base, SEED, {"arrival_rate": 50})
+
+
+def test_neither_users_nor_arrival_rate(base: Path) -> None:
+    with pytest.raises(ConfigError, match=r"key 'users' is missing; it is required \(or "
+                                          r"arrival_rate, for the open model\)$"):
+        load(base, OPEN.replace("arrival_rate: 500\n", ""))
