@@ -143,22 +143,16 @@ class Arrivals:
             return n
         # past this block: count the rest without computing each
         if self._rng is None:
-            k = self._k
-            # the first of this worker's arrivals at or after limit_ns: from the rate,
-            # then exactly
-            g = (limit_ns - self._t0_ns) / 1e9 * self._rate / self._unit
-            k_lim = max(k, min(self._total, math.ceil((g - self._worker) / self._step)))
-            while k_lim > k and self._time(k_lim - 1) >= limit_ns:
-                k_lim -= 1
-            while k_lim < self._total and self._time(k_lim) < limit_ns:
-                k_lim += 1
-            n += k_lim - k
+            k_lim = self._first_at(limit_ns)
+            n += k_lim - self._k
             self._k = k_lim
             self._done = k_lim >= self._total
         else:
             end = min(limit_ns, self.end_ns)
             if end > self._k:
-                n += int(self._rng.poisson((end - self._k) / self._gap_ns))
+                mean = (end - self._k) / self._gap_ns
+                # past numpy's range the count is its mean, give or take a millionth
+                n += int(self._rng.poisson(mean)) if mean < 1e15 else round(mean)
                 self._k = end
             if limit_ns >= self.end_ns:
                 self._done = True
@@ -176,19 +170,32 @@ class Arrivals:
             return 0
         return 1 + int((min(now_ns, self.end_ns) - nxt) / self._gap_ns)
 
+    def _first_at(self, limit_ns: int) -> int:
+        """Uniform: the first of this worker's arrivals (from the next to compute) intended
+        at or after ``limit_ns``: from the rate, then exactly."""
+        k = self._k
+        g = (limit_ns - self._t0_ns) / 1e9 * self._rate / self._unit
+        k_lim = max(k, min(self._total, math.ceil((g - self._worker) / self._step)))
+        while k_lim > k and self._time(k_lim - 1) >= limit_ns:
+            k_lim -= 1
+        while k_lim < self._total and self._time(k_lim) < limit_ns:
+            k_lim += 1
+        return k_lim
+
     def stop_at(self, when_ns: int) -> None:
-        """The schedule ends at ``when_ns`` (a STOP before run_time, an abort)."""
+        """The schedule ends at ``when_ns`` (a STOP before run_time, an abort): the
+        arrivals from then on are not in it."""
         if when_ns >= self.end_ns:
             return
-        rest = self.times[self.i:]
-        while not self._done and (not rest or rest[-1] < when_ns):  # up to when_ns
-            self.refill()
-            rest += self.times
-        cut = bisect.bisect_left(rest, when_ns)
         self.end_ns = when_ns
-        self.times = [*rest[:cut], END]
-        self.i = 0
-        self._done = True
+        cut = bisect.bisect_left(self.times, when_ns, self.i)
+        if cut < len(self.times) or self._done:  # the end is in this block
+            self.times = [*self.times[self.i:cut], END]
+            self.i = 0
+            self._done = True
+        elif self._rng is None:  # beyond it: the blocks to come stop there
+            self._total = self._first_at(when_ns)
+        # (a Poisson block is cut at end_ns as it is computed)
 
 
 class OpenScheduler(ClientScheduler):
@@ -209,8 +216,22 @@ class OpenScheduler(ClientScheduler):
         """Make the pre-allocated clients now (before T0, so their calls start on time)."""
         self.start(asyncio.get_running_loop().time(), [0.0] * pre_allocated)
 
+    def _on_init_error(self, e: Exception) -> None:
+        """A client's init_before_use raised: its error is counted (not as a failure: it
+        was no call of the schedule) and its place in the pool is free again."""
+        self._made -= 1
+        self._count_init_error(e)
+
     def _tick(self) -> None:
         super()._tick()
+        if self._stopping:
+            return
+        # the calls that can no longer start in time are dropped as their time passes,
+        # not when a client is free again (the live figures show them then)
+        arrivals = self._arrivals
+        limit = self._last_turn - self._max_lag_ns
+        if arrivals.times[arrivals.i] < limit:
+            self._delta.op(self._name).schedule().dropped += arrivals.skip_before(limit)
         self._grow()
 
     def _grow(self) -> None:
@@ -222,7 +243,7 @@ class OpenScheduler(ClientScheduler):
         overdue = self._last_turn - arrivals.next_ns
         if overdue < GROW_AFTER_NS or arrivals.next_ns >= END:
             return
-        making = self._made - self.started - self.init_failed
+        making = self._made - self.started  # (a failed one left _made)
         n = min(room, arrivals.due(self._last_turn) - making)
         if n <= 0:
             return
@@ -283,7 +304,12 @@ class OpenScheduler(ClientScheduler):
                     finally:
                         self._waiting -= 1
                         idle.discard(task)
-                    began = clock()
+                    if intended >= arrivals.end_ns:
+                        return  # a STOP came while it waited: not in the schedule now
+                    began = now = clock()
+                    if began - intended > max_lag:  # the loop woke it too late
+                        sched.dropped += 1
+                        continue
                 elif began - intended > max_lag:  # too late: dropped, and all as late
                     sched.dropped += 1 + arrivals.skip_before(began - max_lag)
                     now = clock()
@@ -294,9 +320,13 @@ class OpenScheduler(ClientScheduler):
                         idle.add(task)
                         try:
                             await sleep(0)
+                        except asyncio.CancelledError:  # the stop: it will not start
+                            if intended < arrivals.end_ns:
+                                sched.dropped += 1
+                            raise
                         finally:
                             idle.discard(task)
-                        began = clock()
+                        began = now = clock()
                 if began < intended:  # early, within the timers' resolution: on time
                     intended = began
                 lag = began - intended

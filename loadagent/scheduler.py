@@ -126,13 +126,7 @@ class ClientScheduler:
             if inspect.isawaitable(r):
                 await r
         except Exception as e:  # no shutdown() for it: as __exit__ after a failed __enter__
-            self.init_failed += 1
-            st = self._delta.op(self._name)
-            st.fail += 1
-            key = error_key(self._name, e)
-            self._delta.add_error(key)
-            if early.armed:
-                early.init_failed(key, time.monotonic())
+            self._on_init_error(e)
             return
         self._clients.append(client)
         self.started += 1
@@ -148,6 +142,18 @@ class ClientScheduler:
             await self._call_loop(client)
         finally:
             self.running -= 1
+
+    def _on_init_error(self, e: Exception) -> None:
+        """A client's init_before_use raised: a failure of its name, and its error."""
+        self.init_failed += 1
+        self._delta.op(self._name).fail += 1
+        self._count_init_error(e)
+
+    def _count_init_error(self, e: Exception) -> None:
+        key = error_key(self._name, e)
+        self._delta.add_error(key)
+        if self._early.armed:
+            self._early.init_failed(key, time.monotonic())
 
     def _on_call_error(self, e: Exception) -> None:
         """A call raised: count it (the cold path, out of the call loop)."""

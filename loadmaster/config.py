@@ -38,6 +38,7 @@ import yaml
 from loadmaster import config_values as values
 from loadmaster.config_values import parse_duration
 from protocol.wire.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
+from protocol.wire.messages import MAX_ARRIVAL_RATE
 
 __all__ = ["KEYS", "SYSTEM_KEYS", "Config", "ConfigError", "keys_table", "load_config",
            "parse_duration", "resolved_keys"]
@@ -346,7 +347,8 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
     An error in an override names the option (``--users 0: ...``), not the file.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    merged = {**raw, **given}
+    switched = _switched_model(raw, given)
+    merged = {**{k: v for k, v in raw.items() if k not in switched}, **given}
     for key in REQUIRED:
         if merged.get(key) is None:
             raise ConfigError(f"{path}: key {key!r} is missing; it is required"
@@ -378,6 +380,10 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
                  else f"{path}: key 'host': {values['host']!r} has no scheme")
         warnings.append(f"{about} (http://...); the built-in and aiohttp clients will fail "
                         f"every call")
+    if switched:
+        model = "open" if "arrival_rate" in given else "closed"
+        warnings.append(f"{_option('arrival_rate' if model == 'open' else 'users')}: the "
+                        f"{model} model; the file's {', '.join(sorted(switched))} ignored")
     custom = {k: v for k, v in merged.items() if k not in SYSTEM_KEYS}
     packed: dict[str, int] = {}
     for key, value in custom.items():
@@ -406,6 +412,17 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
     return Config(path=path, custom=custom, warnings=warnings, **values)
 
 
+def _switched_model(raw: dict[str, Any], given: dict[str, Any]) -> set[str]:
+    """The file's keys of the other model when the command line picks one: --arrival-rate
+    on a closed-model file, --users (or --hatch-rate) on an open-model one."""
+    closed = [k for k in CLOSED_ONLY if k in given]
+    if "arrival_rate" in given and not closed:
+        return {k for k in CLOSED_ONLY if k in raw}
+    if closed and "arrival_rate" not in given:
+        return {k for k in ("arrival_rate", *OPEN_ONLY) if k in raw}
+    return set()
+
+
 def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
            values: dict[str, Any]) -> None:
     """Check the keys of the closed model (``users``) against the open (``arrival_rate``),
@@ -430,6 +447,9 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
                 f"{at(key)}: not with arrival_rate: in the open model calls start on the "
                 f"schedule, whatever the server does, and max_users and pre_allocated_users "
                 f"size the client pool (remove it, or arrival_rate for the closed model)")
+    if values["arrival_rate"] / values.get("time_unit", 1.0) > MAX_ARRIVAL_RATE:
+        raise ConfigError(f"{at('arrival_rate')}: over {MAX_ARRIVAL_RATE:,.0f} calls a second "
+                          f"(with time_unit); no generator starts that many")
     most, pre = values.get("max_users"), values.get("pre_allocated_users")
     if most is not None and pre is not None and pre > most:
         raise ConfigError(f"{at('pre_allocated_users')}: {pre} is over max_users ({most}); "

@@ -164,7 +164,6 @@ async def run_open(cls: type[ClientProtocol], *, rate: float, run_time: float, p
                    pre: int, max_lag: float = 10.0,
                    stop_early: float | None = None) -> tuple[Totals, OpenScheduler]:
     """One worker's open schedule from now, stopped at run_time (or ``stop_early``)."""
-    loop = asyncio.get_running_loop()
     delta = Totals()
     t0_ns = time.perf_counter_ns() + 50_000_000
     arrivals = Arrivals(t0_ns=t0_ns, run_time=run_time, rate=rate, time_unit=1.0,
@@ -172,8 +171,13 @@ async def run_open(cls: type[ClientProtocol], *, rate: float, run_time: float, p
     sched = OpenScheduler(cls, "http://unused", delta, None, arrivals, pool, pre, max_lag)
     sched.start_pool(pre)
     await asyncio.sleep(0.05 + (run_time if stop_early is None else stop_early))
-    del loop
     await sched.stop(5.0)
+    # every arrival of the schedule, up to where it ended, was run or dropped
+    st = delta.ops.get(cls.__name__)
+    if st is not None:
+        whole = Arrivals(t0_ns=t0_ns, run_time=run_time, rate=rate, time_unit=1.0,
+                         worker=0, workers=1, poisson=False, seed="x")
+        assert st.ok + st.fail + st.dropped == whole.skip_before(arrivals.end_ns)
     return delta, sched
 
 
@@ -313,3 +317,80 @@ def test_bad_schedule_figures_are_refused(sched: Any) -> None:
     wire[-1] = sched
     with pytest.raises(StatsFormatError, match="'op'"):
         OpStats.from_wire(wire)
+
+
+class Instant(ClientProtocol):
+    """A call that never suspends: a pool of them yields to the loop every few calls."""
+
+    def execute(self) -> Any:  # type: ignore[override]
+        return _done()
+
+
+async def _done() -> None:
+    return None
+
+
+def test_a_stop_while_clients_yield_loses_no_arrival() -> None:
+    cls = type("Instant", (Instant,), {})
+
+    async def main() -> None:
+        # far over what the loop can start: clients are always due, and yield every few
+        # calls; stopped early, the arrivals they hold while yielding are dropped
+        delta, _ = await run_open(cls, rate=2_000_000.0, run_time=5.0, pool=64, pre=64,
+                                  stop_early=0.3)
+        st = delta.ops["Instant"]
+        assert st.ok > 1000 and st.dropped > 1000  # (run_open checks the sum)
+
+    run(main)
+
+
+class FailsFirst(ClientProtocol):
+    """init_before_use fails for the first ``failures`` clients made."""
+
+    failures = 3
+    made = 0
+
+    def init_before_use(self, host: str) -> None:
+        cls = type(self)
+        cls.made += 1
+        if cls.made <= cls.failures:
+            raise ConnectionError(f"init {cls.made} failed")
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0.001)
+
+
+def test_a_failed_init_is_an_error_not_a_scheduled_call_and_frees_its_place() -> None:
+    cls = type("FailsFirst", (FailsFirst,), {"made": 0})
+
+    async def main() -> None:
+        delta, sched = await run_open(cls, rate=100.0, run_time=1.0, pool=5, pre=5)
+        st = delta.ops["FailsFirst"]
+        assert st.ok == 100 and st.fail == 0 and st.dropped == 0
+        assert sum(n for (name, _, _), n in delta.errors.items() if name == "FailsFirst") == 3
+        assert sched.started >= 2  # the pool made up for the failed ones as needed
+
+    run(main)
+
+
+def test_drops_are_counted_as_their_time_passes_not_when_a_client_is_free() -> None:
+    cls = make_timed(delay=0.001, slow_for=1.0)
+
+    async def main() -> None:
+        cls.slow_from = time.perf_counter() + 0.05 + 0.2
+        delta = Totals()
+        t0_ns = time.perf_counter_ns() + 50_000_000
+        arrivals = Arrivals(t0_ns=t0_ns, run_time=2.0, rate=100.0, time_unit=1.0,
+                            worker=0, workers=1, poisson=False, seed="x")
+        sched = OpenScheduler(cls, "http://unused", delta, None, arrivals, 1, 1, 0.2)
+        sched.start_pool(1)
+        await asyncio.sleep(0.05 + 0.2 + 0.7)  # 0.7 s into the 1 s stall
+        during = delta.ops["Timed"].dropped
+        await asyncio.sleep(1.1)
+        await sched.stop(5.0)
+        st = delta.ops["Timed"]
+        # 0.7 s in, the calls due over 0.2 s ago (~50) are already counted
+        assert 35 <= during <= 60, during
+        assert st.ok + st.fail + st.dropped == 200
+
+    run(main)

@@ -670,15 +670,31 @@ def test_the_open_models_keys_without_arrival_rate_are_errors(base: Path, key: s
         load(base, SEED + key + "\n")
 
 
-def test_overrides_between_the_models_name_the_option(base: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^--users 5: not with arrival_rate"):
-        load(base, OPEN, {"users": 5})
+def test_the_command_line_picks_the_model_over_the_file(base: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--arrival-rate 0: expected a number above 0"):
         load(base, OPEN, {"arrival_rate": 0})
     assert load(base, OPEN, {"arrival_rate": 50}).arrival_rate == 50.0
-    # a closed file made open from the command line: its users must go, and it says so
-    with pytest.raises(ConfigError, match=r"conf.yml: key 'users': not with arrival_rate"):
-        load(base, SEED, {"arrival_rate": 50})
+    # --arrival-rate on a closed-model file: the open model, the file's users ignored
+    cfg = load(base, SEED, {"arrival_rate": 50})
+    assert cfg.arrival_rate == 50.0 and cfg.users == 1000 and cfg.wait_time == 0
+    assert any("--arrival-rate: the open model; the file's hatch_rate, users, wait_time "
+               "ignored" in w for w in cfg.warnings)
+    # --users on an open-model file: the closed model
+    cfg = load(base, OPEN + "max_users: 5\n", {"users": 7})
+    assert cfg.arrival_rate is None and cfg.users == 7 and cfg.hatch_rate == 7
+    assert any("--users: the closed model; the file's arrival_rate, max_users ignored" in w
+               for w in cfg.warnings)
+    # both models on the command line: an error naming the option
+    with pytest.raises(ConfigError, match=r"^--users 5: not with arrival_rate"):
+        load(base, OPEN, {"users": 5, "arrival_rate": 10})
+
+
+def test_a_rate_no_generator_could_start_is_refused(base: Path) -> None:
+    with pytest.raises(ConfigError, match=r"key 'arrival_rate': over 1,000,000,000 calls a "
+                                          r"second"):
+        load(base, OPEN.replace("arrival_rate: 500", "arrival_rate: 1.0e+308"))
+    with pytest.raises(ConfigError, match=r"key 'arrival_rate': over"):
+        load(base, OPEN + "time_unit: 1ms\n".replace("1ms", "0.000000001"))
 
 
 def test_neither_users_nor_arrival_rate(base: Path) -> None:

@@ -16,6 +16,7 @@ from protocol.wire.limits import DELTA_MAX, ERROR_MESSAGE_MAX, FINAL_MAX, JOB_MA
 __all__ = [
     "ARRIVALS",
     "HEARTBEAT",
+    "MAX_ARRIVAL_RATE",
     "MAX_NOTES",
     "MAX_SECOND",
     "MISSED_BEATS",
@@ -59,6 +60,7 @@ KEYS_ENV = "LOADTEST_AGENT_KEYS"
 MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load starts
 MAX_SECOND = 10_000_000  # the largest second of a run a delta may cover: 115 days
 ARRIVALS = ("uniform", "poisson")  # the open model's arrival processes
+MAX_ARRIVAL_RATE = 1e9  # calls a second over the whole run, at most
 
 
 def _nonneg(cls: str, **values: float) -> None:
@@ -163,6 +165,8 @@ class Job(Message):
             raise WireError("Job.hatch_rate must be positive")
         if not (self.time_unit > 0 and self.max_schedule_lag > 0):
             raise WireError("Job.time_unit and Job.max_schedule_lag must be positive")
+        if not self.arrival_rate / self.time_unit <= MAX_ARRIVAL_RATE:
+            raise WireError(f"Job.arrival_rate must be at most {MAX_ARRIVAL_RATE:g} a second")
         if self.arrivals not in ARRIVALS:
             raise WireError(f"Job.arrivals must be one of {', '.join(ARRIVALS)}")
         if self.pre_allocated_users > self.users:
