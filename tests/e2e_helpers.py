@@ -80,6 +80,16 @@ def kill_tagged(tag: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_serving(proc: subprocess.Popen[Any], probe: Callable[[], object], what: str,
                  timeout: float = 20) -> None:
     """Until ``probe()`` stops raising OSError: a server ``proc`` started serving."""
@@ -130,12 +140,7 @@ class Target:
             return data
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 @dataclass

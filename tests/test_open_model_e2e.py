@@ -31,6 +31,7 @@ from tests.e2e_helpers import (
     Result,
     free_port,
     run_master,
+    stop_process,
     tagged_env,
     wait_serving,
 )
@@ -56,12 +57,7 @@ class OpenTarget:
             return data
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
