@@ -79,8 +79,8 @@ class RecentOpen:
     started: float  # calls started per second (successes and failures)
     late: int
     dropped: int
-    service: tuple[int | None, int | None, int | None]  # p50, p90, p99, ns
-    lag: tuple[int | None, int | None, int | None]
+    service: Trio  # p50, p90, p99, ns
+    lag: Trio
 
 
 @dataclass
@@ -156,11 +156,14 @@ def _trio(ps: Sequence[int | None]) -> str:
     return " / ".join(_ms(p) for p in ps)
 
 
-def _quantiles(hist: Histogram | DenseHistogram | None) -> list[int | None]:
-    """p50, p90, p99 of a histogram (None: no success)."""
+Trio = tuple[int | None, int | None, int | None]
+
+
+def p50_p90_p99(hist: Histogram | DenseHistogram | None) -> Trio:
+    """p50, p90, p99 of a histogram, ns (None each: no histogram, or no success)."""
     if hist is None:
-        return [None, None, None]
-    return [hist.percentile(q) for q in (0.5, 0.9, 0.99)]
+        return None, None, None
+    return hist.percentile(0.5), hist.percentile(0.9), hist.percentile(0.99)
 
 
 def _live_open(view: LiveView) -> list[str]:
@@ -189,8 +192,8 @@ def _final_open(view: FinalView, total: OpStats) -> list[str]:
         return []
     sched = total.sched
     started = total.ok + total.fail
-    service = _quantiles(None if sched is None else sched.service)
-    lag = _quantiles(None if sched is None else sched.lag)
+    service = p50_p90_p99(None if sched is None else sched.service)
+    lag = p50_p90_p99(None if sched is None else sched.lag)
     return [
         _field("arrival rate (target)", f"{view.schedule.text} ({view.schedule.arrivals})"),
         _field("calls scheduled", f"{started + total.dropped:,}"),

@@ -44,7 +44,14 @@ from aiohttp import web
 
 from loadmaster.aggregator import Aggregator
 from loadmaster.config import Config, resolved_keys
-from loadmaster.console import AgentLine, FinalView, RecentOpen, ScheduleView, format_final
+from loadmaster.console import (
+    AgentLine,
+    FinalView,
+    RecentOpen,
+    ScheduleView,
+    format_final,
+    p50_p90_p99,
+)
 from loadmaster.coordinator import AgentRecord
 from loadmaster.http_site import bind_site, new_runner
 from loadmaster.masking import mask_text, masked
@@ -92,10 +99,6 @@ def _p99(hist: Histogram | DenseHistogram | None) -> float | None:
     return None if hist is None else _ms(hist.percentile(0.99))
 
 
-def _hist_ms(hist: Histogram | DenseHistogram | None) -> dict[str, float | None]:
-    """p50, p90, p99 of a histogram, ms (None: no success)."""
-    qs = (0.5, 0.9, 0.99)
-    return _trio_ms([None] * 3 if hist is None else [hist.percentile(q) for q in qs])
 
 
 @dataclass
@@ -212,8 +215,8 @@ def _open(schedule: ScheduleView, total: OpStats, seconds: float,
         "scheduled": started + total.dropped, "started": started,
         "started_rps": started / seconds if seconds > 0 else 0.0,
         "late": total.late, "dropped": total.dropped, "late_after_ms": _ms(LATE_AFTER_NS),
-        "service_ms": _hist_ms(None if sched is None else sched.service),
-        "lag_ms": _hist_ms(None if sched is None else sched.lag),
+        "service_ms": _trio_ms(p50_p90_p99(None if sched is None else sched.service)),
+        "lag_ms": _trio_ms(p50_p90_p99(None if sched is None else sched.lag)),
         "recent": None if recent is None else {
             "started_rps": recent.started, "late": recent.late, "dropped": recent.dropped,
             "service_ms": _trio_ms(recent.service), "lag_ms": _trio_ms(recent.lag)},

@@ -26,13 +26,13 @@ from loadmaster.console import (
     RecentOpen,
     ScheduleView,
     format_live,
+    p50_p90_p99,
 )
 from loadmaster.coordinator import AgentRecord, Coordinator
 from loadmaster.dashboard import Dashboard, DashboardError, Feed
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
 from protocol.exitcodes import ExitCode
-from protocol.histogram import DenseHistogram
 from protocol.wire.channel import is_loopback
 
 __all__ = ["LIVE_DELAY", "RunViews", "schedule_view"]
@@ -138,16 +138,15 @@ class RunViews:
         if schedule is not None and window:
             recent_open = RecentOpen(
                 started=(merged.ok + merged.fail) / window, late=merged.late,
-                dropped=merged.dropped, service=_quantiles(merged.service),
-                lag=_quantiles(merged.lag))
+                dropped=merged.dropped, service=p50_p90_p99(merged.service),
+                lag=p50_p90_p99(merged.lag))
         return LiveView(run_time=float(covered), users=self.agg.clients(),
                         schedule=schedule, recent_open=recent_open,
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
                         agents=lines, missed_deltas=self.agg.missed_deltas,
                         stopping=self._stopping,
                         behind=0 if self._stopping else int(elapsed) - covered,
-                        recent=(recent.percentile(0.5), recent.percentile(0.9),
-                                recent.percentile(0.99)))
+                        recent=p50_p90_p99(recent))
 
 
     # -- the dashboard ------------------------------------------------------------------
@@ -302,9 +301,3 @@ class RunViews:
         return MetricsState(self.run_id, phase, elapsed, cfg.run_time, self.agg.clients(),
                             cfg.users, self.agg.totals, self._agent_lines(covered),
                             self.agg.missed_deltas, arrival_rate=rate)
-
-
-def _quantiles(hist: DenseHistogram | None) -> tuple[int | None, int | None, int | None]:
-    if hist is None:
-        return None, None, None
-    return hist.percentile(0.5), hist.percentile(0.9), hist.percentile(0.99)
