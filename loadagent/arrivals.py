@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from loadagent.early_failure import EarlyFailure
-from loadagent.scheduler import RETURNED_FALSE, YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
+from loadagent.scheduler import YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
 from protocol.client import ClientProtocol
 from protocol.histogram import SUB_BUCKET_BITS, Histogram
 from protocol.plan import arrival_time, scheduled_arrivals
@@ -256,9 +256,7 @@ class OpenScheduler(ClientScheduler):
 
     async def _call_loop(self, client: ClientProtocol) -> None:
         execute = client.execute
-        totals = self._delta
-        name = self._name
-        st = totals.op(name)
+        st = self._delta.op(self._name)
         sched = st.schedule()
         assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
         assert isinstance(sched.service, Histogram) and isinstance(sched.lag, Histogram)
@@ -335,19 +333,15 @@ class OpenScheduler(ClientScheduler):
                 try:
                     r = await execute()
                 except asyncio.CancelledError:
-                    st.fail += 1
-                    totals.add_error((name, *self._cancelled_as))
-                    self.grace.cancelled += 1
+                    self._on_call_cancelled(st)
                     raise
                 except Exception as e:
                     ended = clock()
-                    st.fail += 1
-                    self._on_call_error(e)
+                    self._on_call_error(st, e)
                 else:
                     ended = clock()
                     if r is False:
-                        st.fail += 1
-                        totals.add_error((name, *RETURNED_FALSE))
+                        self._on_call_false(st)
                     else:
                         dt = ended - intended  # corrected: from the intended start
                         st.ok += 1

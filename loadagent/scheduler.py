@@ -30,7 +30,7 @@ from loadagent.early_failure import EarlyFailure
 from protocol.calls import current_op
 from protocol.client import ClientProtocol
 from protocol.histogram import SUB_BUCKET_BITS, Histogram
-from protocol.stats import Totals, error_key
+from protocol.stats import OpStats, Totals, error_key
 
 YIELD_EVERY = 32
 YIELD_AFTER_NS = 5_000_000  # a call that held the loop this long yields at once
@@ -155,18 +155,30 @@ class ClientScheduler:
         if self._early.armed:
             self._early.init_failed(key, time.monotonic())
 
-    def _on_call_error(self, e: Exception) -> None:
-        """A call raised: count it (the cold path, out of the call loop)."""
+    # A call that did not succeed, counted out of the call loops (the cold path): a
+    # failure of ``st`` (the loop's operation) and its error.
+    def _on_call_error(self, st: OpStats, e: Exception) -> None:
+        """A call raised."""
+        st.fail += 1
         key = error_key(self._name, e)
         self._delta.add_error(key)
         if self._early.armed:
             self._early.call_failed(key, e, time.monotonic())
 
+    def _on_call_false(self, st: OpStats) -> None:
+        """A call returned False."""
+        st.fail += 1
+        self._delta.add_error((self._name, *RETURNED_FALSE))
+
+    def _on_call_cancelled(self, st: OpStats) -> None:
+        """A call cancelled: the stop grace ran out, or an abort."""
+        st.fail += 1
+        self._delta.add_error((self._name, *self._cancelled_as))
+        self.grace.cancelled += 1
+
     async def _call_loop(self, client: ClientProtocol) -> None:
         execute = client.execute
-        totals = self._delta
-        name = self._name
-        st = totals.op(name)
+        st = self._delta.op(self._name)
         assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
         counts = st.hist.counts
         clock = time.perf_counter_ns
@@ -188,19 +200,15 @@ class ClientScheduler:
                     began = t0
                     r = await execute()
                 except asyncio.CancelledError:
-                    st.fail += 1
-                    totals.add_error((name, *self._cancelled_as))
-                    self.grace.cancelled += 1
+                    self._on_call_cancelled(st)
                     raise
                 except Exception as e:
                     t0 = clock()
-                    st.fail += 1
-                    self._on_call_error(e)
+                    self._on_call_error(st, e)
                 else:
                     t1 = clock()
                     if r is False:
-                        st.fail += 1
-                        totals.add_error((name, *RETURNED_FALSE))
+                        self._on_call_false(st)
                     else:
                         dt = t1 - t0
                         st.ok += 1
