@@ -16,9 +16,11 @@ figures (final totals do not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,9 +35,10 @@ from protocol.histogram import (
     HistogramArena,
     Indexes,
     Unpacked,
+    summed,
 )
 from protocol.security import Curve
-from protocol.stats import MAIN, Totals
+from protocol.stats import Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
 from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
@@ -57,6 +60,7 @@ MAX_DELTA_CALLS = 20_000_000
 MAX_NAMES = 1000
 MAX_DELTA_SECONDS = 3600.0
 MAX_CLIENTS = 10_000_000
+GC_YOUNG = 50_000  # see ``few_collections``
 # The saturation rule (one place: a later issue makes these configurable)
 SATURATION_CPU = 0.9  # of one core, per second
 SATURATION_LAG = 0.020  # seconds of event-loop lag
@@ -68,16 +72,17 @@ class WorkerLive:
     """What one worker's live deltas said, and its sequence and generator figures.
 
     ``counts`` holds everything but the latency histograms, which are in ``arena``
-    (``slots``: (name, MAIN) -> slot) when the aggregator keeps them; ``totals()`` puts
-    them together. In the open model only the corrected latency is kept per worker (its
-    service time and lag are in the run's totals and the series only): a lost worker's
-    estimate counts its late and dropped calls, but not its service times and lags."""
+    (``slots``: name -> the slot of its MAIN histogram) when the aggregator keeps them;
+    ``totals()`` puts them together. In the open model only the corrected latency is
+    kept per worker (its service time and lag are in the run's totals and the series
+    only): a lost worker's estimate counts its late and dropped calls, but not its
+    service times and lags."""
 
     agent: str
     worker: int
     counts: Totals = field(default_factory=Totals)
     arena: HistogramArena | None = None
-    slots: dict[tuple[str, int], int] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
     next_seq: int = 0
     dropped: int = 0  # implausible deltas since the last one taken: not lost, not counted
     missed: int = 0
@@ -97,16 +102,16 @@ class WorkerLive:
         out = Totals(dense=True)
         out.merge(self.counts)
         if self.arena is not None:
-            for (name, kind), slot in self.slots.items():
-                _dense(out.op(name).histogram(kind)).add(*self.arena.packed(slot))
+            for name, slot in self.slots.items():
+                _dense(out.op(name).hist).add(*self.arena.packed(slot))
         return out
 
-    def slot(self, key: tuple[str, int]) -> int:
-        """The arena slot of its histogram ``key``: (name, kind)."""
-        slot = self.slots.get(key)
+    def slot(self, name: str) -> int:
+        """The arena slot of its MAIN histogram of ``name``."""
+        slot = self.slots.get(name)
         if slot is None:
             assert self.arena is not None
-            slot = self.slots[key] = self.arena.new()
+            slot = self.slots[name] = self.arena.new()
         return slot
 
     @property
@@ -183,12 +188,13 @@ class Aggregator:
     async def serve(self) -> None:
         assert self._channel is not None
         channel = self._channel
-        while True:
-            await channel.readable(POLL_WAIT)
-            # take what is queued without a trip through the event loop each time, but
-            # never so much that the control channel waits for its turn
-            self.handle_batch(channel.drain(DRAIN_BATCH))
-            await asyncio.sleep(0)
+        with few_collections():
+            while True:
+                await channel.readable(POLL_WAIT)
+                # take what is queued without a trip through the event loop each time, but
+                # never so much that the control channel waits for its turn
+                self.handle_batch(channel.drain(DRAIN_BATCH))
+                await asyncio.sleep(0)
 
     def handle(self, frames: list[bytes]) -> None:
         self.handle_batch([frames])
@@ -223,48 +229,59 @@ class Aggregator:
 
     def _on_deltas(self, batch: DeltaBatch) -> None:
         """Merge a batch: counters delta by delta, histograms with one vector add for
-        every worker's, and one per name in the run's totals and per second and name in
-        the series."""
+        every worker's, and one per name and kind in the run's totals and per second,
+        name and kind in the series."""
         for e in batch.errors:
             self._bad(e)
         hists = batch.hists
-        taken: list[int] = []  # histograms of the deltas merged, in batch order
+        lows, highs = hists.lows, hists.highs
+        taken: list[int] = []  # the MAIN histograms of the deltas merged, in batch order
         slots: list[int] = []  # the arena slot of each
         offsets: list[int] = []  # and its offset there
-        moves = self._arena.moves
-        run: dict[tuple[str, int], list[int]] = {}  # (name, kind): histograms
-        seconds: dict[tuple[int, str, int], list[int]] = {}  # (second, name, kind)
+        arena = self._arena
+        moves = arena.moves
+        # (second, name): its histograms by kind, a delta each
+        seconds: dict[tuple[int, str], list[tuple[int, ...]]] = {}
         # a delta's second may not be far ahead of the run's clock (a forged one would hold
         # the live figures back)
         horizon = SECOND_SLACK if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
-        for d, parts in zip(batch.deltas, batch.parts, strict=True):
+        totals = self.totals
+        for d, ops in zip(batch.deltas, batch.ops, strict=True):
             w = self._take(d, horizon)
             if w is None:
                 continue
             w.counts.merge_counts(d.totals)
-            self.totals.merge_counts(d.totals)
-            for key, j in parts.items():
-                if hists.highs[j]:  # not empty
-                    if key[1] == MAIN:  # a worker's open-model histograms are not kept
-                        slot = w.slot(key)
-                        taken.append(j)
-                        slots.append(slot)
-                        offsets.append(self._arena.offset(slot, hists.lows[j],
-                                                          hists.highs[j]))
-                    run.setdefault(key, []).append(j)
-                    seconds.setdefault((d.second, *key), []).append(j)
-        if not taken:
-            return
-        if self._arena.moves != moves:  # a slot moved, or all did: every range is in place now
-            offsets = [self._arena.offset(slot, hists.lows[j], hists.highs[j])
-                       for slot, j in zip(slots, taken, strict=True)]
-        indexes, counts = _gather(hists, taken)
-        lengths = [hists.starts[j + 1] - hists.starts[j] for j in taken]
-        self._arena.add(indexes + np.repeat(np.array(offsets, np.intp), lengths), counts)
-        for (name, kind), where in run.items():
-            _dense(self.totals.op(name).histogram(kind)).add(*_gather(hists, where))
-        for (second, name, kind), where in seconds.items():
-            self.series.histogram(second, name, kind).add(*_gather(hists, where))
+            totals.merge_counts(d.totals)
+            second = d.second
+            for name, js in ops:
+                j = js[0]
+                if highs[j]:  # not empty; a worker's open-model histograms are not kept
+                    slot = w.slot(name)
+                    taken.append(j)
+                    slots.append(slot)
+                    offsets.append(arena.offset(slot, lows[j], highs[j]))
+                where = seconds.get((second, name))
+                if where is None:
+                    seconds[second, name] = [js]
+                else:
+                    where.append(js)
+        if taken:
+            if arena.moves != moves:  # a slot moved, or all did: every range is in place now
+                offsets = [arena.offset(slot, lows[j], highs[j])
+                           for slot, j in zip(slots, taken, strict=True)]
+            indexes, counts = _gather(hists, taken)
+            lengths = [hists.starts[j + 1] - hists.starts[j] for j in taken]
+            arena.add(indexes + np.repeat(np.array(offsets, np.intp), lengths), counts)
+        # each (second, name, kind)'s histograms summed once, then added to the series
+        # and the run's totals (both over every bucket): one indexed add, not two
+        for (second, name), where in seconds.items():
+            st = totals.op(name)
+            for kind, part in enumerate(_by_kind(where)):
+                indexes, counts = _gather(hists, part)
+                if indexes.size:
+                    batch_sum = summed(indexes, counts)
+                    self.series.histogram(second, name, kind).add_full(batch_sum)
+                    _dense(st.histogram(kind)).add_full(batch_sum)
 
     def _take(self, d: Delta, horizon: float) -> WorkerLive | None:
         """Count a delta's sequence, clients and the generator's figures into its worker
@@ -283,7 +300,9 @@ class Aggregator:
         new_names = 0
         known = self.totals.ops
         for name, st in d.totals.ops.items():
-            calls += st.ok + st.fail + st.dropped
+            calls += st.ok + st.fail
+            if st.sched is not None:
+                calls += st.sched.dropped
             if name not in known:
                 new_names += 1
         far = lost > (0 if self.t0 is None else horizon) + SEQ_SLACK
@@ -367,16 +386,52 @@ def _dense(hist: Histogram | DenseHistogram) -> DenseHistogram:
 
 
 def _gather(hists: Unpacked, which: list[int]) -> tuple[Indexes, Counts]:
-    """The entries of histograms ``which`` of a batch: slices when they follow each
-    other (one name, every delta taken), else a copy."""
+    """The entries of histograms ``which`` (increasing) of a batch: slices when they
+    follow each other (one name, every delta taken), else a copy."""
     starts = hists.starts
-    first = end = starts[which[0]]
+    first = starts[which[0]]
+    if which[-1] - which[0] == len(which) - 1:  # consecutive numbers: adjacent spans
+        end = starts[which[-1] + 1]
+        return hists.indexes[first:end], hists.counts[first:end]
+    end = first
     for j in which:
         if starts[j] != end:
             return (np.concatenate([hists.indexes[starts[j]:starts[j + 1]] for j in which]),
                     np.concatenate([hists.counts[starts[j]:starts[j + 1]] for j in which]))
         end = starts[j + 1]
     return hists.indexes[first:end], hists.counts[first:end]
+
+
+@contextlib.contextmanager
+def few_collections() -> Iterator[None]:
+    """Python's cyclic garbage collector rarely, while the master takes deltas.
+
+    Each delta makes and frees a hundred small containers (refcounting frees them; they
+    hold no cycles), and the collector's default, a collection every 700 more of them
+    than were freed, ran often enough to scan the run's long-lived objects (every
+    worker's figures, the series) again and again: at 10,000 workers, a tenth of the
+    master's CPU in the closed model and a fifth in the open one (measured with
+    ``bench/aggregation.py --open``). What exists when the run starts is frozen out of
+    the scans, and the youngest generation is collected every ``GC_YOUNG`` containers
+    instead. Both are set back when the aggregator stops."""
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        if not frozen:  # (else someone else froze first: theirs stays frozen, and ours)
+            gc.unfreeze()
+
+
+def _by_kind(where: list[tuple[int, ...]]) -> list[list[int]]:
+    """Histogram numbers by kind, each delta's by kind given (its MAIN first), for
+    deltas of either model (a name has one; a forged delta may differ)."""
+    kinds = max(map(len, where))
+    if kinds == 1:
+        return [[js[0] for js in where]]
+    return [[js[kind] for js in where if len(js) > kind] for kind in range(kinds)]
 
 
 def _window(last: int) -> range:

@@ -27,8 +27,9 @@ Two forms, one meaning:
   ``np.add.at(counts, index - low, count)``.
 
 On the wire a histogram is two byte strings: bucket indexes as little-endian uint16
-and their counts as little-endian uint32, or uint64 when one does not fit (the width
-is the length of one over the other's). Indexes increase strictly: each bucket
+and their counts as little-endian uint16 when every one fits (nearly always: a
+worker's second of one name), else uint32, else uint64 (the width is the length of
+one over the other's). Indexes increase strictly: each bucket
 appears once, and the first and last index are the histogram's range, so a merge
 into a range-grown dense histogram reads its bounds without a pass over the array.
 ``unpack`` checks every rule: lengths, the order, the index range and counts of at
@@ -63,6 +64,7 @@ __all__ = [
     "bucket_bounds",
     "bucket_index",
     "bucket_value",
+    "summed",
     "unpack",
     "unpack_many",
 ]
@@ -80,10 +82,11 @@ _GROW_SLACK = 64  # buckets added at least on each side when a dense histogram g
 
 # Indexes as they come (uint16 off the wire, intp from a dense histogram): np.add.at takes
 # either at the same speed. Counts as uint64 where they are merged: np.add.at is many times
-# slower when the counts' type differs from the target's; uint32 where kept long.
+# slower when the counts' type differs from the target's; the narrowest where kept long.
 Indexes = npt.NDArray[np.integer[Any]]
 Counts = npt.NDArray[np.unsignedinteger[Any]]
 _INDEX = np.dtype("<u2")
+_COUNT16 = np.dtype("<u2")
 _COUNT32 = np.dtype("<u4")
 _COUNT64 = np.dtype("<u8")
 
@@ -118,9 +121,10 @@ def bucket_value(index: int) -> int:
 
 
 def _narrowest(counts: Counts) -> Counts:
-    """``counts`` as little-endian uint32 when every one fits, else uint64."""
-    wide = bool(counts.size) and int(counts.max()) > 0xFFFFFFFF
-    return counts.astype(_COUNT64 if wide else _COUNT32)
+    """``counts`` as little-endian uint16 when every one fits, else uint32, else uint64."""
+    top = int(counts.max()) if counts.size else 0
+    return counts.astype(_COUNT16 if top <= 0xFFFF else _COUNT32 if top <= 0xFFFFFFFF
+                         else _COUNT64)
 
 
 def _with_slack(low: int, high: int) -> tuple[int, int]:
@@ -144,8 +148,10 @@ def unpack(indexes: Any, counts: Any) -> tuple[Indexes, Counts]:
     n = len(indexes) // 2
     if n > MAX_INDEX + 1:  # so that no sum of counts (each at most MAX_COUNT) overflows
         raise HistogramFormatError(f"histogram: {n} entries, more than there are buckets")
-    if len(counts) == 4 * n:
-        cnt = np.frombuffer(counts, _COUNT32).astype(np.uint64)  # add.at wants one type
+    if len(counts) == 2 * n:
+        cnt = np.frombuffer(counts, _COUNT16).astype(np.uint64)  # add.at wants one type
+    elif len(counts) == 4 * n:
+        cnt = np.frombuffer(counts, _COUNT32).astype(np.uint64)
     elif len(counts) == 8 * n:
         cnt = np.frombuffer(counts, _COUNT64)
         if n and int(cnt.max()) > MAX_COUNT:
@@ -185,38 +191,65 @@ def unpack_many(pairs: Sequence[tuple[Any, Any]]) -> Unpacked:
     """``unpack`` for many histograms at once: a few vector operations over their
     concatenation instead of several for each (the master takes thousands a second).
 
-    When every histogram has 32-bit counts (the common case) the rules are checked on
-    the concatenation; if any fails, or a histogram has 64-bit counts, each is checked
-    on its own by ``unpack`` to find which and why."""
-    lengths = []
-    for indexes, counts in pairs:
-        if not (type(indexes) is bytes and type(counts) is bytes
-                and len(counts) == 2 * len(indexes) and not len(indexes) % 2
-                and len(indexes) <= 2 * (MAX_INDEX + 1)):
+    When every histogram has 16-bit counts (the common case), or every one 32-bit, the
+    rules are checked on the concatenation; if any fails, or the widths differ, each is
+    checked on its own by ``unpack`` to find which and why."""
+    n = len(pairs)
+    raw_indexes = [i for i, _ in pairs]
+    raw_counts = [c for _, c in pairs]
+    if n and set(map(type, raw_indexes)) | set(map(type, raw_counts)) != {bytes}:
+        return _unpack_each(pairs)
+    sizes = np.fromiter(map(len, raw_indexes), np.intp, n)
+    width: np.dtype[Any] = _COUNT16
+    if n:
+        counts_sizes = np.fromiter(map(len, raw_counts), np.intp, n)
+        if bool((counts_sizes != sizes).any()):
+            width = _COUNT32
+            if bool((counts_sizes != 2 * sizes).any()):
+                return _unpack_each(pairs)
+        if bool((sizes & 1).any()) or int(sizes.max()) > 2 * (MAX_INDEX + 1):
             return _unpack_each(pairs)
-        lengths.append(len(indexes) >> 1)
-    starts = [0, *itertools.accumulate(lengths)]
-    idx = np.frombuffer(b"".join([i for i, _ in pairs]), _INDEX)
-    cnt = np.frombuffer(b"".join([c for _, c in pairs]), _COUNT32).astype(np.uint64)
+    lengths = sizes >> 1
+    ends = np.cumsum(lengths)
+    idx = np.frombuffer(b"".join(raw_indexes), _INDEX)
+    cnt = np.frombuffer(b"".join(raw_counts), width).astype(np.uint64)
     # each count < 2**32, at most MAX_INDEX + 1 a histogram: no sum overflows
-    out = Unpacked(idx, cnt, starts, [0] * len(pairs), [0] * len(pairs), [0] * len(pairs), {})
+    out = Unpacked(idx, cnt, [0, *ends.tolist()], [0] * n, [0] * n, [0] * n, {})
     if idx.size:
-        # where the order breaks must be where a histogram starts
-        breaks = np.flatnonzero(idx[1:] <= idx[:-1]) + 1
-        if int(idx.max()) > MAX_INDEX or not set(breaks.tolist()) <= set(starts):
+        full = np.flatnonzero(lengths)
+        firsts = ends[full] - lengths[full]
+        # the order may break only where a histogram starts; each one's last index is
+        # its largest
+        breaks = idx[1:] <= idx[:-1]
+        breaks[firsts[1:] - 1] = False
+        if bool(breaks.any()) or int(idx[ends[full] - 1].max()) > MAX_INDEX:
             return _unpack_each(pairs)
-        _spans(out, [j for j, n in enumerate(lengths) if n])
+        _spans(out, full)
     return out
 
 
-def _spans(out: Unpacked, full: list[int]) -> None:
+def _spans(out: Unpacked, full: Indexes) -> None:
     """Fill in the totals and bucket ranges of the non-empty histograms ``full``."""
-    firsts = [out.starts[j] for j in full]
-    sums = np.add.reduceat(out.counts, firsts) if full else out.counts[:0]
-    lows = out.indexes[firsts].tolist()
-    highs = out.indexes[[out.starts[j + 1] - 1 for j in full]].tolist()
-    for j, total, low, high in zip(full, sums.tolist(), lows, highs, strict=True):
-        out.totals[j], out.lows[j], out.highs[j] = total, low, high + 1
+    if not full.size:
+        return
+    n = len(out.totals)
+    ends = np.array(out.starts[1:], np.intp)[full]
+    firsts = np.array(out.starts[:-1], np.intp)[full]
+    totals = np.zeros(n, np.uint64)
+    totals[full] = np.add.reduceat(out.counts, firsts)
+    lows = np.zeros(n, np.intp)
+    lows[full] = out.indexes[firsts]
+    highs = np.zeros(n, np.intp)
+    highs[full] = out.indexes[ends - 1].astype(np.intp) + 1
+    out.totals, out.lows, out.highs = totals.tolist(), lows.tolist(), highs.tolist()
+
+
+def summed(indexes: Indexes, counts: Counts) -> Counts:
+    """Entries of any number of histograms summed over every bucket: what a ``full``
+    histogram adds with ``add_full``, for one vector add into each of several."""
+    out = np.zeros(MAX_INDEX + 1, np.uint64)
+    np.add.at(out, indexes, counts)
+    return out
 
 
 def _unpack_each(pairs: Sequence[tuple[Any, Any]]) -> Unpacked:
@@ -233,7 +266,7 @@ def _unpack_each(pairs: Sequence[tuple[Any, Any]]) -> Unpacked:
     out = Unpacked(np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, _INDEX),
                    np.concatenate([c for _, c in parts]) if parts else np.zeros(0, np.uint64),
                    starts, [0] * n, [0] * n, [0] * n, errors)
-    _spans(out, [j for j, (i, _) in enumerate(parts) if len(i)])
+    _spans(out, np.flatnonzero(np.fromiter((len(i) for i, _ in parts), np.intp, n)))
     return out
 
 
@@ -318,7 +351,7 @@ class Histogram:
         raise AssertionError("unreachable: the ranks add up to the total")
 
     def to_wire(self) -> tuple[bytes, bytes]:
-        """The packed form: uint16 indexes, uint32 counts (uint64 when one is larger)."""
+        """The packed form: uint16 indexes, counts in the narrowest of uint16, 32, 64."""
         idx, cnt = self.packed()
         return idx.astype(_INDEX).tobytes(), _narrowest(cnt).tobytes()
 
@@ -355,6 +388,11 @@ class DenseHistogram:
             self._grow(low, high)
         np.add.at(self._counts, indexes - self._low, counts)
 
+    def add_full(self, counts: Counts) -> None:
+        """Add counts over every bucket (``summed``'s) to a ``full`` histogram."""
+        assert self._full
+        self._counts += counts
+
     def _grow(self, low: int, high: int) -> None:
         if self._counts.size:
             low, high = min(low, self._low), max(high, self._low + self._counts.size)
@@ -384,8 +422,9 @@ class DenseHistogram:
         return list(zip(idx.tolist(), cnt.tolist(), strict=True))
 
     def sparse(self) -> Histogram:
-        """The same counts in the sparse form, in the smallest types (6 bytes a bucket
-        when every count fits 32 bits): for histograms kept long and seldom read."""
+        """The same counts in the sparse form, in the smallest types (4 bytes a bucket
+        when every count fits 16 bits, 6 when 32): for histograms kept long and seldom
+        read."""
         idx, cnt = self.packed()
         return Histogram.from_arrays(idx.astype(_INDEX), _narrowest(cnt))
 

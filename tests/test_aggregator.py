@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from loadmaster.aggregator import (
+    GC_YOUNG,
     SATURATION_CPU,
     SATURATION_LAG,
     SATURATION_SECONDS,
@@ -119,7 +121,7 @@ def test_a_delta_with_a_bad_histogram_is_dropped_whole_and_counted() -> None:
     base = delta(0, 0, ok=3)
     frames = [
         forged(base, u16([10, MAX_INDEX + 1]), u32([1, 2]), 3),  # a bucket out of range
-        forged(base, u16([10, 11]), u32([3]), 3),                # arrays of unequal length
+        forged(base, u16([10, 11]), b"\x03\x00\x00", 3),        # counts of a width of 1.5
         forged(base, u16([10]), u64([MAX_COUNT + 1]), MAX_COUNT + 1),  # a count too large
         forged(base, u16([12, 10]), u32([1, 1]), 3),             # counts that miss the ok
         encode_stats(TOPIC, delta(0, 1, ok=7)),
@@ -413,3 +415,16 @@ def test_open_model_figures_merge_into_the_totals_and_each_second() -> None:
     assert (mine.ok, mine.late, mine.dropped) == (8, 2, 4)
     assert mine.hist.total == 8
     assert mine.sched is not None and mine.sched.service.total == 0
+
+
+def test_the_collector_runs_rarely_while_serving_and_is_set_back_after() -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    seen = []
+
+    def done(agg: Aggregator) -> bool:
+        seen.append(gc.get_threshold()[0])
+        return agg.totals.ok == 3
+
+    asyncio.run(feed([encode_stats(TOPIC, delta(0, 0, ok=3))], done))
+    assert seen and set(seen) == {GC_YOUNG}
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

@@ -87,7 +87,8 @@ def test_a_bad_body_is_refused_with_decodes_reason_and_the_rest_kept(case: str) 
     want = reference(BAD[case])
     assert isinstance(want, str), "decode accepts it: not a bad case"
     assert batch.errors == [want]
-    assert [d.to_wire() for d in batch.deltas] == [d.to_wire() for d in deltas]
+    got = [batch.complete(k).to_wire() for k in range(len(batch.deltas))]
+    assert got == [d.to_wire() for d in deltas]
 
 
 def test_a_batch_decodes_as_each_body_alone() -> None:
@@ -99,15 +100,71 @@ def test_a_batch_decodes_as_each_body_alone() -> None:
     want = [reference(b) for b in bodies]
     assert sorted(batch.errors) == sorted(w for w in want if isinstance(w, str))
     good_ones = [w for w in want if isinstance(w, Delta)]
-    assert [d.to_wire() for d in batch.deltas] == [d.to_wire() for d in good_ones]
-    for d, parts in zip(batch.deltas, batch.parts, strict=True):
-        assert set(parts) == {(name, 0) for name in d.totals.ops}
-        for (name, kind), j in parts.items():  # each histogram is where its part says
-            got = d.totals.ops[name].histogram(kind).counts
-            idx, cnt = batch.hists.span(j)
-            assert dict(zip(idx.tolist(), cnt.tolist(), strict=True)) == got
+    assert [batch.complete(k).to_wire() for k in range(len(batch.deltas))] \
+        == [d.to_wire() for d in good_ones]
+    for d, ops, want_d in zip(batch.deltas, batch.ops, good_ones, strict=True):
+        assert [name for name, _ in ops] == list(d.totals.ops)
+        for name, js in ops:  # each histogram is where its numbers say
+            assert len(js) == 1
+            idx, cnt = batch.hists.span(js[0])
+            got = dict(zip(idx.tolist(), cnt.tolist(), strict=True))
+            assert got == want_d.totals.ops[name].hist.counts
 
 
 def test_an_empty_batch() -> None:
     batch = decode_deltas([])
     assert batch.deltas == [] and batch.errors == []
+
+
+def good_open(rng: random.Random, worker: int, names: tuple[str, ...] = ("GET",)) -> Delta:
+    """An open-model delta: each name with its service time and schedule lag too."""
+    d = good(rng, worker, names)
+    for st in d.totals.ops.values():
+        sched = st.schedule()
+        for _ in range(st.ok):
+            sched.service.record(int(rng.lognormvariate(13, 1)))
+            sched.lag.record(int(rng.lognormvariate(11, 1)))
+        sched.late, sched.dropped = rng.randint(0, 3), rng.randint(0, 3)
+    return d
+
+
+def open_op(ok: int = 2, service: Any = None, lag: Any = None) -> list[Any]:
+    pair = [u16([300, 301]), u32([1, 1])]
+    return [*op(ok=ok)[:11], [0, 1, *(pair if service is None else service),
+                              *(pair if lag is None else lag)]]
+
+
+BAD_OPEN: dict[str, bytes] = {
+    "service total is not ok": forged(delta_fields(totals=[[open_op(
+        service=[u16([300]), u32([1])])], []])),
+    "lag out of order": forged(delta_fields(totals=[[open_op(
+        lag=[u16([301, 300]), u32([1, 1])])], []])),
+    "schedule figures short": forged(delta_fields(totals=[[[*op()[:11], [0, 1]]], []])),
+    "late negative": forged(delta_fields(totals=[[[*open_op()[:11], [-1, *open_op()[11][1:]]]],
+                                                 []])),
+}
+
+
+def test_open_model_deltas_decode_as_each_body_alone() -> None:
+    """Open-model deltas (three histograms a name), closed-model ones and bad ones in one
+    batch: the same deltas and refusals as ``decode``, and each histogram where its
+    numbers say."""
+    rng = random.Random(5)
+    bodies = [pack(good_open(rng, w, ("GET", "POST")[:1 + w % 2]) if w % 3
+                   else good(rng, w)) for w in range(30)]
+    bodies += list(BAD_OPEN.values())
+    rng.shuffle(bodies)
+    batch = decode_deltas(bodies)
+    want = [reference(b) for b in bodies]
+    assert sorted(batch.errors) == sorted(w for w in want if isinstance(w, str))
+    assert len(batch.errors) == len(BAD_OPEN)
+    good_ones = [w for w in want if isinstance(w, Delta)]
+    for k, (ops, want_d) in enumerate(zip(batch.ops, good_ones, strict=True)):
+        for name, js in ops:
+            st = want_d.totals.ops[name]
+            hists = [st.hist] if st.sched is None else [st.hist, st.sched.service, st.sched.lag]
+            assert len(js) == len(hists)
+            for j, h in zip(js, hists, strict=True):
+                idx, cnt = batch.hists.span(j)
+                assert dict(zip(idx.tolist(), cnt.tolist(), strict=True)) == h.counts
+        assert batch.complete(k).to_wire() == want_d.to_wire()

@@ -396,11 +396,18 @@ def test_histogram_wire_round_trip() -> None:
     for v in interesting_values()[:3000]:
         h.record(v)
     indexes, counts = h.to_wire()
-    assert isinstance(indexes, bytes) and len(counts) == 2 * len(indexes)  # uint16, uint32
+    assert isinstance(indexes, bytes) and len(counts) == len(indexes)  # uint16 both
     back = Histogram.from_wire(indexes, counts)
     assert back.counts == h.counts and back.total == h.total
     assert back.to_wire() == (indexes, counts)  # re-encoded as it came
     assert Histogram.from_wire(b"", b"").counts == {}
+
+
+def test_a_count_over_16_bits_travels_as_uint32() -> None:
+    h = Histogram({300: 1 << 16, 5: 1})
+    indexes, counts = h.to_wire()
+    assert len(counts) == 2 * len(indexes)
+    assert Histogram.from_wire(indexes, counts).counts == {5: 1, 300: 1 << 16}
 
 
 def test_a_count_over_32_bits_travels_as_uint64() -> None:
@@ -426,7 +433,8 @@ def test_dense_and_sparse_histograms_agree() -> None:
 
 
 BAD_HISTOGRAMS: dict[str, tuple[Any, Any]] = {
-    "lengths differ": (u16([1, 2]), u32([1])),
+    "lengths differ": (u16([1, 2]), b"\x01\x00\x00"),
+    "counts of odd bytes": (u16([1]), b"\x01"),
     "odd index bytes": (b"\x01", b""),
     "count over the limit": (u16([1]), u64([MAX_COUNT + 1])),
     "index too big": (u16([MAX_INDEX + 1]), u32([1])),

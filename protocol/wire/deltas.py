@@ -4,13 +4,15 @@
 the same checks: the scalar fields by ``Delta``'s own field checkers and ``__post_init__``,
 the totals by ``Totals.parse``. Only the histograms differ in how they are checked:
 all of a batch's at once, by ``unpack_many``, which also leaves them in one pair of
-arrays so that the master can merge a whole batch with a few vector adds.
+arrays so that the master can merge a whole batch with a few vector adds (the deltas'
+operations get no histogram objects: ``DeltaBatch.complete`` gives them theirs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any
 
 from protocol.histogram import Histogram, Unpacked, unpack_many
@@ -29,19 +31,34 @@ def _later(v: Any) -> Any:
 
 
 _CHECKERS = tuple(_later if i == _TOTALS else check for i, check in enumerate(Delta._checkers()))
+# the fields in the order ``decode_deltas`` unpacks them (checked types, inline)
+assert [name for name, _ in Delta._field_types()] == [
+    "agent", "worker", "seq", "second", "clients", "totals", "cpu_seconds", "loop_lag"]
 
 
 @dataclass(slots=True)
 class DeltaBatch:
-    """The good deltas of a batch, each operation's histograms views of ``hists``'s
-    arrays; ``parts[k][name, kind]`` is the number in ``hists`` of delta ``k``'s histogram
-    ``kind`` (``protocol.stats.MAIN``, ``SERVICE``, ``LAG``) of ``name``. ``errors``: why
-    each bad body was dropped."""
+    """The good deltas of a batch and their histograms, unpacked into ``hists``.
+
+    The deltas' operations carry their counts but not their histograms, which the master
+    merges from ``hists`` without making objects of them: ``ops[k]`` lists delta ``k``'s
+    operations, each as its name and the numbers in ``hists`` of its histograms by kind
+    (``protocol.stats.MAIN``, then in the open model ``SERVICE`` and ``LAG``).
+    ``complete(k)`` gives delta ``k`` its histograms. ``errors``: why each bad body was
+    dropped."""
 
     deltas: list[Delta]
-    parts: list[dict[tuple[str, int], int]]
+    ops: list[list[tuple[str, tuple[int, ...]]]]
     hists: Unpacked
     errors: list[str]
+
+    def complete(self, k: int) -> Delta:
+        """Delta ``k`` with its operations' histograms (views of ``hists``'s arrays)."""
+        delta, hists = self.deltas[k], self.hists
+        for name, js in self.ops[k]:
+            delta.totals.ops[name].attach([Histogram.from_arrays(*hists.span(j)) for j in js],
+                                          [hists.totals[j] for j in js])
+        return delta
 
 
 def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
@@ -51,16 +68,26 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
     one, then every LAG one), so one name's histograms of one kind follow each other
     and the master merges them as one slice."""
     errors: list[str] = []
-    # each op: the operation and, per kind it has, its number among that kind's
-    parsed: list[tuple[list[Any], list[tuple[OpStats, list[int]]]]] = []
-    by_kind: list[list[tuple[Any, Any]]] = [[], [], []]
+    # each delta's fields, and each operation with its number among the MAIN histograms
+    # and among the SERVICE ones (as among the LAG ones: ``OpStats.parse`` gives both or
+    # neither), -1 in the closed model
+    parsed: list[tuple[list[Any], list[tuple[OpStats, int, int]]]] = []
+    mains: list[tuple[Any, Any]] = []
+    services: list[tuple[Any, Any]] = []
+    lags: list[tuple[Any, Any]] = []
     checkers = _CHECKERS
     for body in bodies:
         try:
             obj = unpack_body(body, Delta.MAX_SIZE)
             if not isinstance(obj, list) or len(obj) != len(checkers):
                 raise WireError(f"Delta: expected an array of {len(checkers)} fields")
-            values = [check(v) for check, v in zip(checkers, obj, strict=True)]
+            agent, worker, seq, second, clients, _, cpu, lag = obj
+            if (type(agent) is str and type(worker) is int and type(seq) is int
+                    and type(second) is int and type(clients) is int and type(cpu) is float
+                    and type(lag) is float and isfinite(cpu) and isfinite(lag)):
+                values = obj  # what every checker passes as it is (the common case)
+            else:
+                values = [check(v) for check, v in zip(checkers, obj, strict=True)]
             try:
                 totals, ops = Totals.parse(obj[_TOTALS])
             except StatsFormatError as e:
@@ -69,35 +96,37 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
             errors.append(str(e))
             continue
         values[_TOTALS] = totals
-        parts = []
+        numbered = []
         for st, raw in ops:
-            local = [len(by_kind[kind]) for kind in range(len(raw))]
-            for pairs, pair in zip(by_kind, raw, strict=False):
-                pairs.append(pair)
-            parts.append((st, local))
-        parsed.append((values, parts))
-    base = (0, len(by_kind[0]), len(by_kind[0]) + len(by_kind[1]))
-    hists = unpack_many([pair for pairs in by_kind for pair in pairs])
+            if len(raw) == 1:
+                numbered.append((st, len(mains), -1))
+            else:
+                numbered.append((st, len(mains), len(services)))
+                services.append(raw[1])
+                lags.append(raw[2])
+            mains.append(raw[0])
+        parsed.append((values, numbered))
+    n_main, n_both = len(mains), len(mains) + len(services)
+    hists = unpack_many(mains + services + lags)
     out = DeltaBatch([], [], hists, errors)
-    bad, span, totals_of, arrays = hists.errors, hists.span, hists.totals, Histogram.from_arrays
-    for values, parts in parsed:
+    bad, totals_of = hists.errors, hists.totals
+    for values, numbered in parsed:
         try:
-            numbers = {}
-            for st, local in parts:
-                js = [base[kind] + n for kind, n in enumerate(local)]
+            ops_out: list[tuple[str, tuple[int, ...]]] = []
+            for st, m, s in numbered:
+                js: tuple[int, ...] = (m,) if s < 0 else (m, n_main + s, n_both + s)
                 if bad:
                     for j in js:
                         if j in bad:
                             raise WireError(f"Delta.totals: operation stats {st.name!r}: "
                                             f"{bad[j]}")
-                st.attach([arrays(*span(j)) for j in js], [totals_of[j] for j in js])
-                name = st.name
-                for kind, j in enumerate(js):
-                    numbers[name, kind] = j
+                ok = st.ok
+                for j in js:
+                    if totals_of[j] != ok:
+                        raise WireError(f"Delta.totals: operation stats {st.name!r}: "
+                                        f"histogram total != ok count")
+                ops_out.append((st.name, js))
             delta = Delta(*values)
-        except StatsFormatError as e:
-            errors.append(f"Delta.totals: {e}")
-            continue
         except WireError as e:
             errors.append(str(e))
             continue
@@ -105,5 +134,5 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
             errors.append(f"Delta: {e}")
             continue
         out.deltas.append(delta)
-        out.parts.append(numbers)
+        out.ops.append(ops_out)
     return out
