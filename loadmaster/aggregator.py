@@ -229,8 +229,8 @@ class Aggregator:
 
     def _on_deltas(self, batch: DeltaBatch) -> None:
         """Merge a batch: counters delta by delta, histograms with one vector add for
-        every worker's, and one per name and kind in the run's totals and per second,
-        name and kind in the series."""
+        every worker's, and one per second, name and kind into a sum that is added to
+        the series and to the run's totals."""
         for e in batch.errors:
             self._bad(e)
         hists = batch.hists

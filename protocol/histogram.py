@@ -222,19 +222,19 @@ def unpack_many(pairs: Sequence[tuple[Any, Any]]) -> Unpacked:
         # its largest
         breaks = idx[1:] <= idx[:-1]
         breaks[firsts[1:] - 1] = False
-        if bool(breaks.any()) or int(idx[ends[full] - 1].max()) > MAX_INDEX:
+        full_ends = ends[full]
+        if bool(breaks.any()) or int(idx[full_ends - 1].max()) > MAX_INDEX:
             return _unpack_each(pairs)
-        _spans(out, full)
+        _spans(out, full, firsts, full_ends)
     return out
 
 
-def _spans(out: Unpacked, full: Indexes) -> None:
-    """Fill in the totals and bucket ranges of the non-empty histograms ``full``."""
+def _spans(out: Unpacked, full: Indexes, firsts: Indexes, ends: Indexes) -> None:
+    """Fill in the totals and bucket ranges of the non-empty histograms ``full``, which
+    start at ``firsts`` and end before ``ends`` in ``out``'s arrays."""
     if not full.size:
         return
     n = len(out.totals)
-    ends = np.array(out.starts[1:], np.intp)[full]
-    firsts = np.array(out.starts[:-1], np.intp)[full]
     totals = np.zeros(n, np.uint64)
     totals[full] = np.add.reduceat(out.counts, firsts)
     lows = np.zeros(n, np.intp)
@@ -266,7 +266,9 @@ def _unpack_each(pairs: Sequence[tuple[Any, Any]]) -> Unpacked:
     out = Unpacked(np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, _INDEX),
                    np.concatenate([c for _, c in parts]) if parts else np.zeros(0, np.uint64),
                    starts, [0] * n, [0] * n, [0] * n, errors)
-    _spans(out, np.flatnonzero(np.fromiter((len(i) for i, _ in parts), np.intp, n)))
+    full = np.flatnonzero(np.fromiter((len(i) for i, _ in parts), np.intp, n))
+    bounds = np.array(starts, np.intp)
+    _spans(out, full, bounds[full], bounds[full + 1])
     return out
 
 

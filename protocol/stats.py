@@ -245,11 +245,15 @@ class OpStats:
     def attach(self, hists: list[Histogram], totals: list[int]) -> None:
         """Give a parsed operation its checked histograms (as many as ``parse`` gave raw),
         of ``totals`` calls each: every one over the same successes."""
-        if any(total != self.ok for total in totals):
-            raise StatsFormatError(f"operation stats {self.name!r}: histogram total != ok count")
+        self.check_totals(totals)
         self.hist = hists[0]
         if self.sched is not None:
             self.sched.service, self.sched.lag = hists[1], hists[2]
+
+    def check_totals(self, totals: list[int]) -> None:
+        """Its histograms' totals (as many as ``parse`` gave raw) are each its ok count."""
+        if any(total != self.ok for total in totals):
+            raise StatsFormatError(f"operation stats {self.name!r}: histogram total != ok count")
 
     @classmethod
     def from_wire(cls, obj: Any) -> OpStats:

@@ -120,13 +120,12 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
                         if j in bad:
                             raise WireError(f"Delta.totals: operation stats {st.name!r}: "
                                             f"{bad[j]}")
-                ok = st.ok
-                for j in js:
-                    if totals_of[j] != ok:
-                        raise WireError(f"Delta.totals: operation stats {st.name!r}: "
-                                        f"histogram total != ok count")
+                st.check_totals([totals_of[j] for j in js])
                 ops_out.append((st.name, js))
             delta = Delta(*values)
+        except StatsFormatError as e:
+            errors.append(f"Delta.totals: {e}")
+            continue
         except WireError as e:
             errors.append(str(e))
             continue
