@@ -31,6 +31,7 @@ import bisect
 import hashlib
 import math
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
 from protocol.client import ClientProtocol
 from protocol.histogram import SUB_BUCKET_BITS, Histogram
-from protocol.plan import arrival_time, scheduled_arrivals
+from protocol.plan import RateProfile
 from protocol.stats import LATE_AFTER_NS, Totals
 
 __all__ = ["Arrivals", "OpenScheduler"]
@@ -66,36 +67,60 @@ class Arrivals:
     uniform ones are counted, Poisson ones drawn as a count (the process forgets).
     """
 
-    __slots__ = ("_done", "_gap_ns", "_k", "_rate", "_rng", "_step", "_t0_ns", "_total",
-                 "_unit", "_worker", "end_ns", "i", "times")
+    __slots__ = ("_cut", "_done", "_k", "_profile", "_quota", "_rng", "_step", "_t0_ns", "_total",
+                 "_worker", "end_ns", "i", "times")
 
     def __init__(self, *, t0_ns: int, run_time: float, rate: float, time_unit: float,
-                 worker: int, workers: int, poisson: bool, seed: str) -> None:
+                 worker: int, workers: int, poisson: bool, seed: str,
+                 profile: RateProfile | None = None, iterations: int = 0) -> None:
         self._t0_ns = t0_ns
-        self._rate = rate
-        self._unit = time_unit
+        self._profile = profile or RateProfile(rate, time_unit)
         self._step = workers
         self._worker = worker
         self.end_ns = t0_ns + round(run_time * 1e9)
-        self._gap_ns = workers * time_unit / rate * 1e9  # the mean gap of this worker's
         self._rng: np.random.Generator | None = None
         self._total = 0  # uniform: this worker's arrivals in the run
-        self._k = 0  # uniform: how many of them are computed; Poisson: the last one's ns
+        # uniform: how many of them are computed; Poisson: the last one's place on the
+        # schedule's count (``RateProfile.count``: this worker's arrivals come a mean of
+        # ``workers`` apart there, whatever the rate)
+        self._k: float = 0
+        # Poisson with iterations: how many more arrivals it may have (-1: no limit)
+        self._quota = -1
+        # uniform: the iterations, not run_time, end this worker's schedule
+        self._cut = False
         self._done = False  # the last block is computed (it ends with END)
         if poisson:
             digest = hashlib.sha256(seed.encode()).digest()
             self._rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
-            self._k = t0_ns
+            if iterations:
+                self._quota = len(range(worker, iterations, workers))
         else:
-            self._total = scheduled_arrivals(rate, time_unit, run_time, worker, workers)
+            n = self._profile.arrivals_before(run_time)
+            self._cut = 0 < iterations < n
+            self._total = len(range(worker, min(n, iterations) if iterations else n, workers))
         self.times: list[int] = []
         self.i = 0
         self.refill()
 
     def _time(self, k: int) -> int:
         """Uniform: the intended start of this worker's arrival ``k``."""
-        return self._t0_ns + round(
-            arrival_time(self._worker + k * self._step, self._rate, self._unit) * 1e9)
+        return self._t0_ns + round(self._profile.due(self._worker + k * self._step) * 1e9)
+
+    def _ns(self, xs: list[float]) -> list[int]:
+        """Poisson: the intended starts of places ``xs`` on the schedule's count."""
+        profile, t0 = self._profile, self._t0_ns
+        if profile.constant:
+            ts: list[int] = (np.array(xs) * (profile.time_of(1.0) * 1e9) + t0).astype(
+                np.int64).tolist()
+            return ts
+        end = self.end_ns
+        # (past the schedule's end: at its end, which cuts the block there)
+        return [end if (t := profile.time_of(x)) * 1e9 >= end - t0 else t0 + int(t * 1e9)
+                for x in xs]
+
+    def _count_at(self, ns: int) -> float:
+        """The schedule's count (``RateProfile.count``) at ``ns``."""
+        return self._profile.count((ns - self._t0_ns) / 1e9)
 
     def refill(self) -> None:
         """The next block of intended starts (the call loop calls it at a block's end)."""
@@ -104,19 +129,29 @@ class Arrivals:
             self.times = [END]
             return
         if self._rng is None:
-            ks = range(self._k, min(self._k + BLOCK, self._total))
+            ks = range(int(self._k), min(int(self._k) + BLOCK, self._total))
             self.times = [self._time(k) for k in ks]
             self._k = ks.stop
             self._done = self._k >= self._total
         else:
-            gaps = self._rng.exponential(self._gap_ns, BLOCK)
-            ts = (np.cumsum(gaps) + self._k).astype(np.int64).tolist()
+            xs = (np.cumsum(self._rng.exponential(self._step, BLOCK)) + self._k).tolist()
+            ts = self._ns(xs)
             cut = bisect.bisect_left(ts, self.end_ns)
+            if 0 <= self._quota < cut:
+                cut = self._quota
             self.times = ts[:cut]
-            self._k = ts[-1]
+            self._k = xs[-1]
             self._done = cut < len(ts)
+            if self._quota >= 0:
+                self._quota -= cut
         if self._done:
             self.times.append(END)
+
+    @property
+    def capped(self) -> bool:
+        """The run's iterations, not its run_time, ended the schedule (so its worker may
+        stop before run_time)."""
+        return self._cut or self._quota == 0
 
     @property
     def next_ns(self) -> int:
@@ -144,16 +179,21 @@ class Arrivals:
         # past this block: count the rest without computing each
         if self._rng is None:
             k_lim = self._first_at(limit_ns)
-            n += k_lim - self._k
+            n += k_lim - int(self._k)
             self._k = k_lim
             self._done = k_lim >= self._total
         else:
-            end = min(limit_ns, self.end_ns)
-            if end > self._k:
-                mean = (end - self._k) / self._gap_ns
+            x_end = self._count_at(min(limit_ns, self.end_ns))
+            if x_end > self._k:
+                mean = (x_end - self._k) / self._step
                 # past numpy's range the count is its mean, give or take a millionth
-                n += int(self._rng.poisson(mean)) if mean < 1e15 else round(mean)
-                self._k = end
+                more = int(self._rng.poisson(mean)) if mean < 1e15 else round(mean)
+                if self._quota >= 0:
+                    more = min(more, self._quota)
+                    self._quota -= more
+                    self._done = self._done or self._quota == 0
+                n += more
+                self._k = x_end
             if limit_ns >= self.end_ns:
                 self._done = True
         self.refill()
@@ -168,13 +208,14 @@ class Arrivals:
         nxt = self.times[self.i]
         if nxt > now_ns:  # END too
             return 0
-        return 1 + int((min(now_ns, self.end_ns) - nxt) / self._gap_ns)
+        return 1 + int((self._count_at(min(now_ns, self.end_ns)) - self._count_at(nxt))
+                       / self._step)
 
     def _first_at(self, limit_ns: int) -> int:
         """Uniform: the first of this worker's arrivals (from the next to compute) intended
         at or after ``limit_ns``: from the rate, then exactly."""
-        k = self._k
-        g = (limit_ns - self._t0_ns) / 1e9 * self._rate / self._unit
+        k = int(self._k)
+        g = self._count_at(limit_ns)
         k_lim = max(k, min(self._total, math.ceil((g - self._worker) / self._step)))
         while k_lim > k and self._time(k_lim - 1) >= limit_ns:
             k_lim -= 1
@@ -210,7 +251,23 @@ class OpenScheduler(ClientScheduler):
         self._max_lag_ns = round(max_schedule_lag * 1e9)
         self._made = pre_allocated  # clients made or being made (``start`` makes these)
         self._waiting = 0  # clients sleeping until their next call's intended start
+        # called once every arrival of the schedule has ended (iterations: before run_time)
+        self.on_done: Callable[[], None] | None = None
         delta.op(self._name).schedule()
+
+    async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
+        try:
+            await super()._client_main(windows)
+        finally:
+            self.check_done()
+
+    def check_done(self) -> None:
+        """``on_done`` once the schedule is over, ended by the iterations, and no client
+        is in a call."""
+        if self.on_done is not None and not self.running and not self._stopping and \
+                self._arrivals.next_ns >= END and self._arrivals.capped:
+            done, self.on_done = self.on_done, None
+            done()
 
     def start_pool(self, pre_allocated: int) -> None:
         """Make the pre-allocated clients now (before T0, so their calls start on time)."""

@@ -40,6 +40,27 @@ def load_client_class(path: Path, class_name: str = "") -> type[ClientProtocol]:
     With ``class_name`` empty the file must define exactly one subclass.
     Import errors propagate with their own traceback.
     """
+    return _pick(path, _subclasses(path), class_name)
+
+
+def load_client_classes(path: Path, class_names: list[str]) -> list[type[ClientProtocol]]:
+    """``load_client_class`` for each of several names (a weighted mix), imported once;
+    their rows' names (``name``, or the class name) must differ."""
+    found = _subclasses(path)
+    classes = [_pick(path, found, name) for name in class_names]
+    rows: dict[str, str] = {}
+    for cls in classes:
+        row = cls.name or cls.__name__
+        if row in rows:
+            raise ClientLoadError(
+                f"{path}: benchmark_class: {rows[row]} and {cls.__name__} both count their "
+                f"calls as {row!r} (their `name`); give each its own")
+        rows[row] = cls.__name__
+    return classes
+
+
+def _subclasses(path: Path) -> list[type[ClientProtocol]]:
+    """Import ``path`` as a module: the ClientProtocol subclasses it defines."""
     module_name = path.stem if path.stem.isidentifier() else "benchmark_client"
     if module_name in sys.modules:  # never replace a loaded module (a client named json.py)
         module_name = f"benchmark_client_{module_name}"
@@ -54,6 +75,11 @@ def load_client_class(path: Path, class_name: str = "") -> type[ClientProtocol]:
         if inspect.isclass(obj) and issubclass(obj, ClientProtocol) and obj is not ClientProtocol
         and obj.__module__ == module_name
     ]
+    return found
+
+
+def _pick(path: Path, found: list[type[ClientProtocol]],
+          class_name: str) -> type[ClientProtocol]:
     if class_name:
         for cls in found:
             if cls.__name__ == class_name:

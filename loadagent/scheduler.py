@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from loadagent.early_failure import EarlyFailure
-from protocol.calls import current_op
+from protocol.calls import current_op, current_totals
 from protocol.client import ClientProtocol
 from protocol.histogram import SUB_BUCKET_BITS, Histogram
 from protocol.stats import OpStats, Totals, error_key
@@ -52,6 +54,46 @@ class GraceReport:
     cancelled: int = 0  # still running when the grace ran out, or at an abort
 
 
+class Budget:
+    """A worker's share of the run's ``iterations``, over every class it runs: a call is
+    claimed before it starts; once none is left and the last claimed one has ended,
+    ``on_done`` is called (once)."""
+
+    __slots__ = ("_on_done", "busy", "left")
+
+    def __init__(self, share: int, on_done: Callable[[], None]) -> None:
+        self.left = share
+        self.busy = 0  # claimed calls not ended yet
+        self._on_done: Callable[[], None] | None = on_done
+
+    def claim(self) -> bool:
+        if self.left <= 0:
+            self.check()
+            return False
+        self.left -= 1
+        self.busy += 1
+        return True
+
+    def release(self) -> None:
+        self.busy -= 1
+        self.check()
+
+    def check(self) -> None:
+        if self.left <= 0 and self.busy <= 0 and self._on_done is not None:
+            done, self._on_done = self._on_done, None
+            done()
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Between a closed-model client's calls: a wait drawn from [low, high] (constant when
+    equal), or ``pacing`` seconds from one call's start to the next's."""
+
+    low: float = 0.0
+    high: float = 0.0
+    pacing: float = 0.0
+
+
 class ClientScheduler:
     def __init__(
         self,
@@ -60,10 +102,20 @@ class ClientScheduler:
         wait_time: float,
         delta: Totals,
         early: EarlyFailure | None = None,
+        *,
+        pause: Pause | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._cls = cls
         self._host = host
         self._wait = wait_time
+        self._pause = pause if pause is not None and (
+            pause.pacing or pause.high > pause.low) else None
+        self._budget = budget
+        self._t0_loop = 0.0
+        # a call loop with more to do between calls than a constant wait: a wait form,
+        # stages (a client's windows), iterations
+        self._shaped = self._pause is not None or budget is not None
         self._delta = delta
         self._name = cls.name or cls.__name__
         self._early = early or EarlyFailure(0)
@@ -84,10 +136,14 @@ class ClientScheduler:
         self.last_call_end_ns = 0
         self.grace = GraceReport()
 
-    def start(self, t0_loop: float, offsets: Sequence[float]) -> None:
-        """Start one client at each loop time ``t0_loop + offset`` (offsets ascending)."""
+    def start(self, t0_loop: float, offsets: Sequence[float],
+              windows: Sequence[Sequence[tuple[float, float]]] = ()) -> None:
+        """Start one client at each loop time ``t0_loop + offset`` (offsets ascending);
+        with ``windows`` (stages), client i runs in windows[i] only (seconds after T0,
+        [start, end) each; its offset is its first window's start)."""
         loop = asyncio.get_running_loop()
-        self._hatcher = loop.create_task(self._hatch(t0_loop, offsets))
+        self._t0_loop = t0_loop
+        self._hatcher = loop.create_task(self._hatch(t0_loop, offsets, windows))
         self._tick()
 
     def _tick(self) -> None:
@@ -100,10 +156,11 @@ class ClientScheduler:
             self._ticker.cancel()
             self._ticker = None
 
-    async def _hatch(self, t0_loop: float, offsets: Sequence[float]) -> None:
+    async def _hatch(self, t0_loop: float, offsets: Sequence[float],
+                     windows: Sequence[Sequence[tuple[float, float]]]) -> None:
         loop = asyncio.get_running_loop()
         batch = 0
-        for offset in offsets:
+        for i, offset in enumerate(offsets):
             delay = t0_loop + offset - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -113,12 +170,12 @@ class ClientScheduler:
                 batch = 0
             if self._stopping:
                 return
-            task = loop.create_task(self._client_main())
+            task = loop.create_task(self._client_main(windows[i] if windows else ()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             batch += 1
 
-    async def _client_main(self) -> None:
+    async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
         early = self._early
         try:
             client = self._cls()
@@ -137,9 +194,13 @@ class ClientScheduler:
         # this task's own context: what the built-in HTTP client counts (statuses, bytes)
         # from here on lands under this client's name; init_before_use's requests do not
         current_op.set(self._delta.op(self._name))
+        current_totals.set(self._delta)
         self.running += 1
         try:
-            await self._call_loop(client)
+            if self._shaped or windows:
+                await self._shaped_loop(client, windows)
+            else:
+                await self._call_loop(client)
         finally:
             self.running -= 1
 
@@ -252,6 +313,98 @@ class ClientScheduler:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
 
+    async def _shaped_loop(self, client: ClientProtocol,
+                           windows: Sequence[tuple[float, float]]) -> None:
+        """The call loop of a client with a wait form, stage windows or a share of the
+        run's iterations: counted as ``_call_loop`` counts, with what comes between two
+        calls decided after each (a wait or pacing, a pause until the client's next
+        window, the end of its windows or of the iterations)."""
+        execute = client.execute
+        st = self._delta.op(self._name)
+        clock = time.perf_counter_ns
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        budget = self._budget
+        spans = iter(windows)
+        end = next(spans)[1] if windows else math.inf  # (hatched at the first's start)
+        t0_loop = self._t0_loop
+        n = 0
+        ended = 0
+        try:
+            while True:
+                if budget is not None and not budget.claim():
+                    return
+                began = clock()
+                ended = await self._timed_call(execute, st, began)
+                if budget is not None:
+                    budget.release()
+                if self._stopping:  # this call was in flight at the stop
+                    self.grace.finished += 1
+                    return
+                delay = max(self._delay(ended - began), 0.0)
+                n += 1
+                # when the next call would start, in seconds after T0: past this window's
+                # end, it waits for the first window with room for it, not running
+                at = loop.time() - t0_loop + delay
+                if at < end:
+                    if delay > 0 or n & (YIELD_EVERY - 1) == 0:
+                        await self._idle_sleep(task, delay)
+                    continue
+                while at >= end:
+                    span = next(spans, None)
+                    if span is None:
+                        return
+                    start, end = span
+                    at = max(at, start)
+                self.running -= 1
+                try:
+                    await self._idle_sleep(task, t0_loop + at - loop.time())
+                finally:
+                    self.running += 1
+        finally:
+            if ended > self.last_call_end_ns:
+                self.last_call_end_ns = ended
+
+    async def _timed_call(self, execute: Callable[[], Awaitable[bool | None]], st: OpStats,
+                          began: int) -> int:
+        """One call that began at ``began``, counted into ``st``; when it ended (the shaped
+        loop's: ``_call_loop`` inlines the same, as the hot path)."""
+        try:
+            r = await execute()
+        except asyncio.CancelledError:
+            self._on_call_cancelled(st)
+            raise
+        except Exception as e:
+            ended = time.perf_counter_ns()
+            self._on_call_error(st, e)
+            return ended
+        ended = time.perf_counter_ns()
+        if r is False:
+            self._on_call_false(st)
+        else:
+            st.record_ok(ended - began)
+        if self._early.armed:
+            self._early.disarm()
+        return ended
+
+    def _delay(self, took_ns: int) -> float:
+        """Seconds from the end of a call that took ``took_ns`` to the next one's start."""
+        pause = self._pause
+        if pause is None:
+            return self._wait
+        if pause.pacing:
+            return pause.pacing - took_ns / 1e9
+        return random.uniform(pause.low, pause.high)
+
+    async def _idle_sleep(self, task: asyncio.Task[None], seconds: float) -> None:
+        """Sleep outside a call: a stop cancels it at once."""
+        self._idle.add(task)
+        try:
+            await asyncio.sleep(max(seconds, 0.0))
+        finally:
+            self._idle.discard(task)
+
     async def stop(self, grace: float) -> None:
         """No new calls; running calls get ``grace`` seconds, then are cancelled."""
         self._stopping = True
@@ -298,3 +451,38 @@ class ClientScheduler:
             await client.shutdown()
         except Exception as e:
             self._delta.add_error(error_key(f"{self._name}.shutdown", e))
+
+
+class SchedulerGroup:
+    """A worker's schedulers, one per class it runs (a weighted mix runs several), as one."""
+
+    def __init__(self, parts: Sequence[ClientScheduler]) -> None:
+        self.parts = list(parts)
+
+    @property
+    def running(self) -> int:
+        return sum(p.running for p in self.parts)
+
+    @property
+    def started(self) -> int:
+        return sum(p.started for p in self.parts)
+
+    @property
+    def last_call_end_ns(self) -> int:
+        return max((p.last_call_end_ns for p in self.parts), default=0)
+
+    @property
+    def grace(self) -> GraceReport:
+        return GraceReport(seconds=max((p.grace.seconds for p in self.parts), default=0.0),
+                           finished=sum(p.grace.finished for p in self.parts),
+                           cancelled=sum(p.grace.cancelled for p in self.parts))
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(p.stop(grace) for p in self.parts))
+
+    def abort(self, reason: str) -> None:
+        for p in self.parts:
+            p.abort(reason)
+
+    async def shutdown_clients(self, timeout: float) -> None:
+        await asyncio.gather(*(p.shutdown_clients(timeout) for p in self.parts))

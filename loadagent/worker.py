@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import select
 import signal
@@ -27,14 +28,24 @@ from loadagent.client_file import (
     describe_failure,
     inside,
     load_client_class,
+    load_client_classes,
     run_global_init,
 )
 from loadagent.early_failure import EarlyFailure
-from loadagent.scheduler import ClientScheduler, GraceReport
+from loadagent.scheduler import Budget, ClientScheduler, GraceReport, Pause, SchedulerGroup
+from protocol.calls import call_names
 from protocol.client import ClientProtocol
 from protocol.exitcodes import AgentExitCode
 from protocol.fdlimit import descriptor_shortfall, raise_open_files_limit
-from protocol.plan import arrival_workers, client_offsets, clients_of
+from protocol.plan import (
+    RateProfile,
+    arrival_workers,
+    class_counts,
+    class_sequence,
+    client_offsets,
+    client_windows,
+    clients_of,
+)
 from protocol.security import curve_of
 from protocol.stats import Totals
 from protocol.wire.channel import stats_pub
@@ -136,7 +147,7 @@ class Worker:
         self._aborted = AbortLatch()
         self._stopped_at = 0.0  # wall clock of the stop (run_time, STOP, ABORT); 0: none
         self._early = EarlyFailure(self._clients)
-        self._sched: ClientScheduler | None = None
+        self._sched: SchedulerGroup | None = None
         self._delta = Totals()
         self._cumulative = Totals()
         self._seq = 0
@@ -214,8 +225,8 @@ class Worker:
         # SIGTERM on a worker (systemd signals the whole group) is a STOP, as on the agent
         loop.add_signal_handler(signal.SIGTERM, self._request_stop)
         try:
-            cls = await self._prepare()
-            if cls is None:
+            classes = await self._prepare()
+            if classes is None:
                 return
             ctx = zmq.Context()
             pub = stats_pub(ctx, self._wj.stats_endpoint, curve_of(self._wj.curve))
@@ -223,7 +234,7 @@ class Worker:
                 self._send(WorkerReady(worker=self._wj.worker, notes=self._notes()))
                 t0 = await self._hello_until_start(pub)
                 if t0 is not None:
-                    await self._run_load(cls, pub, t0)
+                    await self._run_load(classes, pub, t0)
                 self._publish(pub)
                 self._send(self._final(t0))
             finally:
@@ -234,22 +245,26 @@ class Worker:
                 loop.remove_reader(self._conn.fileno())
             self._conn.close()
 
-    async def _prepare(self) -> type[ClientProtocol] | None:
+    async def _prepare(self) -> list[type[ClientProtocol]] | None:
         """Import the client and run global_init; on failure report JOB_FAILED."""
         job = self._job
         try:
             os.chdir(self._wj.run_dir)
             sys.path.insert(0, self._wj.run_dir)
-            cls = load_client_class(inside(Path(self._wj.run_dir), job.class_file),
-                                    job.class_name)
-            await run_global_init(cls, job.custom_conf)
+            path = inside(Path(self._wj.run_dir), job.class_file)
+            classes = load_client_classes(path, job.classes) if job.classes else [
+                load_client_class(path, job.class_name)]
+            # a named step may not count under a class's name (it would leave the totals)
+            call_names.update(cls.name or cls.__name__ for cls in classes)
+            for cls in dict.fromkeys(classes):
+                await run_global_init(cls, job.custom_conf)
         except BaseException as e:  # SystemExit from user code is a failure too
             if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):
                 raise
             text = describe_failure(e, self._wj.run_dir)
             self._send(JobFailed(worker=self._wj.worker, error=text[-ERROR_TEXT_MAX:]))
             return None
-        return cls
+        return classes
 
     def _notes(self) -> list[str]:
         """What the user must know before the load starts."""
@@ -286,7 +301,7 @@ class Worker:
             await asyncio.wait([self._start], timeout=HELLO_EVERY)
         return None if self._start.cancelled() else self._start.result()
 
-    async def _run_load(self, cls: type[ClientProtocol], pub: zmq.Socket[bytes],
+    async def _run_load(self, classes: list[type[ClientProtocol]], pub: zmq.Socket[bytes],
                         t0: float) -> None:
         """Run clients from wall time ``t0`` until run_time, STOP or ABORT."""
         assert self._done is not None
@@ -297,7 +312,7 @@ class Worker:
         self._t0_perf_ns = time.perf_counter_ns() + int((t0 - now) * 1e9)
         self._start_lag = max(0.0, now - t0)
         self._cpu_mark = time.process_time()  # the first delta's CPU is the load's, not start-up's
-        sched = self._sched = self._scheduler(cls, loop_t0)
+        sched = self._sched = self._scheduler(classes, loop_t0)
         if self._aborted.reason is not None:
             sched.abort(self._aborted.reason)
         stop_timer = loop.call_at(loop_t0 + job.run_time, self._run_time_reached, t0)
@@ -315,28 +330,105 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
 
-    def _scheduler(self, cls: type[ClientProtocol], loop_t0: float) -> ClientScheduler:
-        """The clients' scheduler, started: the closed model's (``users``), or the open
-        model's (``arrival_rate``) when this worker has a share of the pool."""
+    def _scheduler(self, classes: list[type[ClientProtocol]],
+                   loop_t0: float) -> SchedulerGroup:
+        """The clients' schedulers, started, one per class: the closed model's
+        (``users``), or the open model's (``arrival_rate``)."""
+        job = self._job
+        weights = job.weights or [1]
+        budget = None
+        if job.iterations:
+            # over the workers that run clients (w < users), exactly
+            takers = min(job.total_workers, job.users)
+            budget = Budget(clients_of(self._wj.worker, takers, job.iterations)
+                            if self._wj.worker < takers else 0, self._request_stop)
+        if job.arrival_rate:
+            pools = class_counts(job.users, weights)
+            # (split on its own, a class could get more of them than of the pool)
+            pres = [min(pre, pool) for pre, pool in
+                    zip(class_counts(job.pre_allocated_users, weights), pools, strict=True)]
+            its = class_counts(job.iterations, weights)
+            parts = [s for c, cls in enumerate(classes)
+                     if (s := self._open_scheduler(cls, c, weights[c] / sum(weights),
+                                                   pools[c], pres[c], its[c])) is not None]
+            if job.iterations:
+                self._when_all_done(parts)
+            return SchedulerGroup(parts)
+        closed = self._closed_schedulers(classes, weights, loop_t0, budget)
+        if budget is not None:
+            budget.check()  # a share of 0 (no client here, or fewer iterations than workers)
+        return SchedulerGroup(closed)
+
+    def _open_scheduler(self, cls: type[ClientProtocol], c: int, share: float, pool: int,
+                        pre_allocated: int, iterations: int) -> OpenScheduler | None:
+        """Class ``c``'s part of the open model's schedule on this worker: ``share`` of
+        the rate, and a pool (the whole run's without a mix); None when it has no client.
+        With iterations, its part of them caps its arrivals."""
         job, w = self._job, self._wj.worker
-        if job.arrival_rate and self._clients:
-            arrivals = Arrivals(
-                t0_ns=self._t0_perf_ns, run_time=job.run_time, rate=job.arrival_rate,
-                time_unit=job.time_unit, worker=w,
-                workers=arrival_workers(job.total_workers, job.users),
-                poisson=job.arrivals == "poisson", seed=f"{job.run_id}:{w}")
-            pre = clients_of(w, job.total_workers, job.pre_allocated_users)
-            open_sched = OpenScheduler(cls, job.host, self._delta, self._early, arrivals,
-                                       self._clients, pre, job.max_schedule_lag)
-            open_sched.start_pool(pre)
-            return open_sched
-        sched = ClientScheduler(cls, job.host, job.wait_time, self._delta, self._early)
-        offsets = [] if job.arrival_rate else client_offsets(w, job.total_workers, job.users,
-                                                             job.hatch_rate)
-        sched.start(loop_t0, offsets)
+        clients = clients_of(w, job.total_workers, pool)
+        if not clients or (job.iterations and not iterations):
+            return None
+        profile = RateProfile(job.arrival_rate * share, job.time_unit,
+                              [(d, t * share) for d, t in job.stages])
+        arrivals = Arrivals(
+            t0_ns=self._t0_perf_ns, run_time=job.run_time, rate=job.arrival_rate * share,
+            time_unit=job.time_unit, worker=w,
+            workers=arrival_workers(job.total_workers, pool),
+            poisson=job.arrivals == "poisson",
+            seed=f"{job.run_id}:{w}" + (f":{c}" if c else ""), profile=profile,
+            iterations=iterations)
+        pre = clients_of(w, job.total_workers, pre_allocated)
+        sched = OpenScheduler(cls, job.host, self._delta, self._early, arrivals, clients,
+                              pre, job.max_schedule_lag)
+        sched.start_pool(pre)
         return sched
 
-    async def _shutdown_clients(self, sched: ClientScheduler) -> None:
+    def _when_all_done(self, parts: list[OpenScheduler]) -> None:
+        """Stop once every part's schedule has ended (iterations: before run_time)."""
+        left = [len(parts)]
+
+        def one_done() -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._request_stop()
+
+        if not parts:
+            asyncio.get_running_loop().call_soon(self._request_stop)
+        for part in parts:
+            part.on_done = one_done
+            part.check_done()
+
+    def _closed_schedulers(self, classes: list[type[ClientProtocol]], weights: list[int],
+                           loop_t0: float, budget: Budget | None) -> list[ClientScheduler]:
+        """This worker's clients k (k = worker, worker + W, ...) by class: started at
+        ``k / hatch_rate``, or in their stage windows."""
+        job, w = self._job, self._wj.worker
+        ks = range(w, job.users, job.total_workers)
+        if job.stages:
+            windows = client_windows(w, job.total_workers, [(d, t) for d, t in job.stages])
+            # (a client whose every window is empty, a target reached for no time, never
+            # starts)
+            offsets = [spans[0][0] if spans else math.inf for spans in windows]
+        else:
+            windows = []
+            offsets = client_offsets(w, job.total_workers, job.users, job.hatch_rate)
+        of_class = class_sequence(job.users, weights) if len(classes) > 1 else None
+        pause = Pause(job.wait_time, max(job.wait_max, job.wait_time), job.pacing)
+        out = []
+        for c, cls in enumerate(classes):
+            mine = [i for i, k in enumerate(ks)
+                    if (of_class is None or of_class[k] == c) and offsets[i] != math.inf]
+            if not mine and len(classes) > 1:
+                continue
+            sched = ClientScheduler(cls, job.host, job.wait_time, self._delta, self._early,
+                                    pause=pause, budget=budget)
+            order = sorted(mine, key=offsets.__getitem__)
+            sched.start(loop_t0, [offsets[i] for i in order],
+                        [windows[i] for i in order] if windows else ())
+            out.append(sched)
+        return out
+
+    async def _shutdown_clients(self, sched: SchedulerGroup) -> None:
         """shutdown() every client; an ABORT cuts it short, so the totals still go out."""
         if self._aborted.reason is not None:
             await sched.shutdown_clients(SHUTDOWN_TIMEOUT_ON_ABORT)

@@ -48,6 +48,13 @@ def _fail(code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _internal() -> typer.Exit:
+    """Exit 1 for a bug of ours, its traceback shown (inside ``except``)."""
+    print(traceback.format_exc(), file=sys.stderr, end="")
+    return _fail(ExitCode.INTERNAL, "internal error (the traceback above is ours: please "
+                                    "report it)")
+
+
 def parse_bind(text: str) -> tuple[str, int]:
     """HOST, HOST:PORT, [V6]:PORT or :PORT; port 0 takes any free one."""
     try:
@@ -189,9 +196,22 @@ def run_config(conf: Path, overrides: dict[str, Any], opts: RunOptions,
     except RunFailed as e:
         raise _fail(e.code, str(e)) from None
     except Exception:
-        print(traceback.format_exc(), file=sys.stderr, end="")
-        raise _fail(ExitCode.INTERNAL, "internal error (the traceback above is ours: "
-                                       "please report it)") from None
+        raise _internal() from None
+
+
+def run_once_config(conf: Path, overrides: dict[str, Any]) -> int:
+    """--once (loadmaster/once.py): 0 when the call succeeded, 3 when the client failed."""
+    from loadmaster.once import ClientFailed, run_once
+
+    try:
+        run_once(conf, overrides, sys.stdout, sys.stderr)
+    except ValueError as e:  # ConfigError, BundleError: each names the file and key
+        raise _fail(ExitCode.USAGE, str(e)) from None
+    except ClientFailed as e:
+        raise _fail(ExitCode.CLIENT_FAILED, str(e)) from None
+    except Exception:
+        raise _internal() from None
+    return ExitCode.OK
 
 
 @app.command()
@@ -263,6 +283,10 @@ def run(
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Allow a --bind address other than loopback without keys.")]
     = False,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Debug the client: one client, one call, in this process (a "
+                       "breakpoint() works); print what it returned, the last responses or "
+                       "the traceback. No agents, no load, no reports.")] = False,
 ) -> None:
     """Run a load test described by a YAML config."""
     overrides: dict[str, Any] = {}
@@ -273,6 +297,8 @@ def run(
             overrides[key] = value
     if worker is not None:
         overrides["worker"] = int(worker) if worker.isdigit() else worker
+    if once:
+        raise typer.Exit(run_once_config(file, overrides))
     try:
         bind_host, bind_port = parse_bind(bind)
         if cpu_list:

@@ -22,6 +22,7 @@ errors from a command-line override name the option: "--users 0: <what is accept
 
 from __future__ import annotations
 
+import ast
 import difflib
 import io
 import os
@@ -37,6 +38,7 @@ import yaml
 
 from loadmaster import config_values as values
 from loadmaster.config_values import parse_duration
+from protocol.plan import class_counts
 from protocol.wire.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 from protocol.wire.messages import MAX_ARRIVAL_RATE
 
@@ -115,10 +117,22 @@ class Config:
                            "`stop_grace`")
     benchmark_class_file: Path = _key(values.non_empty_str,
                                       "the client file (shipped to agents with the job)")
-    benchmark_class: str = _key(values.string, "which `ClientProtocol` subclass to run",
-                                default="", shown="the one subclass")
-    wait_time: float = _key(values.parse_duration, "sleep after each call (a duration)",
-                            default=0.0, shown="`0`")
+    benchmark_class: str | dict[str, int] = _key(
+        values.benchmark_classes, "which `ClientProtocol` subclass to run, or several by "
+        "weight: `{Browse: 3, Buy: 1}` (clients split by weight, exactly, over every worker; "
+        "see [Load shapes](#load-shapes))", default="", shown="the one subclass")
+    wait_time: values.WaitTime = _key(
+        values.wait_time, "between a client's calls: a duration slept after each, `[min, "
+        "max]` (drawn uniformly), `{pacing: S}` (start to start) or `{throughput: N}` "
+        "(calls a second per client)", default=values.WaitTime(), shown="`0`")
+    stages: list[values.Stage] = _key(
+        values.stages, "the load's shape: `{duration, users}` or `{duration, arrival_rate}` "
+        "each, ramped linearly from the last (from 0); sets `run_time` and `users` (or "
+        "`arrival_rate`)", default=[], shown="none")
+    iterations: int | None = _key(values.iteration_count,
+                                  "end the run after this many calls in all (shared exactly "
+                                  "over every worker), or at `run_time` if sooner",
+                                  default=None, shown="none")
     worker: int | None = _key(values.worker_count,
                               "worker processes per agent; `auto` = the agent's `--workers`, "
                               "its core count", default=None, shown="`auto`")
@@ -177,8 +191,13 @@ def resolved_keys(cfg: Config) -> dict[str, Any]:
             value = str(value)
         elif f.name == "worker" and value is None:
             value = "auto"
-        elif isinstance(value, list):
-            value = list(value)
+        elif isinstance(value, values.WaitTime):
+            value = value.shown
+        elif f.name == "stages":
+            kind = "users" if cfg.arrival_rate is None else "arrival_rate"
+            value = [{"duration": s.duration, kind: s.target} for s in value]
+        elif isinstance(value, list | dict):
+            value = type(value)(value)
         out[f.name] = value
     return out
 
@@ -350,7 +369,7 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
     switched = _switched_model(raw, given)
     merged = {**{k: v for k, v in raw.items() if k not in switched}, **given}
     for key in REQUIRED:
-        if merged.get(key) is None:
+        if merged.get(key) is None and not (key == "run_time" and "stages" in merged):
             raise ConfigError(f"{path}: key {key!r} is missing; it is required"
                               f"{_missing_hint(key, raw)}")
     values: dict[str, Any] = {}
@@ -364,7 +383,9 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
             if key in given:
                 raise ConfigError(f"{_option(key)} {_shown(value)}: {e}") from None
             raise ConfigError(f"{path}: key {key!r}: {e} (got {_short(value)})") from None
+    _shape(path, given, values)
     _model(path, raw, given, values)
+    _mix(path, values)
     if not values.get("hatch_rate"):
         values["hatch_rate"] = float(values["users"])
     class_file = Path(values["benchmark_class_file"])
@@ -374,6 +395,7 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
         raise ConfigError(f"{path}: key 'benchmark_class_file': {values['benchmark_class_file']!r} "
                           f"is not a file (relative paths start at {cwd})")
     values["benchmark_class_file"] = class_file
+    _check_classes(path, class_file, values.get("benchmark_class", ""))
     warnings = []
     if "://" not in values["host"]:
         about = (f"{_option('host')} {_shown(merged['host'])}: no scheme" if "host" in given
@@ -428,9 +450,7 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
     """Check the keys of the closed model (``users``) against the open (``arrival_rate``),
     and fill in the open model's pool: ``users`` becomes ``max_users``."""
     def at(key: str) -> str:
-        if key in given:
-            return f"{_option(key)} {_shown(given[key])}"
-        return f"{path}: key {key!r}"
+        return _at(path, given, key)
 
     if values.get("arrival_rate") is None:
         if "users" not in values:
@@ -442,7 +462,7 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
                                   f"users (the closed model) it means nothing")
         return
     for key in CLOSED_ONLY:
-        if key in values and not (key == "wait_time" and values[key] == 0):  # 0: no wait
+        if key in values and not (key == "wait_time" and values[key].none):  # 0: no wait
             raise ConfigError(
                 f"{at(key)}: not with arrival_rate: in the open model calls start on the "
                 f"schedule, whatever the server does, and max_users and pre_allocated_users "
@@ -459,6 +479,100 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
     values["max_users"] = most
     values["pre_allocated_users"] = min(DEFAULT_PRE_ALLOCATED, most) if pre is None else pre
     values["users"] = most
+
+
+def _check_classes(path: Path, class_file: Path, chosen: str | dict[str, int]) -> None:
+    """Each class ``benchmark_class`` names is defined in the client file, by its source
+    (the master does not import the file: agents do). A file that does not parse, or
+    that makes classes in a way its source does not show, is left to the agents."""
+    names = list(chosen) if isinstance(chosen, dict) else [chosen] if chosen else []
+    if not names:
+        return
+    try:
+        tree = ast.parse(class_file.read_bytes(), str(class_file))
+    except (SyntaxError, ValueError, OSError):
+        return
+    defined: list[str] = []  # classes, in the order they come
+    bound: set[str] = set()  # and every other name bound (``Buy = type(...)``, imports)
+    body = list(tree.body)
+    while body:  # module level, inside blocks too (not in functions or classes)
+        node = body.pop(0)
+        if isinstance(node, ast.ClassDef):
+            defined.append(node.name)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        else:
+            if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.For |
+                          ast.AsyncFor | ast.With | ast.AsyncWith | ast.NamedExpr):
+                bound.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+            for part in ("body", "orelse", "finalbody", "handlers", "cases"):
+                body.extend(getattr(node, part, []))
+    if not defined or all(n in defined or n in bound for n in names):
+        return
+    missing = next(n for n in names if n not in defined)
+    raise ConfigError(f"{path}: key 'benchmark_class': {missing!r} is not a class of "
+                      f"{class_file.name} (it defines {', '.join(defined)})")
+
+
+def _at(path: Path, given: dict[str, Any], key: str) -> str:
+    """Where a value came from, for an error: its command-line option, or the file's key."""
+    if key in given:
+        return f"{_option(key)} {_shown(given[key])}"
+    return f"{path}: key {key!r}"
+
+
+def _shape(path: Path, given: dict[str, Any], values: dict[str, Any]) -> None:
+    """With ``stages``: run_time and users (or arrival_rate) derived from them, and an error
+    for each given too."""
+    def at(key: str) -> str:
+        return _at(path, given, key)
+
+    if "stages" not in values:
+        return
+    kind, stages = values["stages"]
+    derived = ("run_time", "users", "hatch_rate") if kind == "users" else (
+        "run_time", "arrival_rate")
+    for key in derived:
+        if key in values:
+            raise ConfigError(f"{at(key)}: not with stages, which set the load's shape: "
+                              f"run_time is their durations' sum and {kind} their largest "
+                              f"target (remove it, or stages)")
+    if kind == "users" and "arrival_rate" in values:
+        raise ConfigError(f"{at('arrival_rate')}: not with stages of users (the closed "
+                          f"model); stages of arrival_rate give the open model its shape")
+    if kind == "arrival_rate" and "users" in values:
+        raise ConfigError(f"{at('users')}: not with stages of arrival_rate (the open model): "
+                          f"max_users sizes its client pool")
+    values["stages"] = stages
+    values["run_time"] = sum(s.duration for s in stages)
+    top = max(s.target for s in stages)
+    if kind == "users":
+        values["users"] = int(top)
+        values["hatch_rate"] = float(top)  # (not used: the stages start the clients)
+        return
+    if top / values.get("time_unit", 1.0) > MAX_ARRIVAL_RATE:
+        i = next(i for i, s in enumerate(stages) if s.target == top)
+        raise ConfigError(f"{path}: key 'stages': stages[{i}].arrival_rate: over "
+                          f"{MAX_ARRIVAL_RATE:,.0f} calls a second (with time_unit); no "
+                          f"generator starts that many")
+    values["arrival_rate"] = float(top)
+
+
+def _mix(path: Path, values: dict[str, Any]) -> None:
+    """Every class of a weighted mix gets at least one client (of ``users``, or the open
+    model's ``max_users``)."""
+    mix = values.get("benchmark_class")
+    if not isinstance(mix, dict) or len(mix) < 2:
+        return
+    clients = values["users"]
+    for name, n in zip(mix, class_counts(clients, list(mix.values())), strict=True):
+        if not n:
+            pool = "max_users" if values.get("arrival_rate") is not None else "users"
+            raise ConfigError(f"{path}: key 'benchmark_class': {name} gets no client of the "
+                              f"{clients} ({pool}) split by weight; raise {pool} or its "
+                              f"weight")
 
 
 def _missing_hint(key: str, raw: dict[str, Any]) -> str:

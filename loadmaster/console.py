@@ -61,6 +61,7 @@ class LiveView:
     # the open model: its schedule, and the same seconds' figures; None: the closed model
     schedule: ScheduleView | None = None
     recent_open: RecentOpen | None = None
+    stage: str = ""  # with stages: the target now, and what was achieved
 
 
 @dataclass
@@ -215,6 +216,8 @@ def _open_section(view: FinalView) -> list[str]:
              f"  {'name':<24} {'late':>8} {'dropped':>8} {'p99':>10} {'service p99':>12} "
              f"{'lag p99':>10}"]
     for name, st in sorted(view.totals.ops.items()):
+        if st.step:  # timed from its own start: a part of a call, not on the schedule
+            continue
         sched = st.sched
         service = None if sched is None else sched.service.percentile(0.99)
         lag = None if sched is None else sched.lag.percentile(0.99)
@@ -251,6 +254,8 @@ def format_live(view: LiveView) -> str:
     rate = (f"current rps (last {view.rate_window} s)" if view.rate_window
             else "current rps")
     lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}")]
+    if view.stage:
+        lines.append(_field("stage target", view.stage))
     if view.rate_window and view.recent[0] is not None:
         p50, p90, p99 = (_ms(p) for p in view.recent)
         lines.append(_field(f"p50/p90/p99 (last {view.rate_window} s)",
@@ -296,7 +301,8 @@ def format_final(view: FinalView) -> str:
         lines.append(f"  {'name':<24} {'success':>10} {'fail':>8} {'avg':>10} {'p90':>10} "
                      f"{'p99':>10}")
         for name, st in sorted(view.totals.ops.items()):
-            lines.append(f"  {name[:24]:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
+            label = f"{name[:17]} (step)" if st.step else name[:24]
+            lines.append(f"  {label:<24} {st.ok:>10} {st.fail:>8} {_ms(st.mean_ns):>10} "
                          f"{_ms(st.percentile(0.9)):>10} {_ms(st.percentile(0.99)):>10}")
     lines += _open_section(view)
     lines += _http_section(view.totals)

@@ -145,8 +145,9 @@ def _history_rows(doc: Mapping[str, Any], named: Sequence[OpStats],
     flat = {name: flatten_series(series["names"][name]["hist"]) for name in names}
     per_second = {name: np.column_stack(second_quantiles(b, n, PERCENTILES))
                   for name, b in flat.items()}
-    merged_per_second = np.column_stack(second_quantiles(merge_flat(flat.values()), n,
-                                                         PERCENTILES))
+    calls = [name for name in names if not series["names"][name].get("step")]  # (not steps)
+    merged_per_second = np.column_stack(second_quantiles(
+        merge_flat(flat[name] for name in calls), n, PERCENTILES))
     rows = []
     for k in range(n):
         ts, clients = int(t0) + k + 1, series["clients"][k]
@@ -154,7 +155,8 @@ def _history_rows(doc: Mapping[str, Any], named: Sequence[OpStats],
         for name in names:
             s = series["names"][name]
             counts = dense_counts(s["hist"][k], low, high)
-            merged += counts
+            if not s.get("step"):
+                merged += counts
             rows.append(running[name].row(ts, clients, name, counts, s["ok"][k], s["fail"][k],
                                           content.get(name, "0.00"), per_second[name][k]))
         rows.append(merged_running.row(ts, clients, AGGREGATED, merged, series["ok"][k],

@@ -206,7 +206,7 @@ def _chart_data(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             _line("clients", BLUE, series["clients"])]))
     names = series["names"]
     flat = {name: flatten_series(s["hist"]) for name, s in names.items()}
-    merged = merge_flat(flat.values())
+    merged = merge_flat(b for name, b in flat.items() if not names[name].get("step"))
     ms: list[list[float | None]] = []
     if merged[0].size:
         ms = [_ms_list(a) for a in second_quantiles(merged, n, [q for _, q in CHART_QUANTILES])]
@@ -264,7 +264,8 @@ def _open_chart(names: Mapping[str, Any], n: int,
     lines = [_line("response time p99", BAD, p99, 3)]
     for key, label, color in (("service_hist", "service time p99", BLUE),
                               ("lag_hist", "schedule lag p99", WARN)):
-        hists = [s[key] for s in names.values() if s.get(key) is not None]
+        hists = [s[key] for s in names.values() if s.get(key) is not None
+                 and not s.get("step")]
         if not hists:
             return None
         (values,) = second_quantiles(merge_flat(map(flatten_series, hists)), n, (0.99,))

@@ -42,15 +42,21 @@ def plan_workers(agents: Sequence[AgentRecord], worker: int | None) -> int:
 def job_frames(run_id: str, cfg: Config, bundle: Bundle, agent: AgentRecord,
                total: int) -> list[bytes]:
     """The encoded JOB of ``agent`` (JobTooLarge when over the message limit)."""
+    mix = cfg.benchmark_class if isinstance(cfg.benchmark_class, dict) else {}
+    wait = cfg.wait_time
     try:
         return encode(Job(
             run_id=run_id, host=cfg.host, class_file=bundle.class_file,
-            class_name=cfg.benchmark_class, custom_conf=cfg.custom, users=cfg.users,
-            hatch_rate=cfg.hatch_rate, run_time=cfg.run_time, wait_time=cfg.wait_time,
-            stop_grace=cfg.stop_grace, total_workers=total, worker_ids=agent.worker_ids,
-            bundle=bundle.files, arrival_rate=cfg.arrival_rate or 0.0, time_unit=cfg.time_unit,
+            class_name="" if mix else str(cfg.benchmark_class), custom_conf=cfg.custom,
+            users=cfg.users, hatch_rate=cfg.hatch_rate, run_time=cfg.run_time,
+            wait_time=wait.low, stop_grace=cfg.stop_grace, total_workers=total,
+            worker_ids=agent.worker_ids, bundle=bundle.files,
+            arrival_rate=cfg.arrival_rate or 0.0, time_unit=cfg.time_unit,
             arrivals=cfg.arrivals, pre_allocated_users=cfg.pre_allocated_users,
-            max_schedule_lag=cfg.max_schedule_lag))
+            max_schedule_lag=cfg.max_schedule_lag, wait_max=wait.high, pacing=wait.pacing,
+            iterations=cfg.iterations or 0,
+            stages=[[s.duration, float(s.target)] for s in cfg.stages],
+            classes=list(mix), weights=list(mix.values())))
     except MessageTooLarge as e:
         raise JobTooLarge(agent, e.size, bundle) from None
 

@@ -124,6 +124,7 @@ def _op(st: OpStats, run_time: float) -> dict[str, Any]:
     out["statuses"] = {str(code): n for code, n in sorted(st.statuses.items())}
     out["bytes_sent"], out["bytes_received"] = st.sent, st.received
     out["open"] = None if st.sched is None else _open(st, st.sched)
+    out["step"] = st.step
     return out
 
 
@@ -159,6 +160,7 @@ def _name_series(at: Sequence[NameSecond], open_model: bool) -> dict[str, Any]:
         "fail": [x.fail for x in at],
         "hist": [_encoded(x.hist) for x in at],
         "late": None, "dropped": None, "service_hist": None, "lag_hist": None,
+        "step": any(x.step for x in at),
     }
     if open_model:  # a second without a success has no service time nor lag: empty
         out["late"], out["dropped"] = [x.late for x in at], [x.dropped for x in at]

@@ -275,6 +275,7 @@ def _op(name: str, st: Mapping[str, Any]) -> OpStats:
     out.hist = _dense(st["hist"])
     out.statuses = {int(code): n for code, n in st["statuses"].items()}
     out.sent, out.received = st["bytes_sent"], st["bytes_received"]
+    out.step = st.get("step", False)
     figures = st.get("open")
     if figures is not None:
         sched = out.schedule()

@@ -433,6 +433,9 @@ class Run(RunViews):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, min(wake, 0.5)))
         incomplete = aborted or time.time() >= deadline
+        if cfg.iterations and not self._stopping and not incomplete:
+            self._printer.message(f"every worker made its share of the {cfg.iterations} "
+                                  f"iterations: the run ended before run_time")
         if self.opts.outputs.wanted and not incomplete:
             await self._wait(self._series_complete, SERIES_WAIT, interruptible=False)
         return self._finish(incomplete)

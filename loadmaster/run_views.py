@@ -33,6 +33,7 @@ from loadmaster.dashboard import Dashboard, DashboardError, Feed
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
 from protocol.exitcodes import ExitCode
+from protocol.plan import stage_users
 from protocol.wire.channel import is_loopback
 
 __all__ = ["LIVE_DELAY", "RunViews", "schedule_view"]
@@ -54,6 +55,8 @@ def schedule_view(cfg: Config) -> ScheduleView | None:
         text = f"{rate:g}/s"
     else:
         text = f"{rate:g} per {cfg.time_unit:g} s ({rate / cfg.time_unit:.4g}/s)"
+    if cfg.stages:  # (the rate is the stages' largest)
+        text = f"stages, up to {text}"
     return ScheduleView(rate=rate / cfg.time_unit, arrivals=cfg.arrivals, text=text)
 
 
@@ -140,7 +143,9 @@ class RunViews:
                 started=(merged.ok + merged.fail) / window, late=merged.late,
                 dropped=merged.dropped, service=p50_p90_p99(merged.service),
                 lag=p50_p90_p99(merged.lag))
-        return LiveView(run_time=float(covered), users=self.agg.clients(),
+        users = self.agg.clients()
+        return LiveView(run_time=float(covered), users=users,
+                        stage=self._stage_line(covered, users, recent_open),
                         schedule=schedule, recent_open=recent_open,
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
                         agents=lines, missed_deltas=self.agg.missed_deltas,
@@ -148,6 +153,19 @@ class RunViews:
                         behind=0 if self._stopping else int(elapsed) - covered,
                         recent=p50_p90_p99(recent))
 
+
+    def _stage_line(self, covered: int, users: int, recent: RecentOpen | None) -> str:
+        """With stages: the target at the end of the last complete second, and what was
+        achieved then (clients running; or calls started a second over the rate window)."""
+        stages = [(s.duration, float(s.target)) for s in self.cfg.stages]
+        if not stages:
+            return ""
+        target = stage_users(stages, float(covered))
+        if self.cfg.arrival_rate is None:
+            return f"{math.ceil(target - 1e-9)} users, {users} running"
+        rate = target / self.cfg.time_unit
+        started = "-" if recent is None else f"{recent.started:.1f}/s"
+        return f"{rate:.1f} calls/s, {started} started"
 
     # -- the dashboard ------------------------------------------------------------------
     async def _start_dashboard(self) -> None:

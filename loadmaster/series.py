@@ -38,6 +38,7 @@ class NameSecond:
     dropped: int = 0
     service: DenseHistogram | Histogram | None = None
     lag: DenseHistogram | Histogram | None = None
+    step: bool = False  # a named step's: out of the second's figures over every name
 
     def get(self, kind: int) -> DenseHistogram | Histogram:
         """Histogram ``kind`` (MAIN, SERVICE, LAG), made when the open model's first come."""
@@ -121,6 +122,9 @@ class Series:
                 ns = s.names[name] = NameSecond()
             ns.ok += st.ok
             ns.fail += st.fail
+            if st.step:  # its calls are counted under their own name
+                ns.step = True
+                continue
             if st.sched is not None:
                 ns.late += st.sched.late
                 ns.dropped += st.sched.dropped
@@ -174,12 +178,12 @@ class Series:
 
     @staticmethod
     def merged(seconds: Iterable[Second], name: str | None = None) -> Merged:
-        """One name's (or every name's) figures over ``seconds``; in the open model with
-        the service time and schedule lag."""
+        """One name's (or every name's but named steps') figures over ``seconds``; in the
+        open model with the service time and schedule lag."""
         out = Merged(0, 0, DenseHistogram(full=True))
         for s in seconds:
             for n, ns in s.names.items():
-                if name is None or n == name:
+                if n == name or (name is None and not ns.step):
                     out.ok += ns.ok
                     out.fail += ns.fail
                     out.hist.merge(ns.hist)

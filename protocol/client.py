@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from protocol.calls import MAX_STEP_NAME, Step, call_names
+
 __all__ = [
     "ClientProtocol",
 ]
@@ -26,6 +28,17 @@ class ClientProtocol:
       ``init_before_use`` returned.
 
     ``name`` labels the calls in the statistics; it defaults to the class name.
+
+    Named steps: ``async with self.step("login"): ...`` inside ``execute()`` times that
+    block into a row of its own, named ``login``, beside the call's row (in the
+    dashboard, the final block, the result file and the reports; the totals over all
+    names leave it out: its time is already in its call's). A step that ends normally
+    is a success of its row; one that raises is a failure of its row, with the error
+    under its name, and the exception goes on (so the call fails too, unless ``execute``
+    catches it). Steps nest, each its own row. Outside a worker's call
+    (``init_before_use``, ``shutdown``, a test) a step is not counted. A run may have at
+    most 1,000 names in all (the master drops a delta over that): name steps from a fixed
+    set, never from data such as a URL or an id.
     """
 
     name: ClassVar[str | None] = None
@@ -45,3 +58,23 @@ class ClientProtocol:
 
     async def shutdown(self) -> None:
         return None
+
+    def step(self, name: str) -> Step:
+        """A named step: ``async with self.step("login"):`` (or ``with``) times the block
+        into the row ``name`` (see the class docstring).
+
+        ``name``: a printable, non-blank string of at most ``MAX_STEP_NAME`` characters,
+        not the client's own ``name`` (that row is the whole call's). TypeError or
+        ValueError otherwise, here, not when the block runs."""
+        if type(name) is not str:
+            if not isinstance(name, str):
+                raise TypeError(f"step name must be a str, got {type(name).__name__}: "
+                                f"{name!r:.60}")
+            name = str(name)  # a StrEnum member, say: the row is named by its value
+        if not name or len(name) > MAX_STEP_NAME or name.isspace() or not name.isprintable():
+            raise ValueError(f"step name must be 1-{MAX_STEP_NAME} printable characters, "
+                             f"not blank: got {name!r:.60}")
+        if name == (type(self).name or type(self).__name__) or name in call_names:
+            raise ValueError(f"step name {name!r} is a client class's name: its row is the "
+                             f"whole call's; name the step otherwise")
+        return Step(name)

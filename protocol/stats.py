@@ -99,7 +99,7 @@ class OpStats:
     """Totals of one operation name. The hot path updates the fields directly."""
 
     __slots__ = ("fail", "hist", "max_ns", "min_ns", "name", "ok", "received", "sched",
-                 "sent", "statuses", "sum_ns")
+                 "sent", "statuses", "step", "sum_ns")
 
     def __init__(self, name: str, dense: bool = False, full: bool = False) -> None:
         self.name = name
@@ -114,6 +114,9 @@ class OpStats:
         self.sent = 0  # bytes of requests (built-in client)
         self.received = 0  # bytes of responses (built-in client)
         self.sched: Schedule | None = None  # the open model's figures; None in the closed
+        # a named step's row (``ClientProtocol.step``): a part of calls counted under
+        # another name, so left out of the totals over every name
+        self.step = False
 
     def schedule(self) -> Schedule:
         """The open model's figures, made on first use."""
@@ -160,6 +163,8 @@ class OpStats:
                 statuses[code] = statuses.get(code, 0) + n
         self.sent += other.sent
         self.received += other.received
+        if other.step:
+            self.step = True
         theirs = other.sched
         if theirs is not None:  # (inlined: the master merges thousands a second)
             mine = self.sched
@@ -206,17 +211,17 @@ class OpStats:
         statuses = [[code, n] for code, n in self.statuses.items()]
         sched = [] if self.sched is None else self.sched.to_wire()
         return [self.name, self.ok, self.fail, self.sum_ns, mn, self.max_ns, indexes, counts,
-                statuses, self.sent, self.received, sched]
+                statuses, self.sent, self.received, sched, self.step]
 
     @classmethod
     def parse(cls, obj: Any) -> tuple[OpStats, list[tuple[Any, Any]]]:
         """Check every wire field but the histograms: the operation, without its
         histograms until ``attach``, and each histogram's two raw byte strings (MAIN,
         then in the open model SERVICE and LAG)."""
-        if not isinstance(obj, list) or len(obj) != 12:
-            raise StatsFormatError("operation stats: expected an array of 12")
+        if not isinstance(obj, list) or len(obj) != 13:
+            raise StatsFormatError("operation stats: expected an array of 13")
         (name, ok, fail, sum_ns, mn, mx, indexes, counts, statuses, sent, received,
-         sched) = obj
+         sched, step) = obj
         if not isinstance(name, str) or not name:
             raise StatsFormatError("operation stats: name must be a non-empty string")
         numbers = (ok, fail, sum_ns, mn, mx, sent, received)
@@ -232,6 +237,9 @@ class OpStats:
         st.hist = Histogram()  # empty until attach
         st.statuses = {} if statuses == [] else _statuses_from_wire(name, statuses)
         st.sched = None
+        if type(step) is not bool:
+            raise StatsFormatError(f"operation stats {name!r}: step must be true or false")
+        st.step = step
         pairs = [(indexes, counts)]
         if sched != []:
             if not (isinstance(sched, list) and len(sched) == 6 and type(sched[0]) is int
@@ -355,10 +363,12 @@ class Totals:
         self._distinct.clear()
 
     def combined(self) -> OpStats:
-        """Every operation merged into one, for the headline figures."""
+        """Every operation but named steps merged into one, for the headline figures (a
+        step's calls are already counted under their call's name)."""
         out = OpStats("total", self.dense, self.full)
         for st in self.ops.values():
-            out.merge(st)
+            if not st.step:
+                out.merge(st)
         return out
 
     @property
@@ -368,11 +378,13 @@ class Totals:
 
     @property
     def ok(self) -> int:
-        return sum(st.ok for st in self.ops.values())
+        """Successful calls, every name but named steps."""
+        return sum(st.ok for st in self.ops.values() if not st.step)
 
     @property
     def fail(self) -> int:
-        return sum(st.fail for st in self.ops.values())
+        """Failed calls, every name but named steps."""
+        return sum(st.fail for st in self.ops.values() if not st.step)
 
     def is_empty(self) -> bool:
         return not self.errors and all(st.ok == 0 and st.fail == 0 and st.dropped == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,13 @@ def target(tag: str) -> Iterator[Target]:
     t = Target(tag)
     yield t
     t.stop()
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """A folder with the client file and data file the seed's config names (the config
+    tests')."""
+    (tmp_path / "client.py").write_text("class C: pass\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data2.json").write_text("{}")
+    return tmp_path

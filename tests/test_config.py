@@ -28,14 +28,6 @@ test_data_file: ./data/data2.json
 """
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    (tmp_path / "client.py").write_text("class C: pass\n")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "data2.json").write_text("{}")
-    return tmp_path
-
-
 def write(base: Path, text: str, name: str = "conf.yml") -> Path:
     path = base / name
     path.write_text(text)
@@ -66,7 +58,7 @@ def test_seed_config_loads(base: Path) -> None:
     assert cfg.worker == 2
     assert cfg.benchmark_class_file == base / "client.py"
     assert cfg.benchmark_class_file.is_file()
-    assert cfg.wait_time == 0.5
+    assert (cfg.wait_time.low, cfg.wait_time.high, cfg.wait_time.pacing) == (0.5, 0.5, 0)
     assert cfg.enable_dash is False
     assert cfg.custom == {"test_data_file": "./data/data2.json"}
     assert not set(cfg.custom) & SYSTEM_KEYS
@@ -132,7 +124,7 @@ def test_bad_durations_are_rejected(value: Any) -> None:
 ])
 def test_run_time_in_yaml(base: Path, text: str, seconds: float) -> None:
     assert load(base, with_key("run_time", text)).run_time == pytest.approx(seconds)
-    assert load(base, with_key("wait_time", text)).wait_time == pytest.approx(seconds)
+    assert load(base, with_key("wait_time", text)).wait_time.low == pytest.approx(seconds)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -676,7 +668,7 @@ def test_the_command_line_picks_the_model_over_the_file(base: Path) -> None:
     assert load(base, OPEN, {"arrival_rate": 50}).arrival_rate == 50.0
     # --arrival-rate on a closed-model file: the open model, the file's users ignored
     cfg = load(base, SEED, {"arrival_rate": 50})
-    assert cfg.arrival_rate == 50.0 and cfg.users == 1000 and cfg.wait_time == 0
+    assert cfg.arrival_rate == 50.0 and cfg.users == 1000 and cfg.wait_time.none
     assert any("--arrival-rate: the open model; the file's hatch_rate, users, wait_time "
                "ignored" in w for w in cfg.warnings)
     # --users on an open-model file: the closed model

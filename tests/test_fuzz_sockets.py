@@ -232,7 +232,7 @@ def op_wire(name: str = "POST", ok: int = 0, fail: int = 0, wide: bool = False) 
     """One operation's wire fields; its ``ok`` calls all in one bucket."""
     indexes, counts = (u16([300]), (u64 if wide else u32)([ok])) if ok else (b"", b"")
     return [name, ok, fail, 300 * ok, 300 if ok else 0, 300 if ok else 0, indexes, counts,
-            [], 0, 0, []]
+            [], 0, 0, [], False]
 
 
 def totals_of(*ops: list[Any]) -> Totals:

@@ -506,7 +506,8 @@ def test_totals_wire_round_trip() -> None:
 
 
 def good_op() -> list[Any]:
-    return ["op", 2, 0, 30, 10, 20, u16([10, 20]), u32([1, 1]), [[200, 2]], 100, 2000, []]
+    return ["op", 2, 0, 30, 10, 20, u16([10, 20]), u32([1, 1]), [[200, 2]], 100, 2000, [],
+            False]
 
 
 def with_field(i: int, value: Any) -> list[Any]:
@@ -536,6 +537,7 @@ BAD_OPS: dict[str, Any] = {
     "status not a pair": with_field(8, [[200]]),
     "status code out of range": with_field(8, [[42, 2]]),
     "status count zero": with_field(8, [[200, 0]]),
+    "step not a bool": with_field(12, 1),
     "status listed twice": with_field(8, [[200, 1], [200, 1]]),
     "too many status codes": with_field(8, [[100 + i, 1] for i in range(MAX_STATUS_CODES)]
                                         + [[100, 1]]),

@@ -50,7 +50,7 @@ __all__ = [
 
 
 MAGIC = b"LT"
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 HEADER = struct.Struct("!2sBB")
 REFUSED_TYPE = 0
 

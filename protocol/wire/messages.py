@@ -17,8 +17,10 @@ __all__ = [
     "ARRIVALS",
     "HEARTBEAT",
     "MAX_ARRIVAL_RATE",
+    "MAX_CLASSES",
     "MAX_NOTES",
     "MAX_SECOND",
+    "MAX_STAGES",
     "MISSED_BEATS",
     "RUN_ID_LEN",
     "TOKEN_ENV",
@@ -61,6 +63,8 @@ MAX_NOTES = 20  # notes in a READY: warnings a person reads before the load star
 MAX_SECOND = 10_000_000  # the largest second of a run a delta may cover: 115 days
 ARRIVALS = ("uniform", "poisson")  # the open model's arrival processes
 MAX_ARRIVAL_RATE = 1e9  # calls a second over the whole run, at most
+MAX_STAGES = 1000  # a run's stages, at most
+MAX_CLASSES = 100  # classes in a weighted mix, at most
 
 
 def _nonneg(cls: str, **values: float) -> None:
@@ -152,6 +156,18 @@ class Job(Message):
     arrivals: str = "uniform"
     pre_allocated_users: int = 0
     max_schedule_lag: float = 10.0
+    # between a closed-model client's calls: a wait drawn from [wait_time, wait_max] (a
+    # constant one when wait_max <= wait_time), or ``pacing`` seconds start to start
+    wait_max: float = 0.0
+    pacing: float = 0.0
+    # the run ends after this many calls in all (0: at run_time only)
+    iterations: int = 0
+    # [duration, target] each: the closed model's clients (``users`` is the largest), or
+    # the open model's arrival rate (``arrival_rate`` is the largest); empty: constant
+    stages: list[list[float]] = field(default_factory=list)
+    # several classes by weight (class_name is then empty)
+    classes: list[str] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.run_id) != RUN_ID_LEN or self.run_id.strip("0123456789abcdef"):
@@ -173,6 +189,17 @@ class Job(Message):
             raise WireError("Job.pre_allocated_users must not exceed users")
         if self.total_workers < 1 or any(not 0 <= w < self.total_workers for w in self.worker_ids):
             raise WireError("Job.worker_ids must lie in [0, total_workers)")
+        _nonneg("Job", wait_max=self.wait_max, pacing=self.pacing, iterations=self.iterations)
+        if len(self.stages) > MAX_STAGES or any(
+                len(st) != 2 or not (st[0] >= 0 and st[1] >= 0) for st in self.stages):
+            raise WireError(f"Job.stages: at most {MAX_STAGES} of [duration >= 0, target >= 0]")
+        if self.stages and max(st[1] for st in self.stages) != (
+                self.arrival_rate or self.users):
+            raise WireError("Job.stages: the largest target must be users (arrival_rate)")
+        if len(self.classes) != len(self.weights) or len(self.classes) > MAX_CLASSES or any(
+                w < 1 for w in self.weights) or (self.classes and self.class_name):
+            raise WireError(f"Job.classes: at most {MAX_CLASSES}, each with a weight >= 1, "
+                            f"and no class_name then")
 
 
 def _check_notes(cls: str, notes: list[str]) -> None:
