@@ -38,6 +38,7 @@ import yaml
 
 from loadmaster import config_values as values
 from loadmaster.config_values import parse_duration
+from loadmaster.thresholds import Rule, parse_thresholds
 from protocol.plan import class_counts
 from protocol.wire.limits import CONFIG_FILE_MAX, CUSTOM_CONF_MAX, format_size
 from protocol.wire.messages import MAX_ARRIVAL_RATE
@@ -129,6 +130,11 @@ class Config:
         values.stages, "the load's shape: `{duration, users}` or `{duration, arrival_rate}` "
         "each, ramped linearly from the last (from 0); sets `run_time` and `users` (or "
         "`arrival_rate`)", default=[], shown="none")
+    thresholds: list[Rule] = _key(
+        lambda v: parse_thresholds(v, values.parse_duration),
+        "rules the run is judged by, exit 6 if one fails: `\"p99 < 250ms\"`, `\"fail_ratio < "
+        "1%\"`, or `{rule, name, over: 30s}` (see [Thresholds](#thresholds))", default=[],
+        shown="none")
     iterations: int | None = _key(values.iteration_count,
                                   "end the run after this many calls in all (shared exactly "
                                   "over every worker), or at `run_time` if sooner",
@@ -193,6 +199,8 @@ def resolved_keys(cfg: Config) -> dict[str, Any]:
             value = "auto"
         elif isinstance(value, values.WaitTime):
             value = value.shown
+        elif f.name == "thresholds":
+            value = [{"rule": r.text, "name": r.name, "over": r.over} for r in value]
         elif f.name == "stages":
             kind = "users" if cfg.arrival_rate is None else "arrival_rate"
             value = [{"duration": s.duration, kind: s.target} for s in value]
@@ -396,6 +404,7 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
                           f"is not a file (relative paths start at {cwd})")
     values["benchmark_class_file"] = class_file
     _check_classes(path, class_file, values.get("benchmark_class", ""))
+    _check_rules(path, class_file, values)
     warnings = []
     if "://" not in values["host"]:
         about = (f"{_option('host')} {_shown(merged['host'])}: no scheme" if "host" in given
@@ -514,6 +523,41 @@ def _check_classes(path: Path, class_file: Path, chosen: str | dict[str, int]) -
     missing = next(n for n in names if n not in defined)
     raise ConfigError(f"{path}: key 'benchmark_class': {missing!r} is not a class of "
                       f"{class_file.name} (it defines {', '.join(defined)})")
+
+
+def _check_rules(path: Path, class_file: Path, values: dict[str, Any]) -> None:
+    """A threshold's window fits in the run, and its name is one the client file can
+    count under (a class's name, its ``name = "..."``, or a ``.step("...")``'s), as its
+    source shows (a file that does not parse is left to the run)."""
+    rules: list[Rule] = values.get("thresholds", [])
+    for i, rule in enumerate(rules):
+        if rule.over is not None and rule.over > values["run_time"]:
+            raise ConfigError(f"{path}: key 'thresholds': thresholds[{i}] {rule.text!r}: "
+                              f"over {rule.over:g}s is longer than the run "
+                              f"({values['run_time']:g}s)")
+    named = [(i, r) for i, r in enumerate(rules) if r.name is not None]
+    if not named:
+        return
+    try:
+        tree = ast.parse(class_file.read_bytes(), str(class_file))
+    except (SyntaxError, ValueError, OSError):
+        return
+    known = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "name" for t in n.targets) and \
+                isinstance(n.value, ast.Constant) and isinstance(n.value.value, str):
+            known.add(n.value.value)
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
+                n.func.attr == "step" and n.args and isinstance(n.args[0], ast.Constant) \
+                and isinstance(n.args[0].value, str):
+            known.add(n.args[0].value)
+    for i, rule in named:
+        if rule.name not in known:
+            raise ConfigError(f"{path}: key 'thresholds': thresholds[{i}] {rule.text!r}: "
+                              f"name {rule.name!r} is not a name {class_file.name} counts "
+                              f"calls under (its classes and steps: "
+                              f"{', '.join(sorted(known)) or 'none'})")
 
 
 def _at(path: Path, given: dict[str, Any], key: str) -> str:

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
@@ -21,6 +21,9 @@ from rich.text import Text
 from protocol.histogram import DenseHistogram, Histogram
 from protocol.stats import LATE_AFTER_NS, OpStats, Totals
 from protocol.wire.limits import format_size
+
+if TYPE_CHECKING:
+    from loadmaster.thresholds import Verdict
 
 RULE = "=" * 40
 LABEL_WIDTH = 30
@@ -62,6 +65,7 @@ class LiveView:
     schedule: ScheduleView | None = None
     recent_open: RecentOpen | None = None
     stage: str = ""  # with stages: the target now, and what was achieved
+    thresholds: str = ""  # the rules judged live, in a line
 
 
 @dataclass
@@ -105,6 +109,7 @@ class FinalView:
     users_planned: int | None = None  # shown beside users when they differ
     grace: GraceView | None = None
     schedule: ScheduleView | None = None  # the open model's; None: the closed model
+    thresholds: Sequence[Verdict] = ()  # the rules' verdicts (``thresholds:``)
 
 
 def _field(label: str, value: object) -> str:
@@ -256,6 +261,8 @@ def format_live(view: LiveView) -> str:
     lines = [RULE, *head, _field(rate, f"{view.current_rps:.2f}")]
     if view.stage:
         lines.append(_field("stage target", view.stage))
+    if view.thresholds:
+        lines.append(_field("thresholds", view.thresholds))
     if view.rate_window and view.recent[0] is not None:
         p50, p90, p99 = (_ms(p) for p in view.recent)
         lines.append(_field(f"p50/p90/p99 (last {view.rate_window} s)",
@@ -341,7 +348,22 @@ def format_final(view: FinalView) -> str:
             " (the totals above come from final totals and are exact)"
         lines.append(f"live deltas lost on the stats channel: {view.missed_deltas}{exact}")
     lines.extend(view.notes)
+    lines += _thresholds_section(view.thresholds)
     return "\n".join(lines)
+
+
+def _thresholds_section(verdicts: Sequence[Verdict]) -> list[str]:
+    """The pass/fail table of ``thresholds:``; nothing without rules."""
+    if not verdicts:
+        return []
+    failed = sum(not v.passed for v in verdicts)
+    lines = [f"thresholds: {len(verdicts) - failed} passed, {failed} failed"
+             + (" (exit 6)" if failed else ""),
+             f"  {'':<6} {'rule':<32} {'name':<16} measured"]
+    for v in verdicts:
+        lines.append(f"  {'pass' if v.passed else 'FAIL':<6} {v.rule.shown()[:32]:<32} "
+                     f"{(v.rule.name or 'all')[:16]:<16} {v.measured()}")
+    return lines
 
 
 

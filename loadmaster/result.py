@@ -263,6 +263,10 @@ def build_result(cfg: Config, mask: Iterable[str], ending: Ending, *,
         "stop_grace": None,
         "missed_deltas": 0 if view is None else view.missed_deltas,
         "notes": [] if view is None else [mask_text(n) for n in view.notes],
+        "thresholds": [] if view is None else [
+            {"rule": v.rule.text, "name": v.rule.name, "over_s": v.rule.over,
+             "passed": v.passed, "value": v.value, "where": v.where or None}
+            for v in view.thresholds],
         "series": _series(series, last, [a.name for a in agents],
                           cfg.arrival_rate is not None),
     }

@@ -52,7 +52,8 @@ from loadmaster.report import RunEnd, final_report
 from loadmaster.result import Ending, build_result
 from loadmaster.run_options import RunFailed, RunOptions
 from loadmaster.run_views import LIVE_DELAY, RunViews, schedule_view
-from protocol.exitcodes import ExitCode, for_signal
+from loadmaster.thresholds import Verdict, judge, judge_live
+from protocol.exitcodes import ExitCode, first, for_signal
 from protocol.plan import clients_of
 from protocol.security import Curve
 from protocol.wire.channel import host_port
@@ -110,6 +111,11 @@ class Run(RunViews):
         self._view: FinalView | None = None  # the final block's, once printed
         self._stopping = ""  # why and how the run is stopping, once it is
         self._dash_stop = False  # the dashboard's Stop button asked for the stop
+        # thresholds judged live: the last second judged, the verdicts then, and the
+        # failed rule with abort_on_fail that stopped the run
+        self._judged = 0
+        self._live_verdicts: list[Verdict | None] = []
+        self._threshold_stop: Verdict | None = None
         self._signalled = asyncio.Event()  # every SIGINT/SIGTERM (to end --dash-keep)
         self._dash = Dashboard(opts.dash, self._on_dash_stop) if opts.dash.enabled else None
         self._feed = Feed(cfg, opts.mask, self.run_id) if self._dash is not None else None
@@ -422,6 +428,10 @@ class Run(RunViews):
                 stop("every client fails", now)
             if now >= stop_at:
                 stop("run_time reached", now)
+            if cfg.thresholds and not self._stopping and \
+                    (failed := self._judge_live(now)) is not None:
+                stop(f"threshold {failed.rule.shown()!r} failed (abort_on_fail): "
+                     f"{failed.measured()}", now)
             if now >= next_print:
                 self._print_live(now)
                 next_print += cfg.print_interval * max(1, int((now - next_print)
@@ -439,6 +449,22 @@ class Run(RunViews):
         if self.opts.outputs.wanted and not incomplete:
             await self._wait(self._series_complete, SERIES_WAIT, interruptible=False)
         return self._finish(incomplete)
+
+    def _judge_live(self, now: float) -> Verdict | None:
+        """Judge the rules once a second more is complete; the first failed one with
+        abort_on_fail past its delay_abort, which stops the run."""
+        covered = self._covered(max(0.0, now - self._t0))
+        if covered <= self._judged:
+            return None
+        self._judged = covered
+        self._live_verdicts = judge_live(self.cfg.thresholds, self.agg.totals,
+                                         self.agg.series, covered)
+        for v in self._live_verdicts:
+            if v is not None and not v.passed and v.rule.abort_on_fail and \
+                    covered >= v.rule.delay_abort:
+                self._threshold_stop = v
+                return v
+        return None
 
     def _series_complete(self) -> bool:
         """Every final's calls are in the live series too (for the result file)."""
@@ -458,6 +484,16 @@ class Run(RunViews):
             stopped=self._dash_stop and self._signal is None,
             client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas,
             implausible=self.agg.implausible, schedule=schedule_view(self.cfg)))
+        if self.cfg.thresholds:
+            view.thresholds = judge(self.cfg.thresholds, view.totals, view.run_time,
+                                    self.agg.series)
+            if self._threshold_stop is not None:
+                v = self._threshold_stop
+                view.notes.append(f"stopped early: threshold {v.rule.shown()!r} of "
+                                  f"{v.rule.name or 'all names'} failed live "
+                                  f"(abort_on_fail): {v.measured()}")
+            if self._threshold_stop is not None or not all(v.passed for v in view.thresholds):
+                code = first({code, ExitCode.THRESHOLD_FAILED})
         self._printer.final(format_final(view))
         self._view = view
         self._code = int(code)

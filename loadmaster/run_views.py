@@ -32,6 +32,7 @@ from loadmaster.coordinator import AgentRecord, Coordinator
 from loadmaster.dashboard import Dashboard, DashboardError, Feed
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
+from loadmaster.thresholds import Verdict
 from protocol.exitcodes import ExitCode
 from protocol.plan import stage_users
 from protocol.wire.channel import is_loopback
@@ -60,6 +61,20 @@ def schedule_view(cfg: Config) -> ScheduleView | None:
     return ScheduleView(rate=rate / cfg.time_unit, arrivals=cfg.arrivals, text=text)
 
 
+def _live_thresholds(verdicts: list[Verdict | None]) -> str:
+    """The rules judged live, in a line: how many pass and fail, the failing ones."""
+    judged = [v for v in verdicts if v is not None]
+    if not verdicts:
+        return ""
+    failing = [v for v in judged if not v.passed]
+    text = f"{len(judged) - len(failing)} passing, {len(failing)} failing"
+    if len(judged) < len(verdicts):
+        text += f", {len(verdicts) - len(judged)} not judged yet"
+    if failing:
+        text += ": " + "; ".join(f"{v.rule.shown()} ({v.measured()})" for v in failing[:3])
+    return text
+
+
 class RunViews:
     # the run's state the views read, set by Run.__init__
     cfg: Config
@@ -73,6 +88,7 @@ class RunViews:
     _agents: list[AgentRecord]
     _t0: float
     _view: FinalView | None
+    _live_verdicts: list[Verdict | None]
     _code: int | None
     _stopping: str
     _phase: str
@@ -146,6 +162,7 @@ class RunViews:
         users = self.agg.clients()
         return LiveView(run_time=float(covered), users=users,
                         stage=self._stage_line(covered, users, recent_open),
+                        thresholds=_live_thresholds(self._live_verdicts),
                         schedule=schedule, recent_open=recent_open,
                         totals=self.agg.totals, current_rps=rate, rate_window=window,
                         agents=lines, missed_deltas=self.agg.missed_deltas,
