@@ -7,8 +7,9 @@ deltas, except for a worker that was lost before it could send its final totals.
 
 The deltas also carry the load generator's own health: the CPU each worker used and
 the worst lag of its event loop, counted while the worker runs clients. A worker is
-saturated once it used over ``SATURATION_CPU`` of a core, or its loop lagged over
-``SATURATION_LAG``, for ``SATURATION_SECONDS`` seconds in a row; from then on its
+saturated once it used over ``max_cpu`` of a core, or its loop lagged over
+``max_loop_lag``, for ``for`` seconds in a row (``generator:``, by default 90%, 20 ms
+and 3 s: ``SATURATION``); from then on its
 figures measure the generator as much as the target. Only live deltas carry these
 figures (final totals do not).
 """
@@ -27,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import zmq.asyncio
 
+from loadmaster.config_values import GeneratorRule
 from loadmaster.series import AgentSecond, Merged, Second, Series
 from protocol.histogram import (
     Counts,
@@ -61,10 +63,11 @@ MAX_NAMES = 1000
 MAX_DELTA_SECONDS = 3600.0
 MAX_CLIENTS = 10_000_000
 GC_YOUNG = 50_000  # see ``few_collections``
-# The saturation rule (one place: a later issue makes these configurable)
-SATURATION_CPU = 0.9  # of one core, per second
-SATURATION_LAG = 0.020  # seconds of event-loop lag
-SATURATION_SECONDS = 3  # in a row
+# The saturation rule's defaults (config: ``generator:``)
+SATURATION = GeneratorRule()
+SATURATION_CPU = SATURATION.max_cpu  # of one core, per second
+SATURATION_LAG = SATURATION.max_loop_lag  # seconds of event-loop lag
+SATURATION_SECONDS = SATURATION.seconds  # in a row
 
 
 @dataclass
@@ -96,6 +99,7 @@ class WorkerLive:
     hot_seconds: int = 0  # seconds in a row over a saturation threshold, up to ``counted``
     hot_from: int = 0  # the first second of that streak
     saturated_from: int = 0  # the first second of the first streak that saturated it; 0: never
+    rule: GeneratorRule = SATURATION  # when it is saturated
 
     def totals(self) -> Totals:
         """Everything its live deltas said, histograms included."""
@@ -144,7 +148,8 @@ class WorkerLive:
         self.cpu_seconds += cpu_seconds
         self.cpu_span += 1
         self.loop_lag = max(self.loop_lag, loop_lag)
-        if cpu_seconds > SATURATION_CPU or loop_lag > SATURATION_LAG:
+        rule = self.rule
+        if cpu_seconds > rule.max_cpu or loop_lag > rule.max_loop_lag:
             if not self.hot_seconds:
                 self.hot_from = second
             self.hot_seconds += 1
@@ -154,14 +159,15 @@ class WorkerLive:
         return skipped
 
     def _saturate(self) -> None:
-        if self.hot_seconds >= SATURATION_SECONDS and not self.saturated_from:
+        if self.hot_seconds >= self.rule.seconds and not self.saturated_from:
             self.saturated_from = self.hot_from
 
 
 class Aggregator:
     def __init__(self, ctx: zmq.asyncio.Context, host: str, run_id: str,
-                 curve: Curve | None = None) -> None:
+                 curve: Curve | None = None, saturation: GeneratorRule = SATURATION) -> None:
         self._ctx = ctx
+        self.saturation = saturation
         self._curve = curve
         self._host = host
         self._topic = run_id.encode("ascii")
@@ -225,7 +231,8 @@ class Aggregator:
 
     def expect(self, agent: str, worker: int) -> None:
         """Declare a planned worker: only planned workers' deltas are counted."""
-        self.workers[(agent, worker)] = WorkerLive(agent, worker, arena=self._arena)
+        self.workers[(agent, worker)] = WorkerLive(agent, worker, arena=self._arena,
+                                                   rule=self.saturation)
 
     def _on_deltas(self, batch: DeltaBatch) -> None:
         """Merge a batch: counters delta by delta, histograms with one vector add for

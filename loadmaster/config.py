@@ -135,6 +135,11 @@ class Config:
         "rules the run is judged by, exit 6 if one fails: `\"p99 < 250ms\"`, `\"fail_ratio < "
         "1%\"`, or `{rule, name, over: 30s}` (see [Thresholds](#thresholds))", default=[],
         shown="none")
+    generator: values.GeneratorRule = _key(
+        values.generator, "when the load generator itself is saturated, flagged (`warn`) or "
+        "exit 7 (`fail`): `{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, on_saturation: warn}`",
+        default=values.GeneratorRule(), shown="`{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, "
+        "on_saturation: warn}`")
     iterations: int | None = _key(values.iteration_count,
                                   "end the run after this many calls in all (shared exactly "
                                   "over every worker), or at `run_time` if sooner",
@@ -199,6 +204,10 @@ def resolved_keys(cfg: Config) -> dict[str, Any]:
             value = "auto"
         elif isinstance(value, values.WaitTime):
             value = value.shown
+        elif isinstance(value, values.GeneratorRule):
+            value = {"max_cpu": value.max_cpu, "max_loop_lag": value.max_loop_lag,
+                     "for": value.seconds,
+                     "on_saturation": "fail" if value.fail else "warn"}
         elif f.name == "thresholds":
             value = [{"rule": r.text, "name": r.name, "over": r.over} for r in value]
         elif f.name == "stages":

@@ -13,12 +13,14 @@ from protocol.wire.messages import MAX_CLASSES, MAX_STAGES
 
 __all__ = [
     "DURATION_FORMS",
+    "GeneratorRule",
     "Stage",
     "WaitTime",
     "arrival_process",
     "benchmark_classes",
     "boolean",
     "duration_seconds",
+    "generator",
     "iteration_count",
     "non_empty_str",
     "non_negative_int",
@@ -304,3 +306,50 @@ def benchmark_classes(value: Any) -> str | dict[str, int]:
             raise ValueError(f"{name}: weight {weight!r}: expected a whole number from 1 to "
                              f"1,000,000 (leave a class out to run none of it)")
     return dict(value)
+
+
+@dataclass(frozen=True)
+class GeneratorRule:
+    """When a worker is saturated: over ``max_cpu`` of a core, or its event loop lagging
+    over ``max_loop_lag`` seconds, for ``seconds`` seconds in a row; ``fail``: a
+    saturated run exits 7 (else it is flagged only)."""
+
+    max_cpu: float = 0.9
+    max_loop_lag: float = 0.020
+    seconds: int = 3
+    fail: bool = False
+
+
+GENERATOR_KEYS = ("max_cpu", "max_loop_lag", "for", "on_saturation")
+
+
+def generator(value: Any) -> GeneratorRule:
+    """``{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, on_saturation: warn|fail}``, each
+    optional."""
+    if isinstance(value, GeneratorRule):
+        return value
+    if not isinstance(value, dict) or set(map(str, value)) - set(GENERATOR_KEYS):
+        raise ValueError("expected {max_cpu: 90%, max_loop_lag: 20ms, for: 3s, "
+                         "on_saturation: warn or fail}, each optional")
+    rule = GeneratorRule()
+    cpu = value.get("max_cpu", rule.max_cpu)
+    if isinstance(cpu, str) and cpu.strip().endswith("%"):
+        try:
+            cpu = float(cpu.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"max_cpu: {cpu!r} is not a percentage") from None
+    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0 < cpu <= 1:
+        raise ValueError(f"max_cpu: expected a share of one core, 1% to 100% (got {cpu!r})")
+    try:
+        lag = positive_duration(value.get("max_loop_lag", rule.max_loop_lag))
+        seconds = positive_duration(value.get("for", rule.seconds))
+    except ValueError as e:
+        raise ValueError(f"max_loop_lag and for: {e}") from None
+    if seconds != int(seconds):
+        raise ValueError(f"for: whole seconds (the deltas come a second apart), got "
+                         f"{seconds:g}s")
+    action = value.get("on_saturation", "warn")
+    if action not in ("warn", "fail"):
+        raise ValueError(f"on_saturation: expected warn (flag it) or fail (exit 7), got "
+                         f"{action!r}")
+    return GeneratorRule(float(cpu), lag, int(seconds), action == "fail")

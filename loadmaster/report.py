@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from loadmaster.aggregator import (
     MAX_NAMES,
-    SATURATION_CPU,
-    SATURATION_LAG,
-    SATURATION_SECONDS,
+    SATURATION,
     WorkerLive,
     generator_figures,
 )
+from loadmaster.config_values import GeneratorRule
 from loadmaster.console import AgentLine, FinalView, GraceView, ScheduleView
 from loadmaster.coordinator import AgentRecord, AgentState
 from protocol.exitcodes import ExitCode, first, for_signal
@@ -45,6 +44,7 @@ class RunEnd:
     missed_deltas: int = 0
     implausible: int = 0  # live deltas the aggregator dropped as impossible
     schedule: ScheduleView | None = None  # the open model's; None: the closed model
+    saturation: GeneratorRule = SATURATION  # when a worker is saturated, and what then
 
 
 def agent_state(agent: AgentRecord) -> str:
@@ -58,16 +58,16 @@ def agent_state(agent: AgentRecord) -> str:
     return "ok"
 
 
-def _saturation_note(agent: str, workers: Sequence[WorkerLive]) -> str:
+def _saturation_note(agent: str, workers: Sequence[WorkerLive], rule: GeneratorRule) -> str:
     """What the user should know of an agent whose saturated ``workers`` are given."""
     named = ", ".join(f"worker {w.worker} from second {w.saturated_from}"
                       for w in workers[:NAMED_WORKERS])
     if len(workers) > NAMED_WORKERS:
         named += f" and {len(workers) - NAMED_WORKERS} more"
-    return (f"note: agent {agent} was saturated (over {SATURATION_CPU:.0%} of a core or loop "
-            f"lag over {1000 * SATURATION_LAG:g} ms for {SATURATION_SECONDS} s in a row: "
+    return (f"note: agent {agent} was saturated (over {rule.max_cpu:.0%} of a core or loop "
+            f"lag over {1000 * rule.max_loop_lag:g} ms for {rule.seconds} s in a row: "
             f"{named}): its figures measure the load generator as much as the target; add "
-            f"workers or agents")
+            f"workers or agents" + (" (on_saturation: fail, exit 7)" if rule.fail else ""))
 
 
 def _generator(line: AgentLine, workers: Sequence[WorkerLive]) -> list[WorkerLive]:
@@ -129,7 +129,7 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         saturated = _generator(line, [rec for w in agent.worker_ids
                                       if (rec := live.get((agent.name, w))) is not None])
         if saturated:
-            saturation.append(_saturation_note(agent.name, saturated))
+            saturation.append(_saturation_note(agent.name, saturated, end.saturation))
     run_time = last_end if last_end > 0 else max(0.0, end.now - end.t0)
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0
@@ -158,4 +158,6 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         codes.add(ExitCode.INTERRUPTED)
     if any(state != "ok" for state in (line.state for line in lines)):
         codes.add(ExitCode.AGENT_LOST)
+    if saturation and end.saturation.fail:
+        codes.add(ExitCode.SATURATED)
     return view, first(codes)

@@ -102,7 +102,8 @@ class Run(RunViews):
         self.coord = Coordinator(self._ctx, opts.bind_host, 0 if embedded else opts.bind_port,
                                  wanted=cfg.agents or 1, token=token, on_change=self._changed.set,
                                  curve=curve)
-        self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id, curve)
+        self.agg = Aggregator(self._ctx, opts.bind_host, self.run_id, curve,
+                              saturation=cfg.generator)
         self._agents: list[AgentRecord] = []
         self._total_workers = 0
         self._crashed: BaseException | None = None
@@ -483,7 +484,8 @@ class Run(RunViews):
             total_workers=self._total_workers, incomplete=incomplete, signal=self._signal,
             stopped=self._dash_stop and self._signal is None,
             client_failure=self._client_failure, missed_deltas=self.agg.missed_deltas,
-            implausible=self.agg.implausible, schedule=schedule_view(self.cfg)))
+            implausible=self.agg.implausible, schedule=schedule_view(self.cfg),
+            saturation=self.cfg.generator))
         if self.cfg.thresholds:
             view.thresholds = judge(self.cfg.thresholds, view.totals, view.run_time,
                                     self.agg.series)

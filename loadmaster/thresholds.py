@@ -8,8 +8,11 @@ A rule is over every name (calls, not named steps) or over one ``name``, over th
 run (judged on the final totals, exact) or, with ``over: 30s``, over every window of
 that many seconds of the per-second series (judged on each; the worst is shown).
 
-The master judges the rules once the final block is built; an undefined figure (a
-latency with no success, a ratio with no call) fails its rule.
+The master judges the rules live, each second (``judge_live``: a rule with
+``abort_on_fail`` that fails then stops the run, once ``delay_abort`` seconds of it have
+passed), and once the final block is built (``judge``: the verdicts and exit 6); at the
+end an undefined figure (a latency with no success, a ratio with no call) fails its
+rule, and a window without the figure is not judged.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class Verdict:
 
 
 def parse_thresholds(value: Any, parse_duration: Any) -> list[Rule]:
-    """``thresholds:``: a list of rules, each a string or ``{rule, name, over}``;
+    """``thresholds:``: a list of rules, each a string or ``{rule, name, over,
+    abort_on_fail, delay_abort}``;
     ValueError naming the rule (``thresholds[1] 'p99 < 250'``) and what is accepted."""
     if not isinstance(value, list) or not value:
         raise ValueError('expected a list of rules such as "p99 < 250ms" or {rule: '
@@ -93,7 +97,8 @@ def parse_thresholds(value: Any, parse_duration: Any) -> list[Rule]:
             unknown = sorted(set(map(str, item)) - set(RULE_KEYS))
             if unknown or "rule" not in item:
                 raise ValueError(f"{where}: expected {{rule: TEXT, name: NAME, over: "
-                                 f"DURATION}} (got the keys {sorted(map(str, item))})")
+                                 f"DURATION, abort_on_fail: BOOL, delay_abort: DURATION}}, "
+                                 f"rule required (got the keys {sorted(map(str, item))})")
             text, name, over = item["rule"], item.get("name"), item.get("over")
             abort, delay = item.get("abort_on_fail", False), item.get("delay_abort", 0)
             if not isinstance(abort, bool):

@@ -22,6 +22,7 @@ from loadmaster.aggregator import (
     Aggregator,
     WorkerLive,
 )
+from loadmaster.config_values import GeneratorRule
 from protocol.histogram import MAX_COUNT, MAX_INDEX, bucket_index
 from protocol.stats import Totals
 from protocol.wire.codec import HEADER, MAGIC, PROTOCOL_VERSION, encode_stats
@@ -188,6 +189,20 @@ def test_two_hot_seconds_then_a_normal_one_do_not_saturate() -> None:
     agg, w = seconds(HOT_CPU, HOT_LAG, COOL, HOT_CPU, HOT_LAG, COOL, HOT_LAG)
     assert w.saturated_from == 0 and not agg.saturated("a")
     assert w.hot_seconds == 1
+
+
+def test_a_configured_rule_judges_by_its_own_figures() -> None:
+    """generator: {max_cpu: 50%, max_loop_lag: 100ms, for: 1s}: one second over half a
+    core saturates; a 35 ms lag does not."""
+    agg = Aggregator(zmq.asyncio.Context.instance(), "127.0.0.1", RUN_ID,
+                     saturation=GeneratorRule(0.5, 0.1, 1, True))
+    agg.expect("a", 0)
+    agg.expect("a", 1)
+    for k, (cpu, lag) in enumerate([HOT_LAG, HOT_LAG, (0.6, 0.0)]):
+        agg.handle(encode_stats(TOPIC, delta(0, k, ok=10, cpu=cpu, lag=lag, clients=3)))
+    agg.handle(encode_stats(TOPIC, delta(1, 0, ok=10, cpu=0.45, lag=0.09, clients=3)))
+    assert agg.workers[("a", 0)].saturated_from == 3
+    assert agg.workers[("a", 1)].saturated_from == 0
 
 
 def test_the_thresholds_themselves_are_not_hot() -> None:

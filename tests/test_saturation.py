@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,12 +37,14 @@ class Sleepy(ClientProtocol):
 '''
 
 
-def run(workdir: Path, tag: str, client: str, wait_time: float) -> Result:
+def run(workdir: Path, tag: str, client: str, wait_time: float, code: int = 0,
+        **keys: Any) -> Result:
     conf = write_job(workdir, {"host": "http://127.0.0.1:1/", "users": 1, "hatch_rate": 10,
-                               "run_time": 5, "worker": 1, "wait_time": wait_time},
+                               "run_time": 5, "worker": 1, "wait_time": wait_time, **keys},
                      client=client, client_path="client.py")
     r = run_master(workdir, conf, tag, timeout=60)
-    assert r.code == 0, (r.stdout, r.stderr)  # saturation does not change the exit code
+    # saturation does not change the exit code, unless generator: {on_saturation: fail}
+    assert r.code == code, (r.stdout, r.stderr)
     return r
 
 
@@ -87,3 +90,27 @@ def test_a_client_that_sleeps_is_not_flagged(tmp_path: Path, tag: str) -> None:
     assert "saturated" not in r.stdout and "SATURATED" not in r.stdout
     live = [line for line in r.stdout.splitlines() if line.startswith("agent local ")]
     assert live and all("cpu " in line and "loop lag " in line for line in live), r.stdout
+
+
+def test_on_saturation_fail_exits_7_and_says_so(tmp_path: Path, tag: str) -> None:
+    r = run(tmp_path, tag, BUSY_CLIENT, 0, code=7,
+            generator={"on_saturation": "fail", "for": "2s"})
+    assert agent_row(r)["generator"] == "SATURATED", r.stdout
+    (note,) = [line for line in r.stdout.splitlines() if line.startswith("note: agent local")]
+    assert "for 2 s in a row" in note and note.endswith("(on_saturation: fail, exit 7)"), note
+
+
+def test_a_looser_rule_does_not_flag_the_same_client(tmp_path: Path, tag: str) -> None:
+    """The spinning client uses about a whole core and lags 70 ms: not over a rule of
+    100% of a core and a lag of a second."""
+    r = run(tmp_path, tag, BUSY_CLIENT, 0,
+            generator={"max_cpu": "100%", "max_loop_lag": "1s", "on_saturation": "fail"})
+    assert agent_row(r)["generator"] == "ok", r.stdout
+    assert "saturated" not in r.stdout
+
+
+def test_a_failed_threshold_wins_over_a_saturated_generator(tmp_path: Path, tag: str) -> None:
+    r = run(tmp_path, tag, BUSY_CLIENT, 0, code=6, thresholds=["p99 < 1ms"],
+            generator={"on_saturation": "fail"})
+    assert agent_row(r)["generator"] == "SATURATED", r.stdout
+    assert "thresholds: 0 passed, 1 failed (exit 6)" in r.stdout

@@ -226,3 +226,30 @@ def test_a_window_with_no_call_is_not_judged(tmp_path: Path, tag: str,
     assert doc["series"]["ok"][-2:] == [0, 0]  # seconds with no call, not judged
     (verdict,) = doc["thresholds"]
     assert verdict["passed"] and verdict["value"] < 1e9
+
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("generator: {max_cpu: 120%}", "max_cpu: expected a share of one core, 1% to 100%"),
+    ("generator: {max_cpu: lots}", "max_cpu: expected a share of one core"),
+    ("generator: {max_loop_lag: -1ms}", "max_loop_lag and for: expected a duration > 0"),
+    ("generator: {for: 1.5s}", "for: whole seconds"),
+    ("generator: {on_saturation: panic}", "on_saturation: expected warn (flag it) or fail"),
+    ("generator: {max_cpus: 90%}", "expected {max_cpu: 90%, max_loop_lag: 20ms"),
+    ("generator: fail", "expected {max_cpu: 90%"),
+])
+def test_a_bad_generator_rule_names_the_key(base: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(base, SEED + text + "\n")
+    assert str(info.value).startswith(f"{base / 'conf.yml'}: key 'generator': {says}"), \
+        str(info.value)
+
+
+def test_a_generator_rule_reads_percentages_durations_and_its_action(base: Path) -> None:
+    cfg = load(base, SEED + "generator: {max_cpu: 75%, max_loop_lag: 50ms, for: 5s, "
+                            "on_saturation: fail}\n")
+    rule = cfg.generator
+    assert (rule.max_cpu, rule.max_loop_lag, rule.seconds, rule.fail) == (0.75, 0.05, 5, True)
+    default = load(base, SEED).generator
+    assert (default.max_cpu, default.max_loop_lag, default.seconds, default.fail) == (
+        0.9, 0.02, 3, False)
