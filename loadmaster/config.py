@@ -412,8 +412,10 @@ def build_config(path: Path, raw: dict[str, Any], cwd: Path, *,
         raise ConfigError(f"{path}: key 'benchmark_class_file': {values['benchmark_class_file']!r} "
                           f"is not a file (relative paths start at {cwd})")
     values["benchmark_class_file"] = class_file
-    _check_classes(path, class_file, values.get("benchmark_class", ""))
-    _check_rules(path, class_file, values)
+    source = _client_source(class_file)  # (one that does not parse is left to the agents)
+    if source is not None:
+        _check_classes(path, class_file.name, source, values.get("benchmark_class", ""))
+    _check_rules(path, class_file.name, source, values)
     warnings = []
     if "://" not in values["host"]:
         about = (f"{_option('host')} {_shown(merged['host'])}: no scheme" if "host" in given
@@ -499,16 +501,21 @@ def _model(path: Path, raw: dict[str, Any], given: dict[str, Any],
     values["users"] = most
 
 
-def _check_classes(path: Path, class_file: Path, chosen: str | dict[str, int]) -> None:
-    """Each class ``benchmark_class`` names is defined in the client file, by its source
-    (the master does not import the file: agents do). A file that does not parse, or
-    that makes classes in a way its source does not show, is left to the agents."""
+def _client_source(class_file: Path) -> ast.Module | None:
+    """The client file's syntax tree (the master never imports it: agents do); None when
+    it cannot be read or does not parse."""
+    try:
+        return ast.parse(class_file.read_bytes(), str(class_file))
+    except (SyntaxError, ValueError, OSError):
+        return None
+
+
+def _check_classes(path: Path, file_name: str, tree: ast.Module,
+                   chosen: str | dict[str, int]) -> None:
+    """Each class ``benchmark_class`` names is defined in the client file, by its source.
+    A file that makes classes in a way its source does not show is left to the agents."""
     names = list(chosen) if isinstance(chosen, dict) else [chosen] if chosen else []
     if not names:
-        return
-    try:
-        tree = ast.parse(class_file.read_bytes(), str(class_file))
-    except (SyntaxError, ValueError, OSError):
         return
     defined: list[str] = []  # classes, in the order they come
     bound: set[str] = set()  # and every other name bound (``Buy = type(...)``, imports)
@@ -527,17 +534,17 @@ def _check_classes(path: Path, class_file: Path, chosen: str | dict[str, int]) -
                 bound.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
             for part in ("body", "orelse", "finalbody", "handlers", "cases"):
                 body.extend(getattr(node, part, []))
-    if not defined or all(n in defined or n in bound for n in names):
-        return
-    missing = next(n for n in names if n not in defined)
-    raise ConfigError(f"{path}: key 'benchmark_class': {missing!r} is not a class of "
-                      f"{class_file.name} (it defines {', '.join(defined)})")
+    missing = [n for n in names if n not in defined and n not in bound]
+    if defined and missing:
+        raise ConfigError(f"{path}: key 'benchmark_class': {missing[0]!r} is not a class of "
+                          f"{file_name} (it defines {', '.join(defined)})")
 
 
-def _check_rules(path: Path, class_file: Path, values: dict[str, Any]) -> None:
+def _check_rules(path: Path, file_name: str, tree: ast.Module | None,
+                 values: dict[str, Any]) -> None:
     """A threshold's window fits in the run, and its name is one the client file can
     count under (a class's name, its ``name = "..."``, or a ``.step("...")``'s), as its
-    source shows (a file that does not parse is left to the run)."""
+    source shows (``tree``; None: not checked)."""
     rules: list[Rule] = values.get("thresholds", [])
     for i, rule in enumerate(rules):
         if rule.over is not None and rule.over > values["run_time"]:
@@ -545,11 +552,7 @@ def _check_rules(path: Path, class_file: Path, values: dict[str, Any]) -> None:
                               f"over {rule.over:g}s is longer than the run "
                               f"({values['run_time']:g}s)")
     named = [(i, r) for i, r in enumerate(rules) if r.name is not None]
-    if not named:
-        return
-    try:
-        tree = ast.parse(class_file.read_bytes(), str(class_file))
-    except (SyntaxError, ValueError, OSError):
+    if not named or tree is None:
         return
     known = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
     for n in ast.walk(tree):
@@ -564,7 +567,7 @@ def _check_rules(path: Path, class_file: Path, values: dict[str, Any]) -> None:
     for i, rule in named:
         if rule.name not in known:
             raise ConfigError(f"{path}: key 'thresholds': thresholds[{i}] {rule.text!r}: "
-                              f"name {rule.name!r} is not a name {class_file.name} counts "
+                              f"name {rule.name!r} is not a name {file_name} counts "
                               f"calls under (its classes and steps: "
                               f"{', '.join(sorted(known)) or 'none'})")
 

@@ -170,9 +170,10 @@ def judge(rules: Sequence[Rule], totals: Totals, run_time: float,
     """Each rule's verdict: whole-run rules on the final totals, windowed ones on every
     complete window of the per-second series."""
     out = []
+    combined = _combined(rules, totals)
     for rule in rules:
         if rule.over is None:
-            st = totals.combined() if rule.name is None else totals.ops.get(rule.name)
+            st = combined if rule.name is None else totals.ops.get(rule.name)
             value = None if st is None else _of_totals(rule.metric, st, run_time)
             out.append(_verdict(rule, value))
         else:
@@ -187,9 +188,10 @@ def judge_live(rules: Sequence[Rule], totals: Totals, series: Series,
     (no success yet, a window not complete). (Live totals miss what lost deltas held:
     the end judges the finals.)"""
     out: list[Verdict | None] = []
+    combined = _combined(rules, totals)
     for rule in rules:
         if rule.over is None:
-            st = totals.combined() if rule.name is None else totals.ops.get(rule.name)
+            st = combined if rule.name is None else totals.ops.get(rule.name)
             value = None if st is None else _of_totals(rule.metric, st, float(covered))
             out.append(None if value is None else _verdict(rule, value))  # (no figure yet)
             continue
@@ -202,6 +204,13 @@ def judge_live(rules: Sequence[Rule], totals: Totals, series: Series,
         out.append(None if value is None else _verdict(
             rule, value, f"seconds {covered - k + 1}-{covered}"))
     return out
+
+
+def _combined(rules: Sequence[Rule], totals: Totals) -> OpStats | None:
+    """Every name merged, once, when a whole-run rule judges them all."""
+    if any(rule.name is None and rule.over is None for rule in rules):
+        return totals.combined()
+    return None
 
 
 def _verdict(rule: Rule, value: float | None, where: str = "") -> Verdict:

@@ -467,6 +467,9 @@ def make():
 @pytest.mark.parametrize(("chosen", "missing"), [
     ("Browse", None), ("{Browse: 1, Buy: 2}", None), ("{Sell: 1, Rent: 1}", None),
     ("Nope", "Nope"), ("{Browse: 1, Hidden: 1}", "Hidden"), ("{Nope: 1, Gone: 1}", "Nope"),
+    # a name the file binds otherwise (an import here) is left to the agents: the error
+    # names the one it does not bind at all
+    ("{os: 1, Nope: 1}", "Nope"),
 ])
 def test_a_class_the_client_file_lacks_is_found_in_its_source(
         base: Path, chosen: str, missing: str | None) -> None:
