@@ -251,6 +251,9 @@ class OpenScheduler(ClientScheduler):
         self._max_lag_ns = round(max_schedule_lag * 1e9)
         self._made = pre_allocated  # clients made or being made (``start`` makes these)
         self._waiting = 0  # clients sleeping until their next call's intended start
+        # how far behind its schedule it fell at worst since ``take_behind`` (a late or
+        # dropped call's lag), ns
+        self.behind_ns = 0
         # called once every arrival of the schedule has ended (iterations: before run_time)
         self.on_done: Callable[[], None] | None = None
         delta.op(self._name).schedule()
@@ -287,7 +290,9 @@ class OpenScheduler(ClientScheduler):
         # not when a client is free again (the live figures show them then)
         arrivals = self._arrivals
         limit = self._last_turn - self._max_lag_ns
-        if arrivals.times[arrivals.i] < limit:
+        oldest = arrivals.times[arrivals.i]
+        if oldest < limit:
+            self.behind_ns = max(self.behind_ns, self._last_turn - oldest)
             self._delta.op(self._name).schedule().dropped += arrivals.skip_before(limit)
         self._grow()
 
@@ -364,8 +369,10 @@ class OpenScheduler(ClientScheduler):
                     began = now = clock()
                     if began - intended > max_lag:  # the loop woke it too late
                         sched.dropped += 1
+                        self.behind_ns = max(self.behind_ns, began - intended)
                         continue
                 elif began - intended > max_lag:  # too late: dropped, and all as late
+                    self.behind_ns = max(self.behind_ns, began - intended)
                     sched.dropped += 1 + arrivals.skip_before(began - max_lag)
                     now = clock()
                     continue
@@ -387,6 +394,8 @@ class OpenScheduler(ClientScheduler):
                 lag = began - intended
                 if lag > LATE_AFTER_NS:
                     sched.late += 1
+                    if lag > self.behind_ns:
+                        self.behind_ns = lag
                 try:
                     r = await execute()
                 except asyncio.CancelledError:
@@ -429,6 +438,14 @@ class OpenScheduler(ClientScheduler):
         finally:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
+
+    def take_behind(self, now_ns: int) -> int:
+        """How far behind its schedule it fell at worst since the last call (ns): the
+        latest start or drop of a call after its intended start, or the call now waiting
+        longest for a client (a pool all busy starts nothing, and so times nothing)."""
+        behind, self.behind_ns = self.behind_ns, 0
+        waiting = now_ns - self._arrivals.next_ns  # (END, once the schedule is over)
+        return max(behind, waiting)
 
     async def stop(self, grace: float) -> None:
         """Let the arrivals due before the stop start, count those that cannot as dropped,

@@ -148,6 +148,7 @@ class Worker:
         self._stopped_at = 0.0  # wall clock of the stop (run_time, STOP, ABORT); 0: none
         self._early = EarlyFailure(self._clients)
         self._sched: SchedulerGroup | None = None
+        self._open: list[OpenScheduler] = []  # the open model's parts of ``_sched``
         self._delta = Totals()
         self._cumulative = Totals()
         self._seq = 0
@@ -353,6 +354,7 @@ class Worker:
                                                    pools[c], pres[c], its[c])) is not None]
             if job.iterations:
                 self._when_all_done(parts)
+            self._open = parts
             return SchedulerGroup(parts)
         closed = self._closed_schedulers(classes, weights, loop_t0, budget)
         if budget is not None:
@@ -461,10 +463,12 @@ class Worker:
         second = self._next_second
         self._next_second += 1
         cpu = time.process_time()
+        now_ns = time.perf_counter_ns()
+        behind = max((part.take_behind(now_ns) for part in self._open), default=0)
         msg = Delta(agent=self._wj.agent, worker=self._wj.worker, seq=self._seq,
                     second=second, clients=self._sched.running if self._sched else 0,
                     totals=self._delta, cpu_seconds=cpu - self._cpu_mark,
-                    loop_lag=self._lag_max)
+                    loop_lag=self._lag_max, sched_lag=max(behind, 0) / 1e9)
         frames = encode_stats(self._topic, msg)
         self._cumulative.merge(self._delta)
         self._delta.reset()

@@ -8,8 +8,9 @@ deltas, except for a worker that was lost before it could send its final totals.
 The deltas also carry the load generator's own health: the CPU each worker used and
 the worst lag of its event loop, counted while the worker runs clients. A worker is
 saturated once it used over ``max_cpu`` of a core, or its loop lagged over
-``max_loop_lag``, for ``for`` seconds in a row (``generator:``, by default 90%, 20 ms
-and 3 s: ``SATURATION``); from then on its
+``max_loop_lag``, or in the open model it fell over ``max_behind_schedule`` behind its
+schedule, for ``for`` seconds in a row (``generator:``, by default 90%, 20 ms, 100 ms and
+3 s: ``SATURATION``); from then on its
 figures measure the generator as much as the target. Only live deltas carry these
 figures (final totals do not).
 """
@@ -44,7 +45,7 @@ from protocol.stats import Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
 from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
-from protocol.wire.messages import Delta, Hello
+from protocol.wire.messages import MAX_SECOND, Delta, Hello
 
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
@@ -61,6 +62,7 @@ MAX_DELTA_CALLS = 20_000_000
 # than a worker's open files allow.
 MAX_NAMES = 1000
 MAX_DELTA_SECONDS = 3600.0
+MAX_SCHED_LAG = float(MAX_SECOND)  # behind its schedule: no further than a run is long
 MAX_CLIENTS = 10_000_000
 GC_YOUNG = 50_000  # see ``few_collections``
 # The saturation rule's defaults (config: ``generator:``)
@@ -95,10 +97,13 @@ class WorkerLive:
     cpu_seconds: float = 0.0
     cpu_span: int = 0  # the seconds of the run those deltas cover
     loop_lag: float = 0.0  # the worst, seconds
+    behind: float = 0.0  # the open model: the furthest behind its schedule, seconds
     counted: int = 0  # the second of the latest delta counted; 0: none, or a gap since
     hot_seconds: int = 0  # seconds in a row over a saturation threshold, up to ``counted``
     hot_from: int = 0  # the first second of that streak
     saturated_from: int = 0  # the first second of the first streak that saturated it; 0: never
+    saturated_by: tuple[str, ...] = ()  # the rule's parts that streak met
+    hot_by: set[str] = field(default_factory=set)  # the parts the current streak met
     rule: GeneratorRule = SATURATION  # when it is saturated
 
     def totals(self) -> Totals:
@@ -124,8 +129,8 @@ class WorkerLive:
         return generator_figures([self])[0]
 
     def observe(self, second: int, contiguous: bool, clients: int, cpu_seconds: float,
-                loop_lag: float) -> int:
-        """Count one delta's CPU and loop lag, and judge saturation.
+                loop_lag: float, behind: float = 0.0) -> int:
+        """Count one delta's CPU, loop lag and lag behind the schedule; judge saturation.
 
         ``contiguous``: no delta was lost before this one. The worker labels a delta it
         publishes late (its loop was blocked past a whole second) with the second it was
@@ -148,10 +153,16 @@ class WorkerLive:
         self.cpu_seconds += cpu_seconds
         self.cpu_span += 1
         self.loop_lag = max(self.loop_lag, loop_lag)
+        self.behind = max(self.behind, behind)
         rule = self.rule
-        if cpu_seconds > rule.max_cpu or loop_lag > rule.max_loop_lag:
+        if cpu_seconds > rule.max_cpu or loop_lag > rule.max_loop_lag \
+                or behind > rule.max_behind_schedule:
             if not self.hot_seconds:
                 self.hot_from = second
+                self.hot_by.clear()
+            self.hot_by.update(name for name, hot in (
+                ("cpu", cpu_seconds > rule.max_cpu), ("loop lag", loop_lag > rule.max_loop_lag),
+                ("behind schedule", behind > rule.max_behind_schedule)) if hot)
             self.hot_seconds += 1
             self._saturate()
         else:
@@ -161,6 +172,7 @@ class WorkerLive:
     def _saturate(self) -> None:
         if self.hot_seconds >= self.rule.seconds and not self.saturated_from:
             self.saturated_from = self.hot_from
+            self.saturated_by = tuple(sorted(self.hot_by))
 
 
 class Aggregator:
@@ -315,12 +327,14 @@ class Aggregator:
         far = lost > (0 if self.t0 is None else horizon) + SEQ_SLACK
         if far or calls > MAX_DELTA_CALLS or len(known) + new_names > MAX_NAMES \
                 or d.loop_lag > MAX_DELTA_SECONDS or d.cpu_seconds > MAX_DELTA_SECONDS \
+                or d.sched_lag > MAX_SCHED_LAG \
                 or d.clients > MAX_CLIENTS:
             self.implausible += 1
             self._bad(f"an implausible delta for agent {d.agent}, worker {d.worker} (sequence "
                       f"{d.seq} where {w.next_seq} was next, {calls} calls, {new_names} new "
                       f"name(s) beyond {len(known)}, {d.clients} clients, loop lag "
-                      f"{d.loop_lag:.3g} s, cpu {d.cpu_seconds:.3g} s): dropped")
+                      f"{d.loop_lag:.3g} s, cpu {d.cpu_seconds:.3g} s, behind schedule "
+                      f"{d.sched_lag:.3g} s): dropped")
             if not far:  # not counted again as lost (the sequence stays: a real delta of
                 w.dropped += 1  # that number may still come, if this one was forged)
             return None
@@ -334,7 +348,7 @@ class Aggregator:
         at = series.add(d.second, d.agent, d.clients, d.totals).agent(d.agent)
         cpu, lag = d.cpu_seconds, d.loop_lag  # the codec refused negative, NaN, infinite
         late = w.counted
-        skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag)
+        skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag, d.sched_lag)
         if skipped:
             series.at(late).agent(d.agent).cpu_span += skipped
         if d.clients:

@@ -137,9 +137,10 @@ class Config:
         shown="none")
     generator: values.GeneratorRule = _key(
         values.generator, "when the load generator itself is saturated, flagged (`warn`) or "
-        "exit 7 (`fail`): `{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, on_saturation: warn}`",
-        default=values.GeneratorRule(), shown="`{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, "
-        "on_saturation: warn}`")
+        "exit 7 (`fail`): `{max_cpu: 90%, max_loop_lag: 20ms, max_behind_schedule: 100ms "
+        "(open model), for: 3s, on_saturation: warn}`",
+        default=values.GeneratorRule(), shown="`{max_cpu: 90%, max_loop_lag: 20ms, "
+        "max_behind_schedule: 100ms, for: 3s, on_saturation: warn}`")
     iterations: int | None = _key(values.iteration_count,
                                   "end the run after this many calls in all (shared exactly "
                                   "over every worker), or at `run_time` if sooner",
@@ -206,7 +207,7 @@ def resolved_keys(cfg: Config) -> dict[str, Any]:
             value = value.shown
         elif isinstance(value, values.GeneratorRule):
             value = {"max_cpu": value.max_cpu, "max_loop_lag": value.max_loop_lag,
-                     "for": value.seconds,
+                     "max_behind_schedule": value.max_behind_schedule, "for": value.seconds,
                      "on_saturation": "fail" if value.fail else "warn"}
         elif f.name == "thresholds":
             value = [{"rule": r.text, "name": r.name, "over": r.over} for r in value]

@@ -311,26 +311,38 @@ def benchmark_classes(value: Any) -> str | dict[str, int]:
 @dataclass(frozen=True)
 class GeneratorRule:
     """When a worker is saturated: over ``max_cpu`` of a core, or its event loop lagging
-    over ``max_loop_lag`` seconds, for ``seconds`` seconds in a row; ``fail``: a
-    saturated run exits 7 (else it is flagged only)."""
+    over ``max_loop_lag`` seconds, or in the open model over ``max_behind_schedule``
+    seconds behind its schedule, for ``seconds`` seconds in a row; ``fail``: a saturated
+    run exits 7 (else it is flagged only)."""
 
     max_cpu: float = 0.9
     max_loop_lag: float = 0.020
     seconds: int = 3
     fail: bool = False
+    max_behind_schedule: float = 0.100
+
+    def describe(self, open_model: bool) -> str:
+        """The rule in words, for the notes (its open-model part in the open model)."""
+        if not open_model:
+            return (f"over {self.max_cpu:.0%} of a core or loop lag over "
+                    f"{1000 * self.max_loop_lag:g} ms for {self.seconds} s in a row")
+        return (f"over {self.max_cpu:.0%} of a core, loop lag over "
+                f"{1000 * self.max_loop_lag:g} ms or over "
+                f"{1000 * self.max_behind_schedule:g} ms behind its schedule, for "
+                f"{self.seconds} s in a row")
 
 
-GENERATOR_KEYS = ("max_cpu", "max_loop_lag", "for", "on_saturation")
+GENERATOR_KEYS = ("max_cpu", "max_loop_lag", "max_behind_schedule", "for", "on_saturation")
 
 
 def generator(value: Any) -> GeneratorRule:
-    """``{max_cpu: 90%, max_loop_lag: 20ms, for: 3s, on_saturation: warn|fail}``, each
-    optional."""
+    """``{max_cpu: 90%, max_loop_lag: 20ms, max_behind_schedule: 100ms, for: 3s,
+    on_saturation: warn|fail}``, each optional."""
     if isinstance(value, GeneratorRule):
         return value
     if not isinstance(value, dict) or set(map(str, value)) - set(GENERATOR_KEYS):
-        raise ValueError("expected {max_cpu: 90%, max_loop_lag: 20ms, for: 3s, "
-                         "on_saturation: warn or fail}, each optional")
+        raise ValueError("expected {max_cpu: 90%, max_loop_lag: 20ms, max_behind_schedule: "
+                         "100ms, for: 3s, on_saturation: warn or fail}, each optional")
     rule = GeneratorRule()
     cpu = value.get("max_cpu", rule.max_cpu)
     if isinstance(cpu, str) and cpu.strip().endswith("%"):
@@ -342,9 +354,16 @@ def generator(value: Any) -> GeneratorRule:
         raise ValueError(f"max_cpu: expected a share of one core, 1% to 100% (got {cpu!r})")
     try:
         lag = positive_duration(value.get("max_loop_lag", rule.max_loop_lag))
+    except ValueError as e:
+        raise ValueError(f"max_loop_lag: {e}") from None
+    try:
+        behind = positive_duration(value.get("max_behind_schedule", rule.max_behind_schedule))
+    except ValueError as e:
+        raise ValueError(f"max_behind_schedule: {e}") from None
+    try:
         seconds = positive_duration(value.get("for", rule.seconds))
     except ValueError as e:
-        raise ValueError(f"max_loop_lag and for: {e}") from None
+        raise ValueError(f"for: {e}") from None
     if seconds != int(seconds):
         raise ValueError(f"for: whole seconds (the deltas come a second apart), got "
                          f"{seconds:g}s")
@@ -352,4 +371,4 @@ def generator(value: Any) -> GeneratorRule:
     if action not in ("warn", "fail"):
         raise ValueError(f"on_saturation: expected warn (flag it) or fail (exit 7), got "
                          f"{action!r}")
-    return GeneratorRule(float(cpu), lag, int(seconds), action == "fail")
+    return GeneratorRule(float(cpu), lag, int(seconds), action == "fail", behind)

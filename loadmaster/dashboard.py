@@ -36,7 +36,7 @@ import secrets
 import sys
 import webbrowser
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,9 @@ from loadmaster.coordinator import AgentRecord
 from loadmaster.http_site import bind_site, new_runner
 from loadmaster.masking import mask_text, masked
 from loadmaster.result import plain
+from loadmaster.thresholds import Verdict, shown_rows
 from protocol.histogram import DenseHistogram, Histogram
+from protocol.plan import stage_users
 from protocol.stats import LATE_AFTER_NS, OpStats, Totals
 from protocol.wire.channel import host_port, is_loopback
 
@@ -70,9 +72,10 @@ STOP_HEADER = "X-Dashboard"
 TOKEN_HEADER = "X-Stop-Token"
 _PHASES = ("waiting", "preparing", "running", "stopping", "finished")
 _SERIES = ("t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms")
-# the open model's, per second: calls started (ended ok or failed), late, dropped, and the
-# p99 of the service time and of the schedule lag beside the corrected p99_ms
-_OPEN_SERIES = ("started", "late", "dropped", "service_p99_ms", "lag_p99_ms")
+# the open model's, per second: calls started (ended ok or failed), late, dropped, the
+# p99 of the service time and of the schedule lag beside the corrected p99_ms, and the
+# schedule's target rate (calls a second: with stages, their target at the second's end)
+_OPEN_SERIES = ("started", "late", "dropped", "service_p99_ms", "lag_p99_ms", "target")
 
 
 class DashboardError(Exception):
@@ -110,6 +113,30 @@ class DashOptions:
     browser: bool = True  # open it (unless there is no display)
     keep: float | None = None  # --dash-keep: seconds to serve the final figures when
     # stdout is not a terminal (on a terminal: until Ctrl-C)
+
+
+def schedule_view(cfg: Config) -> ScheduleView | None:
+    """The open model's schedule as the console shows it; None in the closed model."""
+    if cfg.arrival_rate is None:
+        return None
+    rate = cfg.arrival_rate
+    if cfg.time_unit == 1.0:
+        text = f"{rate:g}/s"
+    else:
+        text = f"{rate:g} per {cfg.time_unit:g} s ({rate / cfg.time_unit:.4g}/s)"
+    if cfg.stages:  # (the rate is the stages' largest)
+        text = f"stages, up to {text}"
+    return ScheduleView(rate=rate / cfg.time_unit, arrivals=cfg.arrivals, text=text)
+
+
+def schedule_at(cfg: Config, seconds: float) -> ScheduleView | None:
+    """The open model's schedule, its rate the target ``seconds`` into the run: with
+    stages, the stages' target then (not their largest); None in the closed model."""
+    schedule = schedule_view(cfg)
+    if schedule is None or not cfg.stages:
+        return schedule
+    stages = [(st.duration, float(st.target)) for st in cfg.stages]
+    return replace(schedule, rate=stage_users(stages, seconds) / cfg.time_unit)
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -150,6 +177,8 @@ class Feed:
                 s["dropped"].append(merged.dropped)
                 s["service_p99_ms"].append(_p99(merged.service))
                 s["lag_p99_ms"].append(_p99(merged.lag))
+                s["target"].append(schedule.rate if (schedule := schedule_at(
+                    self.cfg, second)) is not None else None)
 
     def snapshot(self, *, phase: str, status: str, agg: Aggregator,
                  agents: Sequence[AgentRecord], lines: Sequence[AgentLine],
@@ -157,11 +186,12 @@ class Feed:
                  current_rps: float = 0.0, rate_window: int = 0,
                  recent: tuple[int | None, ...] = (None, None, None),
                  schedule: ScheduleView | None = None, recent_open: RecentOpen | None = None,
-                 final: FinalView | None = None, exit_code: int | None = None
-                 ) -> dict[str, Any]:
+                 final: FinalView | None = None, exit_code: int | None = None,
+                 verdicts: Sequence[Verdict | None] = ()) -> dict[str, Any]:
         """Everything but the series (the dashboard adds each page's part of it).
         ``schedule``: the open model's (None: the closed model), with ``recent_open`` its
-        figures over the same seconds as ``recent``."""
+        figures over the same seconds as ``recent``. ``verdicts``: of ``thresholds:``,
+        judged live (None: no figure yet) or at the end; none yet: every rule waits."""
         assert phase in _PHASES
         run_time = float(self.cfg.run_time)
         combined = totals.combined()
@@ -195,6 +225,8 @@ class Feed:
             "agents": [_agent(line, by_name.get(line.name)) for line in lines],
             "missed_deltas": agg.missed_deltas,
             "config": self.config,
+            "thresholds": shown_rows(self.cfg.thresholds, list(verdicts)
+                                     or [None] * len(self.cfg.thresholds)),
             "final": None,
         }
         if final is not None:

@@ -38,6 +38,7 @@ from loadmaster.resultfile import (
     schedule_of,
     second_quantiles,
 )
+from loadmaster.thresholds import verdicts_of
 from protocol.exitcodes import ExitCode
 from protocol.stats import LATE_AFTER_NS
 from protocol.wire.limits import format_size
@@ -520,6 +521,22 @@ def _agents(doc: Mapping[str, Any]) -> str:
                     + (f'<ul id="lost-workers">{items}</ul>' if lost else ""), "agents")
 
 
+def _thresholds(doc: Mapping[str, Any]) -> str:
+    """The verdict of each rule of ``thresholds:``; nothing without rules."""
+    verdicts = verdicts_of(doc.get("thresholds", []))
+    if not verdicts:
+        return ""
+    failed = sum(not v.passed for v in verdicts)
+    summary = (f"{len(verdicts) - failed} passed, {failed} failed"
+               + (" (exit 6)" if failed else ""))
+    head = [("verdict", ""), ("rule", ""), ("name", ""), ("measured", "num")]
+    rows = [[("pass", "good") if v.passed else ("FAIL", "bad"), (v.rule.shown(), ""),
+             (v.rule.name or "all", ""), (v.measured(), "num")] for v in verdicts]
+    klass = "bad" if failed else "good"
+    return _section("Thresholds", f'<p id="thresholds-summary" class="{klass}">{_e(summary)}'
+                    f"</p>" + _table("table-thresholds", head, rows), "thresholds")
+
+
 def _notes(doc: Mapping[str, Any]) -> str:
     parts = []
     if doc["missed_deltas"]:
@@ -561,7 +578,8 @@ def render_html(doc: Mapping[str, Any]) -> str:
     """The report page of a result document: one self-contained HTML file's text."""
     data, left_out = _chart_data(doc)
     body = "".join([
-        _header(doc), "<main>", _totals(doc), _charts(data, left_out), _names(doc),
+        _header(doc), "<main>", _totals(doc), _thresholds(doc), _charts(data, left_out),
+        _names(doc),
         _open_model(doc), _statuses(doc), _errors(doc), _agents(doc), _notes(doc),
         _config(doc), "</main>",
         f'<footer>Rendered from the result file by {_e(doc["tool"]["name"])} '

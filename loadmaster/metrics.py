@@ -234,7 +234,9 @@ def _run(state: MetricsState) -> Iterator[Metric]:
     if state.arrival_rate is not None:
         yield GaugeMetricFamily(_name("arrival_rate_planned"), "The open model's target "
                                 "arrival rate: calls a second the schedule starts "
-                                "(arrival_rate / time_unit).", value=state.arrival_rate)
+                                "(arrival_rate / time_unit; with stages, their target now "
+                                "during the run, their largest once it ended).",
+                                value=state.arrival_rate)
     if state.elapsed is not None:
         yield GaugeMetricFamily(_name("elapsed_seconds"), "Seconds since the load started.",
                                 value=state.elapsed)

@@ -58,16 +58,20 @@ def agent_state(agent: AgentRecord) -> str:
     return "ok"
 
 
-def _saturation_note(agent: str, workers: Sequence[WorkerLive], rule: GeneratorRule) -> str:
+def _saturation_note(agent: str, workers: Sequence[WorkerLive], rule: GeneratorRule,
+                     open_model: bool) -> str:
     """What the user should know of an agent whose saturated ``workers`` are given."""
     named = ", ".join(f"worker {w.worker} from second {w.saturated_from}"
+                      + (f" ({', '.join(w.saturated_by)})" if w.saturated_by else "")
                       for w in workers[:NAMED_WORKERS])
     if len(workers) > NAMED_WORKERS:
         named += f" and {len(workers) - NAMED_WORKERS} more"
-    return (f"note: agent {agent} was saturated (over {rule.max_cpu:.0%} of a core or loop "
-            f"lag over {1000 * rule.max_loop_lag:g} ms for {rule.seconds} s in a row: "
-            f"{named}): its figures measure the load generator as much as the target; add "
-            f"workers or agents" + (" (on_saturation: fail, exit 7)" if rule.fail else ""))
+    behind = any("behind schedule" in w.saturated_by for w in workers)
+    advice = "add workers or agents" + (
+        ", or clients to the pool (max_users) if the target was slow" if behind else "")
+    return (f"note: agent {agent} was saturated ({rule.describe(open_model)}: {named}): "
+            f"its figures measure the load generator as much as the target; {advice}"
+            + (" (on_saturation: fail, exit 7)" if rule.fail else ""))
 
 
 def _generator(line: AgentLine, workers: Sequence[WorkerLive]) -> list[WorkerLive]:
@@ -129,7 +133,8 @@ def final_report(agents: Sequence[AgentRecord], live: Mapping[tuple[str, int], W
         saturated = _generator(line, [rec for w in agent.worker_ids
                                       if (rec := live.get((agent.name, w))) is not None])
         if saturated:
-            saturation.append(_saturation_note(agent.name, saturated, end.saturation))
+            saturation.append(_saturation_note(agent.name, saturated, end.saturation,
+                                               end.schedule is not None))
     run_time = last_end if last_end > 0 else max(0.0, end.now - end.t0)
     for line in lines:
         line.rps = line.ok / run_time if run_time else 0.0

@@ -33,6 +33,7 @@ from jsonschema.protocols import Validator
 
 from loadmaster.console import AgentLine, FinalView, GraceView, ScheduleView
 from loadmaster.result import SCHEMA_VERSION, TOOL, decode_histogram
+from loadmaster.thresholds import verdicts_of
 from protocol import __version__
 from protocol.histogram import MAX_COUNT, MAX_INDEX, DenseHistogram, bucket_value
 from protocol.stats import OpStats, Totals
@@ -249,6 +250,10 @@ def check_result(path: Path, doc: Any) -> dict[str, Any]:
     """``doc``, read from ``path``, checked as a result document."""
     check_document(path, doc, "result", "tool", "version", SCHEMA_VERSION)
     _check_figures(path, doc)
+    try:
+        verdicts_of(doc.get("thresholds", []))
+    except ValueError as e:
+        raise ReportInputError(f"{path}: at thresholds: {e}") from None
     return dict(doc)
 
 
@@ -314,7 +319,7 @@ def final_view(doc: Mapping[str, Any]) -> FinalView | None:
         incomplete=doc["incomplete"], users_planned=doc["users_planned"],
         grace=None if grace is None else GraceView(grace["seconds"], grace["finished"],
                                                    grace["cancelled"]),
-        schedule=schedule_of(doc))
+        schedule=schedule_of(doc), thresholds=verdicts_of(doc.get("thresholds", [])))
 
 
 def schedule_of(doc: Mapping[str, Any]) -> ScheduleView | None:

@@ -43,7 +43,7 @@ from loadmaster.console import (
     format_final,
 )
 from loadmaster.coordinator import AgentRecord, AgentState, Coordinator
-from loadmaster.dashboard import Dashboard, Feed
+from loadmaster.dashboard import Dashboard, Feed, schedule_view
 from loadmaster.jobs import JobTooLarge, check_sizes, job_frames, plan_workers
 from loadmaster.local_agent import LocalAgent
 from loadmaster.metrics import MetricsServer
@@ -51,7 +51,7 @@ from loadmaster.outputs import save_outputs
 from loadmaster.report import RunEnd, final_report
 from loadmaster.result import Ending, build_result
 from loadmaster.run_options import RunFailed, RunOptions
-from loadmaster.run_views import LIVE_DELAY, RunViews, schedule_view
+from loadmaster.run_views import LIVE_DELAY, RunViews
 from loadmaster.thresholds import Verdict, judge, judge_live
 from protocol.exitcodes import ExitCode, first, for_signal
 from protocol.plan import clients_of

@@ -24,12 +24,11 @@ from loadmaster.console import (
     LiveView,
     Progress,
     RecentOpen,
-    ScheduleView,
     format_live,
     p50_p90_p99,
 )
 from loadmaster.coordinator import AgentRecord, Coordinator
-from loadmaster.dashboard import Dashboard, DashboardError, Feed
+from loadmaster.dashboard import Dashboard, DashboardError, Feed, schedule_at, schedule_view
 from loadmaster.metrics import MetricsError, MetricsServer, MetricsState
 from loadmaster.run_options import RunFailed, RunOptions
 from loadmaster.thresholds import Verdict
@@ -37,7 +36,7 @@ from protocol.exitcodes import ExitCode
 from protocol.plan import stage_users
 from protocol.wire.channel import is_loopback
 
-__all__ = ["LIVE_DELAY", "RunViews", "schedule_view"]
+__all__ = ["LIVE_DELAY", "RunViews"]
 
 log = logging.getLogger("loadmaster")
 
@@ -45,20 +44,6 @@ log = logging.getLogger("loadmaster")
 # deltas have arrived: the block then shows complete seconds only.
 LIVE_DELAY = 0.3
 PROGRESS_INTERVAL = 0.5  # seconds between updates of the progress line
-
-
-def schedule_view(cfg: Config) -> ScheduleView | None:
-    """The open model's schedule as the console shows it; None in the closed model."""
-    if cfg.arrival_rate is None:
-        return None
-    rate = cfg.arrival_rate
-    if cfg.time_unit == 1.0:
-        text = f"{rate:g}/s"
-    else:
-        text = f"{rate:g} per {cfg.time_unit:g} s ({rate / cfg.time_unit:.4g}/s)"
-    if cfg.stages:  # (the rate is the stages' largest)
-        text = f"stages, up to {text}"
-    return ScheduleView(rate=rate / cfg.time_unit, arrivals=cfg.arrivals, text=text)
 
 
 def _live_thresholds(verdicts: list[Verdict | None]) -> str:
@@ -228,14 +213,16 @@ class RunViews:
         elapsed = self._elapsed()
         covered = None if elapsed is None else self._covered(elapsed)
         view = self._view
-        schedule = schedule_view(self.cfg)
+        # (live: the target of the last second charted; at the end: the run's)
+        schedule = schedule_at(self.cfg, covered or 0) if view is None else \
+            schedule_view(self.cfg)
         if view is not None:
             self._feed.extend_series(self.agg, self.agg.latest_second)
             doc = self._feed.snapshot(
                 phase="finished", status=status or f"finished, exit code {self._code}",
                 agg=self.agg, agents=self._agents, lines=view.agents, elapsed=elapsed,
                 covered=len(self._feed.series["t"]), totals=view.totals, users=view.users,
-                schedule=schedule, final=view, exit_code=self._code)
+                schedule=schedule, final=view, exit_code=self._code, verdicts=view.thresholds)
         elif covered:
             assert elapsed is not None
             self._feed.extend_series(self.agg, covered)
@@ -246,7 +233,7 @@ class RunViews:
                 agents=self._agents, lines=live.agents, elapsed=elapsed, covered=covered,
                 totals=self.agg.totals, users=live.users, current_rps=live.current_rps,
                 rate_window=live.rate_window, recent=live.recent, schedule=schedule,
-                recent_open=live.recent_open)
+                recent_open=live.recent_open, verdicts=self._live_verdicts)
         else:
             phase = "finished" if status else self._phase
             doc = self._feed.snapshot(
@@ -324,13 +311,13 @@ class RunViews:
         """The figures as they are now, for a scrape: live totals (every delta received)
         during the run, the final block's once it is printed."""
         cfg, view = self.cfg, self._view
-        schedule = schedule_view(cfg)
+        elapsed = self._elapsed()
+        schedule = schedule_at(cfg, elapsed or 0.0) if view is None else schedule_view(cfg)
         rate = None if schedule is None else schedule.rate
         if view is not None:
             return MetricsState(self.run_id, "finished", view.run_time, cfg.run_time,
                                 view.users, cfg.users, view.totals, view.agents,
                                 self.agg.missed_deltas, self._code, arrival_rate=rate)
-        elapsed = self._elapsed()
         covered = 0 if elapsed is None else self._covered(elapsed)
         phase = "stopping" if self._stopping else self._phase
         return MetricsState(self.run_id, phase, elapsed, cfg.run_time, self.agg.clients(),

@@ -28,7 +28,7 @@ from protocol.histogram import bucket_value
 from protocol.stats import OpStats, Totals
 
 __all__ = ["LATENCIES", "METRICS", "Rule", "Verdict", "judge", "judge_live",
-           "parse_thresholds"]
+           "parse_thresholds", "shown_rows", "verdicts_of"]
 
 # latency metric -> its quantile (None: not a quantile)
 LATENCIES: dict[str, float | None] = {
@@ -81,6 +81,29 @@ class Verdict:
         else:
             text = f"{self.value:.0f}"
         return f"{text} ({self.where})" if self.where else text
+
+
+def shown_rows(rules: Sequence[Rule], verdicts: Sequence[Verdict | None]) -> list[dict[str, Any]]:
+    """The rules and their verdicts as the dashboard shows them: a row each, with its
+    state (``pass``, ``fail``, or ``waiting`` while live with no figure yet)."""
+    rows = []
+    for rule, v in zip(rules, verdicts, strict=True):
+        rows.append({"rule": rule.shown(), "name": rule.name or "all",
+                     "state": "waiting" if v is None else "pass" if v.passed else "fail",
+                     "measured": "-" if v is None else v.measured(),
+                     "abort_on_fail": rule.abort_on_fail})
+    return rows
+
+
+def verdicts_of(items: Sequence[Any]) -> list[Verdict]:
+    """The verdicts a result file holds (``thresholds``), each rule parsed again from its
+    text; ValueError naming the one that does not parse."""
+    out = []
+    for i, item in enumerate(items):
+        rule = _rule(f"thresholds[{i}] {item['rule']!r}", item["rule"], item["name"],
+                     item["over_s"])
+        out.append(Verdict(rule, item["passed"], item["value"], item["where"] or ""))
+    return out
 
 
 def parse_thresholds(value: Any, parse_duration: Any) -> list[Rule]:

@@ -292,3 +292,34 @@ def test_the_page_shows_the_open_models_schedule_late_and_dropped_calls(
         assert not page.severe(), page.console
     finally:
         target.stop()
+
+
+def test_the_page_shows_each_thresholds_verdict_live_and_at_the_end(
+        tmp_path: Path, tag: str, target: Target, page: Page) -> None:
+    """One rule no loopback call can meet and one every call meets: the table shows them
+    failing and passing while the run goes, then the end's verdicts and exit 6."""
+    conf = write_job(tmp_path, {"host": target.url, "run_time": 4, **LIGHT,
+                                "thresholds": ["p99 < 1us", {"rule": "fail_ratio < 1%",
+                                                             "over": "2s"}]})
+    with dash_master(tmp_path, conf, tag, "--dash-bind", f"127.0.0.1:{free_port()}",
+                     "--dash-keep", "5") as run:
+        page.open(run.base)
+        # the rules are there from the start, waiting for their figures
+        page.wait(lambda: page.shown("thresholds-section"), 10, "the thresholds")
+        assert set(page.column("thresholds")) <= {"waiting", "failing", "passing"}
+        page.wait(lambda: page.text("phase") == "running"
+                  and page.column("thresholds") == ["failing", "passing"], 40,
+                  "the live verdicts")
+        assert page.column("thresholds", 1) == ["p99 < 1us", "fail_ratio < 1% over 2s"]
+        assert page.text("thresholds-summary") == "1 passing, 1 failing"
+        assert "bad" in page.classes("thresholds-summary")
+        page.wait(lambda: page.shown("final"), 40, "the final figures")
+        assert page.column("thresholds") == ["FAIL", "pass"]
+        assert page.text("thresholds-summary") == "1 passed, 1 failed (exit 6)"
+        assert page.column("thresholds", 3)[1].startswith("0.00% (seconds "), \
+            page.column("thresholds", 3)
+        assert page.text("final-exit") == "6"
+        page.screenshot("thresholds")
+        assert not page.severe(), page.console
+        r = run.result(30)
+    assert r.code == 6, r.stderr

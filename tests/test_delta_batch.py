@@ -57,6 +57,10 @@ BAD: dict[str, bytes] = {
     "second too far": forged(delta_fields(second=MAX_SECOND + 1)),
     "negative clients": forged(delta_fields(clients=-1)),
     "cpu not finite": forged(delta_fields(cpu_seconds=float("nan"))),
+    "eight fields (no lag behind the schedule)": forged(delta_fields()[:8]),
+    "behind schedule negative": forged(delta_fields(sched_lag=-0.5)),
+    "behind schedule not finite": forged(delta_fields(sched_lag=float("inf"))),
+    "behind schedule an int": forged(delta_fields(sched_lag=True)),
     "totals not an array": forged(delta_fields(totals="x")),
     "an operation's ok negative": forged(delta_fields(totals=[[op(ok=-2)], []])),
     "histogram out of order": forged(delta_fields(

@@ -507,9 +507,9 @@ def test_master_control_socket_takes_garbage_during_a_run_and_counts_exactly(
 # -- 2. the master's stats socket ------------------------------------------------------------
 def delta_wire(agent: str = AGENT, worker: int = 0, seq: int = 1, second: int = 1,
                clients: int = 4, ops: list[list[Any]] | None = None, cpu: float = 0.1,
-               lag: float = 0.0) -> list[Any]:
+               lag: float = 0.0, behind: float = 0.0) -> list[Any]:
     return [agent, worker, seq, second, clients,
-            [ops if ops is not None else [op_wire(ok=1)], []], cpu, lag]
+            [ops if ops is not None else [op_wire(ok=1)], []], cpu, lag, behind]
 
 
 @st.composite
@@ -531,7 +531,8 @@ def absurd_delta(draw: st.DrawFn) -> bytes:
         clients=often(st.integers(0, 8), 10**9, 2**64 - 1),
         ops=[op_wire(name, ok=ok, fail=fail, wide=ok >= 2**32)],
         cpu=often(st.floats(0, 2), 1e308, 5e-324),
-        lag=often(st.floats(0, 1), 1e308)))
+        lag=often(st.floats(0, 1), 1e308),
+        behind=often(st.floats(0, 1), 1e308, float(m.MAX_SECOND) + 1)))
 
 
 def stats_frames(topic: bytes) -> st.SearchStrategy[list[bytes]]:

@@ -13,6 +13,7 @@ import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ DELAY_MS = 50  # the target's answer time: two clients start at most ~38 calls a
 # the open model's keys: the pool too small for the rate on purpose
 OPEN = {"arrival_rate": RATE, "run_time": RUN_TIME, "max_users": 2,
         "pre_allocated_users": 2, "max_schedule_lag": 0.5}
-OPEN_SERIES = {"started", "late", "dropped", "service_p99_ms", "lag_p99_ms"}
+OPEN_SERIES = {"started", "late", "dropped", "service_p99_ms", "lag_p99_ms", "target"}
 
 
 @dataclass
@@ -184,6 +185,7 @@ def test_the_series_has_service_time_and_lag_beside_the_corrected_p99(run: OpenR
     assert len({len(v) for v in series.values()}) == 1, series
     assert len(series["t"]) >= RUN_TIME - 1
     assert sum(series["late"]) > 0 and sum(series["dropped"]) > 0
+    assert series["target"] == [RATE] * len(series["t"])  # no stages: the rate throughout
     assert series["started"] == [ok + fail for ok, fail in
                                  zip(series["ok"], series["fail"], strict=True)]
     charted = [(p99, service, lag) for p99, service, lag in
@@ -195,3 +197,36 @@ def test_the_series_has_service_time_and_lag_beside_the_corrected_p99(run: OpenR
         assert service <= p99 and lag <= p99, (p99, service, lag)
         assert DELAY_MS <= service < 3 * DELAY_MS
     assert json.dumps(series, allow_nan=False)  # what the page receives
+
+
+def test_with_stages_the_target_follows_the_ramp(tmp_path: Path, tag: str) -> None:
+    """Arrival-rate stages 0 -> 30/s over 3 s, held 3 s: the dashboard charts each
+    second's target (not the largest throughout), /metrics plans the current target while
+    the run goes and the stages' largest once it ended."""
+    target = Target(tag)
+    try:
+        conf = write_job(tmp_path, {"host": target.url, "max_users": 20,
+                                    "pre_allocated_users": 20,
+                                    "stages": [{"duration": 3, "arrival_rate": 30},
+                                               {"duration": 3, "arrival_rate": 30}]})
+        dash_at, port = f"127.0.0.1:{free_port()}", free_port()
+        dash, metrics = f"http://{dash_at}/", f"http://127.0.0.1:{port}/metrics"
+        with started_master(tmp_path, conf, tag, "--dash-bind", dash_at, "--no-browser",
+                            "--dash-keep", "30", "--metrics", str(port),
+                            "--metrics-keep", "30") as proc:
+            out = LineReader(proc.stdout)
+            out.wait_for("dashboard: http", 30)
+            live = wait_state(dash, lambda d: d["phase"] == "running" and d["covered"] >= 1,
+                              40, "the first second")
+            planned = scrape(metrics).value("loadtest_arrival_rate_planned")
+            out.wait_for("the final figures stay on", 60)
+            state, final = get_state(dash), scrape(metrics)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+    finally:
+        target.stop()
+    assert live["covered"] < 3 and live["open"]["target_rps"] < 30, live["open"]
+    assert 0 < planned < 30
+    assert state["series"]["target"][:6] == [10, 20, 30, 30, 30, 30]
+    assert state["open"]["target_rps"] == 30
+    assert final.value("loadtest_arrival_rate_planned") == 30

@@ -16,6 +16,7 @@ from loadmaster.thresholds import parse_thresholds
 from protocol.exitcodes import ExitCode, first
 from tests.e2e_helpers import Result, Target, run_master, write_job
 from tests.test_config import SEED, load
+from tests.test_reports_e2e import cli
 from tests.test_result_file import load_result
 
 
@@ -183,6 +184,19 @@ def test_a_window_fails_what_the_whole_run_averages_away_and_exits_6(
     assert window["where"] in ("seconds 2-3", "seconds 3-4")
     assert whole["value"] < 100e6 and whole["value"] == named["value"]
     assert doc["exit_code"] == 6
+    # the report of the result file shows the same verdicts: as text, and in the page
+    again = cli("report", str(tmp_path / "result.json"), "--html", "page.html", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    section = r.stdout[r.stdout.rindex("\nthresholds: "):]
+    assert section.strip() and again.stdout.rstrip().endswith(section.rstrip()), again.stdout
+    page = (tmp_path / "page.html").read_text()
+    rows = re.findall(r"<tr><td class=\"(good|bad)\">(pass|FAIL)</td><td>([^<]+)</td>"
+                      r"<td>([^<]+)</td><td class=\"num\">([^<]+)</td></tr>", page)
+    assert [(v, rule, name) for _, v, rule, name, _ in rows] == [
+        ("pass", "p90 &lt; 100ms", "all"), ("FAIL", "p90 &lt; 100ms over 2s", "all"),
+        ("pass", "p90 &lt; 100ms", "Stall")], rows
+    assert re.search(r'id="thresholds-summary" class="bad">2 passed, 1 failed \(exit 6\)',
+                     page)
 
 
 def test_abort_on_fail_stops_the_run_once_its_rule_fails_after_delay_abort(
@@ -232,7 +246,10 @@ def test_a_window_with_no_call_is_not_judged(tmp_path: Path, tag: str,
 @pytest.mark.parametrize(("text", "says"), [
     ("generator: {max_cpu: 120%}", "max_cpu: expected a share of one core, 1% to 100%"),
     ("generator: {max_cpu: lots}", "max_cpu: expected a share of one core"),
-    ("generator: {max_loop_lag: -1ms}", "max_loop_lag and for: expected a duration > 0"),
+    ("generator: {max_loop_lag: -1ms}", "max_loop_lag: expected a duration > 0"),
+    ("generator: {max_behind_schedule: 0s}", "max_behind_schedule: expected a duration > 0"),
+    ("generator: {max_behind_schedule: soon}", "max_behind_schedule: "),
+    ("generator: {for: 0}", "for: expected a duration > 0"),
     ("generator: {for: 1.5s}", "for: whole seconds"),
     ("generator: {on_saturation: panic}", "on_saturation: expected warn (flag it) or fail"),
     ("generator: {max_cpus: 90%}", "expected {max_cpu: 90%, max_loop_lag: 20ms"),
@@ -247,9 +264,10 @@ def test_a_bad_generator_rule_names_the_key(base: Path, text: str, says: str) ->
 
 def test_a_generator_rule_reads_percentages_durations_and_its_action(base: Path) -> None:
     cfg = load(base, SEED + "generator: {max_cpu: 75%, max_loop_lag: 50ms, for: 5s, "
-                            "on_saturation: fail}\n")
+                            "max_behind_schedule: 1.5s, on_saturation: fail}\n")
     rule = cfg.generator
-    assert (rule.max_cpu, rule.max_loop_lag, rule.seconds, rule.fail) == (0.75, 0.05, 5, True)
+    assert (rule.max_cpu, rule.max_loop_lag, rule.max_behind_schedule, rule.seconds,
+            rule.fail) == (0.75, 0.05, 1.5, 5, True)
     default = load(base, SEED).generator
-    assert (default.max_cpu, default.max_loop_lag, default.seconds, default.fail) == (
-        0.9, 0.02, 3, False)
+    assert (default.max_cpu, default.max_loop_lag, default.max_behind_schedule,
+            default.seconds, default.fail) == (0.9, 0.02, 0.1, 3, False)

@@ -80,7 +80,7 @@
   // ---- the series: kept here, extended by each event ----
   const KEYS = ["t", "ok", "fail", "clients", "p50_ms", "p90_ms", "p99_ms",
                 // the open model's (absent, so null, in the closed model)
-                "started", "late", "dropped", "service_p99_ms", "lag_p99_ms"];
+                "started", "late", "dropped", "service_p99_ms", "lag_p99_ms", "target"];
   let series = emptySeries();
 
   function emptySeries() {
@@ -132,11 +132,10 @@
         CLIENTS, LATENCY,
       ];
     }
-    const target = isNum(open.target_rps) ? open.target_rps : null;
     return [
-      // the target is constant over the run: drawn under each second charted
+      // the schedule's target each second (with stages it ramps)
       { el: "chart-rate",
-        data: () => [series.t, series.t.map(() => target), series.ok, series.fail,
+        data: () => [series.t, series.target, series.ok, series.fail,
                      series.late, series.dropped],
         series: [line("target/s", "#8a93a3", 1, { dash: [6, 4] }),
                  line("ok/s", "#2e8b3e", 0), line("fail/s", "#d0312d", 0),
@@ -238,6 +237,7 @@
     if (mergeSeries(s.series)) drawCharts();
 
     renderFinal(s.final);
+    renderThresholds(Array.isArray(s.thresholds) ? s.thresholds : [], phase === "finished");
     renderNames(Array.isArray(s.names) ? s.names : []);
     renderErrors(Array.isArray(s.errors) ? s.errors : []);
     renderAgents(Array.isArray(s.agents) ? s.agents : [], s.missed_deltas);
@@ -327,6 +327,25 @@
     const flag = (n, cls) => "num col-open" + (isNum(n) && n > 0 ? " " + cls : "");
     return [[int(o.late), flag(o.late, "warn")], [int(o.dropped), flag(o.dropped, "bad")],
             [ms(o.service_p99_ms), "num col-open"], [ms(o.lag_p99_ms), "num col-open"]];
+  }
+
+  // The rules of thresholds: live (a verdict once a figure exists), then the end's.
+  function renderThresholds(rows, final) {
+    if (!changed("thresholds", [rows, final])) return;
+    $("thresholds-section").hidden = rows.length === 0;
+    const failing = rows.filter((r) => r && r.state === "fail").length;
+    const passing = rows.filter((r) => r && r.state === "pass").length;
+    const summary = $("thresholds-summary");
+    summary.textContent = passing + (final ? " passed, " : " passing, ") + failing
+      + (final ? " failed" : " failing") + (final && failing ? " (exit 6)" : "");
+    summary.className = "mark " + (failing ? "bad" : passing === rows.length ? "good" : "");
+    const word = { pass: final ? "pass" : "passing", fail: final ? "FAIL" : "failing" };
+    fillRows($("thresholds"), rows, (r) => [
+      [word[r.state] || "waiting", r.state === "fail" ? "mark bad"
+        : r.state === "pass" ? "mark good" : "empty"],
+      [String(r.rule)], [String(r.name)], [String(r.measured), "num"],
+      [r.abort_on_fail ? "abort_on_fail" : "", "empty"],
+    ], (r) => "threshold-" + (r.state === "pass" || r.state === "fail" ? r.state : "waiting"));
   }
 
   function renderErrors(errors) {

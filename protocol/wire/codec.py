@@ -50,7 +50,7 @@ __all__ = [
 
 
 MAGIC = b"LT"
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 HEADER = struct.Struct("!2sBB")
 REFUSED_TYPE = 0
 

@@ -33,7 +33,8 @@ def _later(v: Any) -> Any:
 _CHECKERS = tuple(_later if i == _TOTALS else check for i, check in enumerate(Delta._checkers()))
 # the fields in the order ``decode_deltas`` unpacks them (checked types, inline)
 assert [name for name, _ in Delta._field_types()] == [
-    "agent", "worker", "seq", "second", "clients", "totals", "cpu_seconds", "loop_lag"]
+    "agent", "worker", "seq", "second", "clients", "totals", "cpu_seconds", "loop_lag",
+    "sched_lag"]
 
 
 @dataclass(slots=True)
@@ -81,10 +82,11 @@ def decode_deltas(bodies: Sequence[bytes]) -> DeltaBatch:
             obj = unpack_body(body, Delta.MAX_SIZE)
             if not isinstance(obj, list) or len(obj) != len(checkers):
                 raise WireError(f"Delta: expected an array of {len(checkers)} fields")
-            agent, worker, seq, second, clients, _, cpu, lag = obj
+            agent, worker, seq, second, clients, _, cpu, lag, behind = obj
             if (type(agent) is str and type(worker) is int and type(seq) is int
                     and type(second) is int and type(clients) is int and type(cpu) is float
-                    and type(lag) is float and isfinite(cpu) and isfinite(lag)):
+                    and type(lag) is float and type(behind) is float and isfinite(cpu)
+                    and isfinite(lag) and isfinite(behind)):
                 values = obj  # what every checker passes as it is (the common case)
             else:
                 values = [check(v) for check, v in zip(checkers, obj, strict=True)]

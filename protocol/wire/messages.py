@@ -420,9 +420,13 @@ class Delta(Message):
     totals: Totals
     cpu_seconds: float
     loop_lag: float
+    # the open model: how far behind its schedule the worker fell at worst in the second
+    # (the latest start of a call after its intended one, or the oldest call still waiting
+    # for a client); 0.0 in the closed model
+    sched_lag: float = 0.0
 
     def __post_init__(self) -> None:
         _nonneg("Delta", seq=self.seq, clients=self.clients, cpu_seconds=self.cpu_seconds,
-                loop_lag=self.loop_lag)
+                loop_lag=self.loop_lag, sched_lag=self.sched_lag)
         if not 1 <= self.second <= MAX_SECOND:
             raise WireError(f"Delta.second must be 1 to {MAX_SECOND}, got {self.second}")
