@@ -124,17 +124,21 @@ def write_config(path: Path, **keys: Any) -> Path:
     return path
 
 
-def loadmaster_command(conf: Path) -> list[str]:
+def loadmaster_command(conf: Path, workers: int = 1, cpus: str = str(CLIENT_CPU)) -> list[str]:
+    """`loadmaster run` with `workers` workers, the whole generator on `cpus` (a CPU list
+    as `taskset -c` takes it: 1, or 0,1)."""
     loadmaster = shutil.which("loadmaster")
     if loadmaster is None:
         raise RuntimeError("`loadmaster` is not on PATH: pip install -e . in the repository")
-    return pinned([loadmaster, "run", "-f", str(conf), "--worker", "1",
-                   "--cpu-list", str(CLIENT_CPU)], CLIENT_CPU)
+    return pinned([loadmaster, "run", "-f", str(conf), "--worker", str(workers),
+                   "--cpu-list", cpus], cpus)
 
 
-def run_loadmaster(conf: Path, run_time: float) -> ProjectRun:
+def run_loadmaster(conf: Path, run_time: float, workers: int = 1,
+                   cpus: str = str(CLIENT_CPU)) -> ProjectRun:
     """Run one load test from the repository root (the configs' relative paths start there)."""
-    run = run_sampled(loadmaster_command(conf), timeout=run_time + START_MARGIN, cwd=REPO)
+    command = loadmaster_command(conf, workers, cpus)
+    run = run_sampled(command, timeout=run_time + START_MARGIN, cwd=REPO)
     if run.timed_out:
         raise LoadmasterFailed(f"no result within {run_time + START_MARGIN:g} s", run)
     final = FinalBlock.parse(run.stdout)

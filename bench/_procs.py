@@ -6,6 +6,8 @@ seconds records, for each process of its tree (the command and all its
 descendants, found through /proc/PID/task/TID/children), the CPU time used so
 far (utime + stime) and the resident set size. From these, `Run.cpu_between()`
 gives the tree's CPU use over any window, as a fraction of one core.
+`TreeSampler` samples another process's tree the same way from a thread (a target
+server started elsewhere), on the same clock.
 
 Every process of the tree is stopped when the run ends for any reason
 (timeout, Ctrl-C, an error): SIGINT to the command's process group, then
@@ -58,6 +60,7 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     cmdlines: dict[int, str] = field(default_factory=dict)
     elapsed: float = 0.0
+    started: float = 0.0  # time.monotonic() at the start: the samples' t count from it
 
     @property
     def stdout(self) -> str:
@@ -83,23 +86,21 @@ class Run:
                 found = t
         return found
 
-    def cpu_between(self, start: float, end: float) -> float | None:
-        """CPU used by the tree between two moments, as a fraction of one core.
+    def cpu_between(self, start: float, end: float,
+                    pids: set[int] | None = None) -> float | None:
+        """CPU used by the tree (or by `pids` of it) between two moments, as a fraction of
+        one core; see `tree_cpu`."""
+        return tree_cpu(self.samples, start, end, pids)
 
-        Uses the first sample at or after `start` and the last at or before `end`;
-        a process that exited between them loses its share (the window is meant to
-        lie inside the steady state, where the tree does not change).
-        """
+    def busy_between(self, start: float, end: float) -> float | None:
+        """How busy the whole machine was between two moments, in cores (every CPU's
+        share not idle, summed)."""
         first = next((s for s in self.samples if s.t >= start), None)
         last = next((s for s in reversed(self.samples) if s.t <= end), None)
         if first is None or last is None or last.t - first.t < 0.5:
             return None
-        ticks = 0
-        for pid, info in last.procs.items():
-            before = first.procs.get(pid)
-            same = before is not None and before.start == info.start
-            ticks += info.cpu_ticks - (before.cpu_ticks if same and before else 0)
-        return ticks / CLOCK_TICKS / (last.t - first.t)
+        busy = sum(ticks - first.cpu_busy.get(cpu, 0) for cpu, ticks in last.cpu_busy.items())
+        return busy / CLOCK_TICKS / (last.t - first.t)
 
     def other_load(self, cpu: int, start: float, end: float) -> float | None:
         """How busy `cpu` was with anything but this tree (assumed pinned to it), 0..1."""
@@ -124,6 +125,58 @@ class Run:
             if pid in s.procs:
                 return s.procs[pid].ppid
         return None
+
+
+def tree_cpu(samples: Sequence[Sample], start: float, end: float,
+             pids: set[int] | None = None) -> float | None:
+    """CPU used by the sampled processes (all, or `pids`) between two moments, as a
+    fraction of one core.
+
+    Uses the first sample at or after `start` and the last at or before `end`;
+    a process that exited between them loses its share (the window is meant to
+    lie inside the steady state, where the tree does not change).
+    """
+    first = next((s for s in samples if s.t >= start), None)
+    last = next((s for s in reversed(samples) if s.t <= end), None)
+    if first is None or last is None or last.t - first.t < 0.5:
+        return None
+    ticks = 0
+    for pid, info in last.procs.items():
+        if pids is not None and pid not in pids:
+            continue
+        before = first.procs.get(pid)
+        same = before is not None and before.start == info.start
+        ticks += info.cpu_ticks - (before.cpu_ticks if same and before else 0)
+    return ticks / CLOCK_TICKS / (last.t - first.t)
+
+
+class TreeSampler:
+    """A running process's tree sampled every SAMPLE_EVERY seconds by a thread, while
+    in a `with` block; its sample times are `time.monotonic()` values."""
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(Sample(time.monotonic(), snapshot(self._root), {}))
+            if self._stop.wait(SAMPLE_EVERY):
+                return
+
+    def cpu_between(self, start: float, end: float) -> float | None:
+        """The tree's CPU between two `time.monotonic()` values, in cores."""
+        return tree_cpu(self.samples, start, end)
 
 
 def interrupt_on_signals() -> None:
@@ -269,7 +322,7 @@ def run_sampled(
     """Run `command` to its end (or `timeout` seconds), sampling its process tree."""
     run = Run(command=list(command))
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    started = time.monotonic()
+    started = run.started = time.monotonic()
     process = subprocess.Popen(
         list(command), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,

@@ -28,7 +28,7 @@ COUNTING_TARGET = Path(__file__).resolve().parent / "_counting_target.py"
 
 # `return` runs before the static-file handler, so POST gets 200 too (not 405).
 NGINX_CONF = """\
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 daemon off;
 pid {tmp}/nginx.pid;
@@ -56,6 +56,7 @@ class Target:
     port: int
     description: str
     counting: bool  # answers GET /__count
+    pid: int = 0  # the server's process (nginx: its master, the workers its children)
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -86,8 +87,9 @@ def free_port() -> int:
         return port
 
 
-def pinned(command: list[str], cpu: int) -> list[str]:
-    """`command` run under `taskset -c cpu` (unchanged on one core or without taskset)."""
+def pinned(command: list[str], cpu: int | str) -> list[str]:
+    """`command` run under `taskset -c cpu`, `cpu` a CPU or a list (`0,1`); unchanged on
+    one core or without taskset."""
     taskset = shutil.which("taskset")
     if taskset and (os.cpu_count() or 1) > 1:
         return [taskset, "-c", str(cpu), *command]
@@ -128,11 +130,13 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None
 
 @contextlib.contextmanager
 def target_server(use_nginx: bool = True, counting: bool = False,
-                  connections: int = 4096) -> Iterator[Target]:
-    """Start nginx (or the counting target) pinned to SERVER_CPU; yield it, then stop it.
+                  connections: int = 4096, workers: int = 1,
+                  cpu: int | None = SERVER_CPU) -> Iterator[Target]:
+    """Start nginx (or the counting target) pinned to `cpu`; yield it, then stop it.
 
     `counting` asks for the counting target even when nginx is installed;
-    `connections` is nginx's worker_connections (its open-file limit is set above it).
+    `connections` is nginx's worker_connections (its open-file limit is set above it),
+    `workers` its worker processes; `cpu` None leaves the target unpinned.
     """
     port = free_port()
     nginx = find_nginx() if use_nginx and not counting else None
@@ -141,17 +145,18 @@ def target_server(use_nginx: bool = True, counting: bool = False,
         if nginx:
             conf = tmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, connections=connections,
-                                              nofile=connections + 1024))
+                                              nofile=connections + 1024, workers=workers))
             command = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
-            target = Target(port, 'nginx, 1 worker, return 200 "ok"', counting=False)
+            description = (f'nginx, {workers} worker{"s" if workers > 1 else ""}, '
+                           'return 200 "ok"')
         else:
             command = [sys.executable, str(COUNTING_TARGET), str(port)]
-            target = Target(port, "bench/_counting_target.py (uvloop + httptools)",
-                            counting=True)
-        process = subprocess.Popen(pinned(command, SERVER_CPU), start_new_session=True)
+            description = "bench/_counting_target.py (uvloop + httptools)"
+        process = subprocess.Popen(command if cpu is None else pinned(command, cpu),
+                                   start_new_session=True)
         try:
             wait_listening(port, process)
-            yield target
+            yield Target(port, description, counting=not nginx, pid=process.pid)
         finally:
             stop_process(process)
     finally:

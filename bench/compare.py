@@ -1,4 +1,4 @@
-"""Requests/s per generator core: this project against aiohttp, Locust and wrk, in one run.
+"""Requests/s per generator core: this project against aiohttp, Locust, wrk and a ceiling.
 
 Workload: every variant sends the seed's request, POST /test with the body of
 data/data2.json (443 bytes, Content-Type: text/plain), from --users clients
@@ -16,8 +16,15 @@ Variants (letters for --only):
   c  a bare aiohttp loop on uvloop (bench/_aiohttp_loop.py), one session per task
   d  Locust FastHttpUser, headless, one process (if locust is installed)
   e  wrk -t1 -c USERS with a Lua script for the POST (if wrk is installed)
+  f  the ceiling (bench/_ceiling.py): the same request bytes as a, from USERS bare
+     uvloop asyncio.Protocol connections, one request in flight each, the response's
+     end found from its Content-Length, a response counter and nothing else
 and (names for --only):
-  noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0)
+  noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0), and in
+          the same run the bare loop it is held against (bench/_noop_loop.py): 10 tasks
+          awaiting a no-op coroutine, each call timed and recorded with
+          protocol.histogram.Histogram.record, no load tester; and, as a diagnosis, the
+          same loop recording as the worker's call loop does (inlined)
   exact   variants a and b against the counting target: success count == served?
   memory  one worker's RSS with 10 and with 10,000 idle connected clients
   open    the open model's cost (issue 19), with the built-in client as in a, in rounds
@@ -28,6 +35,17 @@ and (names for --only):
           1%), late and dropped calls. Rounds interleaved (--rounds), (ii) and (iii) in
           turn first; PASS/FAIL on the medians of the rounds whose (i) had the
           generator at 90% of its core or more.
+  scale   (bench/_scale.py) the built-in client as in a with 1 worker, then 2, 200
+          clients per worker, against nginx with 2 workers, which has CPU 0 beside 1
+          worker and shares both CPUs with 2: requests/s in all and per worker, the
+          generator's CPU (tree and each worker), the target's, the machine's, what
+          limited each run, and the 2-worker / 1-worker ratios (requests/s, and per
+          generator core)
+
+After the table and the extras, issue 22's floors with PASS or FAIL on this run's
+figures (bench/_floors.py): a / f at least 0.85, a / e at least 0.65, no-op / bare loop
+at least 0.90, at most 5 KiB per idle connected client, exactness EXACT; NOT MEASURED
+where the run did not include what a floor needs.
 
 Requests/s is each tool's own figure (for loadmaster: the final block's rps,
 success count / run time). The generator's CPU is the utime + stime of its
@@ -37,7 +55,8 @@ generators only measures the generators while both are near 100% of their
 core; below that, the target or the loopback was the limit.
 
     python bench/compare.py [--duration 10] [--users 50]
-        [--only a,b,c,d,e,noop,exact,memory,open] [--skip-memory] [--no-nginx] [--rounds 1]
+        [--only a,b,c,d,e,f,noop,exact,memory,open,scale] [--skip-memory] [--no-nginx]
+        [--rounds 1]
 
 It installs nothing: a missing tool's rows say what to install.
 """
@@ -48,7 +67,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import math
 import os
 import platform
 import re
@@ -59,22 +77,26 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _figures import DISTURBED, SATURATED, pct
+from _floors import NOOP_FLOOR, Floors, Measured
 from _loadmaster import (
     REPO,
-    FinalBlock,
     LoadmasterFailed,
     ProjectRun,
     run_loadmaster,
     write_config,
 )
+from _open_report import OPEN_HELD, OPEN_OVER, OpenRound, OpenRun, open_lines
 from _procs import Run, interrupt_on_signals, run_sampled
+from _scale import scale_lines
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
-LETTERS = ("a", "b", "c", "d", "e")
-EXTRAS = ("noop", "exact", "memory", "open")
+LETTERS = ("a", "b", "c", "d", "e", "f")
+EXTRAS = ("noop", "exact", "memory", "open", "scale")
 DATA_FILE = "./data/data2.json"  # relative to the repository root, as in the seed's config
 PATH = "/test"
 NOOP_USERS = 10
@@ -83,16 +105,8 @@ IDLE_HATCH_RATE = 5000
 IDLE_RUN_TIME = 15
 EXACT_MAX_DURATION = 5
 RAMP_FACTOR = 20  # clients started per second = users x 20: all running within 50 ms
-SATURATED = 0.9
-DISTURBED = 0.05  # other load on the generator's core above which the figures are not clean
 NGINX_CONNECTIONS = 20_000
 TOOL_MARGIN = 30.0  # on top of --duration before a tool's run is cut
-# the open variant: (ii)'s arrival rate, far above what the pool can start, and (iii)'s,
-# as multiples of (i)'s measured closed-model rate; the issue's two targets
-OPEN_OVER = 3.0
-OPEN_HELD = 0.8
-OPEN_COST_FLOOR = 0.90  # (ii)'s successes/s at least this share of (i)'s
-OPEN_HOLD_TOLERANCE = 0.01  # (iii)'s calls started/s this close to its arrival rate
 
 NOOP_CLIENT = '''\
 from protocol import ClientProtocol
@@ -160,25 +174,6 @@ class Result:
     other: float | None = None  # load on the generator's CPU from other processes
 
 
-@dataclass
-class OpenRun:
-    """One run of the open variant: (i) the closed model, (ii) or (iii) the open."""
-
-    step: str  # i, ii, iii
-    rate: float | None  # arrival_rate, calls/s; None: the closed model
-    final: FinalBlock
-    live: float | None  # successes/s of the last live block: the stop left out
-    cpu: float | None
-    other: float | None
-
-    @property
-    def achieved(self) -> float:
-        """(iii): calls started/s; (i), (ii): successes/s."""
-        if self.step == "iii" and self.final.started_rate is not None:
-            return self.final.started_rate
-        return self.final.rps
-
-
 def usage(run: Run, start: float | None, end: float | None) -> tuple[float | None, float | None]:
     """The generator's CPU and its core's load from other processes, over a window."""
     if start is None or end is None:
@@ -222,18 +217,34 @@ class Bench:
 
     # -- the others -------------------------------------------------------------------
     def bare_aiohttp(self) -> Result:
-        label = "bare aiohttp loop, uvloop"
-        script = Path(__file__).resolve().parent / "_aiohttp_loop.py"
-        run = self._tool([sys.executable, str(script), self.url, str(self.users),
-                          str(self.duration), str(self.data)])
+        return self._request_loop("c", "bare aiohttp loop, uvloop", "_aiohttp_loop.py")
+
+    def ceiling(self) -> Result:
+        return self._request_loop("f", "ceiling: bare uvloop protocol (_ceiling.py)",
+                                  "_ceiling.py")
+
+    def _request_loop(self, key: str, label: str, script: str) -> Result:
+        """A script of ours taking URL USERS DURATION DATA_FILE (see _aiohttp_loop.py)."""
+        run, counts, cpu, other = self._script(script, self.url, str(self.users),
+                                               str(self.duration), str(self.data))
+        if counts is None:
+            return Result(key, label, note=_failure(run))
+        return Result(key, label, counts["responses"] / counts["elapsed"], cpu,
+                      counts["responses"], counts["errors"], other=other)
+
+    def _script(self, script: str, *args: str) -> tuple[Run, dict[str, Any] | None,
+                                                         float | None, float | None]:
+        """Run bench/SCRIPT on CLIENT_CPU: it prints `started`, then one JSON line. Its
+        JSON (None if it failed), its CPU and its core's other load from 0.5 s after the
+        start to the end of the duration."""
+        path = Path(__file__).resolve().parent / script
+        run = self._tool([sys.executable, str(path), *args])
         out = [line for line in run.stdout.splitlines() if line.startswith("{")]
         started = run.first_line(r"^started$")
         if run.returncode != 0 or not out or started is None:
-            return Result("c", label, note=_failure(run))
-        counts = json.loads(out[-1])
+            return run, None, None, None
         cpu, other = usage(run, started + 0.5, started + self.duration)
-        return Result("c", label, counts["responses"] / counts["elapsed"], cpu,
-                      counts["responses"], counts["errors"], other=other)
+        return run, json.loads(out[-1]), cpu, other
 
     def locust(self) -> Result:
         label = "Locust FastHttpUser"
@@ -290,6 +301,17 @@ class Bench:
                           hatch_rate=NOOP_USERS * RAMP_FACTOR)
         return run_loadmaster(conf, self.duration)
 
+    def noop_loop(self, inline: bool = False) -> Result:
+        """The no-op baseline (_noop_loop.py): NOOP_USERS tasks, no load tester."""
+        label = "bare loop, worker's recording inlined" if inline else "bare loop"
+        flags = ["--inline"] if inline else []
+        run, counts, cpu, other = self._script("_noop_loop.py", str(NOOP_USERS),
+                                               str(self.duration), *flags)
+        if counts is None:
+            return Result("noop", label, note=_failure(run))
+        return Result("noop", label, counts["calls"] / counts["elapsed"], cpu, counts["calls"],
+                      other=other)
+
     def open_run(self, step: str, rate: float | None) -> OpenRun:
         """(i) with ``rate`` None: variant a's closed model; else the open model at
         ``rate`` calls/s on a pool of --users clients, all made at the start."""
@@ -326,7 +348,7 @@ def _failure(run: Run) -> str:
 def _run_variant(bench: Bench, key: str) -> Result:
     runs: dict[str, Callable[[], Result]] = {
         "a": bench.builtin_client, "b": bench.seed_client, "c": bench.bare_aiohttp,
-        "d": bench.locust, "e": bench.wrk,
+        "d": bench.locust, "e": bench.wrk, "f": bench.ceiling,
     }
     print(f"running {key} ...", file=sys.stderr, flush=True)
     try:
@@ -337,10 +359,6 @@ def _run_variant(bench: Bench, key: str) -> Result:
 
 
 # -- the report ---------------------------------------------------------------------------
-def _pct(cpu: float | None) -> str:
-    return "-" if cpu is None else f"{cpu * 100:.0f}%"
-
-
 def _ratio(value: float | None, base: Result | None) -> str:
     if value is None or base is None or not base.rps:
         return "-"
@@ -349,18 +367,19 @@ def _ratio(value: float | None, base: Result | None) -> str:
 
 def print_table(results: list[Result]) -> None:
     by_key = {r.key: r for r in results}
-    locust, wrk = by_key.get("d"), by_key.get("e")
+    locust, wrk, ceiling = by_key.get("d"), by_key.get("e"), by_key.get("f")
     print(f"{'':3}{'variant':<42} {'requests/s':>11} {'gen CPU':>8} {'vs Locust':>10} "
-          f"{'vs wrk':>8}  {'requests':>10} {'errors':>7} {'other load':>10}")
+          f"{'vs wrk':>8} {'vs ceiling':>10}  {'requests':>10} {'errors':>7} "
+          f"{'other load':>10}")
     for r in results:
         name = f"{r.key}  {r.label}"
         if r.rps is None:
             print(f"{name:<45} {r.note}")
             continue
         flag = "" if r.cpu is None or r.cpu >= SATURATED else " *"
-        print(f"{name:<45} {r.rps:>11,.0f} {_pct(r.cpu) + flag:>8} {_ratio(r.rps, locust):>10} "
-              f"{_ratio(r.rps, wrk):>8}  {r.requests or 0:>10,} {r.errors:>7,} "
-              f"{_pct(r.other):>10}" + (f"  {r.note}" if r.note else ""))
+        print(f"{name:<45} {r.rps:>11,.0f} {pct(r.cpu) + flag:>8} {_ratio(r.rps, locust):>10} "
+              f"{_ratio(r.rps, wrk):>8} {_ratio(r.rps, ceiling):>10}  {r.requests or 0:>10,} "
+              f"{r.errors:>7,} {pct(r.other):>10}" + (f"  {r.note}" if r.note else ""))
     if any(r.cpu is not None and r.cpu < SATURATED for r in results if r.rps is not None):
         print(f"   * generator under {SATURATED:.0%} of its core: something else (the target, "
               "the loopback, other load) was the limit; its figure understates the generator")
@@ -376,20 +395,43 @@ def print_table(results: list[Result]) -> None:
               f"{seed.rps / bare.rps:.2f}x")
 
 
-def noop_line(bench: Bench) -> str:
+def noop_lines(bench: Bench, floors: Floors) -> list[str]:
+    """The no-op rate of one worker, then the bare loop's in the same run (issue 22)."""
+    lines = []
     try:
         done = bench.noop()
     except LoadmasterFailed as e:
         print(f"noop: {e}", file=sys.stderr)
-        return "no-op: loadmaster failed (details on stderr)"
-    f = done.final
-    cpu, other = usage(done.run, *(done.load_window() or (None, None)))
-    return (f"no-op execute(), 1 worker, {NOOP_USERS} clients, wait_time 0: "
-            f"{f.success / f.run_time:,.0f} calls/s ({f.success:,} in {f.run_time:.3f} s, "
-            f"fail {f.fail}); generator CPU {_pct(cpu)}, other load {_pct(other)}")
+        lines.append("no-op: loadmaster failed (details on stderr)")
+    else:
+        f = done.final
+        cpu, other = usage(done.run, *(done.load_window() or (None, None)))
+        floors.noop = Measured("no-op", f.success / f.run_time, cpu)
+        lines.append(f"no-op execute(), 1 worker, {NOOP_USERS} clients, wait_time 0: "
+                     f"{f.success / f.run_time:,.0f} calls/s ({f.success:,} in "
+                     f"{f.run_time:.3f} s, fail {f.fail}); generator CPU {pct(cpu)}, "
+                     f"other load {pct(other)}")
+    print("running the bare no-op loops ...", file=sys.stderr, flush=True)
+    bare, inline = bench.noop_loop(), bench.noop_loop(inline=True)
+    if bare.rps is None:
+        return [*lines, f"no-op baseline: {bare.note}"]
+    floors.bare = Measured("bare loop", bare.rps, bare.cpu)
+    lines.append(
+        f"no-op baseline, a bare loop (_noop_loop.py): {NOOP_USERS} tasks on uvloop, "
+        "await noop(), perf_counter_ns() before and after, Histogram.record(): "
+        f"{bare.rps:,.0f} calls/s; CPU {pct(bare.cpu)}, other load {pct(bare.other)}")
+    if floors.noop is not None:
+        lines.append(f"no-op / bare loop: {floors.noop.rate / bare.rps:.3f}, floor "
+                     f"{NOOP_FLOOR:.2f}")
+    if inline.rps is not None and floors.noop is not None:
+        lines.append(
+            f"  (a diagnosis, not the floor: the bare loop recording as the worker's call loop "
+            f"does, one perf_counter_ns() a call and bucket_index inlined: {inline.rps:,.0f} "
+            f"calls/s, CPU {pct(inline.cpu)}; no-op / it: {floors.noop.rate / inline.rps:.3f})")
+    return lines
 
 
-def memory_line(bench: Bench, many: int) -> str:
+def memory_line(bench: Bench, many: int, floors: Floors) -> str:
     try:
         few_run, many_run = bench.idle(IDLE_FEW), bench.idle(many)
     except LoadmasterFailed as e:
@@ -406,6 +448,7 @@ def memory_line(bench: Bench, many: int) -> str:
         # Up to a second before the last live block: the stop's cancellations are not idle.
         rss.append(done.run.peak_rss(workers, window[0], window[1] - 1.0))
     per_client = (rss[1] - rss[0]) / (many - IDLE_FEW)
+    floors.idle_kib = per_client / 1024
     cancelled = many_run.final.errors.get("Cancelled", 0)
     others = {k: v for k, v in many_run.final.errors.items() if k != "Cancelled"}
     connected = f"{cancelled:,} of {many:,} clients held their connection to the stop" + (
@@ -414,9 +457,6 @@ def memory_line(bench: Bench, many: int) -> str:
             f"{per_client / 1024:.2f} KiB = (peak worker RSS {rss[1] / 2**20:.1f} MiB with "
             f"{many:,} clients - {rss[0] / 2**20:.1f} MiB with {IDLE_FEW}) / "
             f"{many - IDLE_FEW:,}; {connected}")
-
-
-OpenRound = tuple[OpenRun, OpenRun, OpenRun]  # (i), (ii), (iii)
 
 
 def open_rounds(bench: Bench, rounds: int) -> list[OpenRound]:
@@ -438,100 +478,8 @@ def open_rounds(bench: Bench, rounds: int) -> list[OpenRound]:
     return done
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def open_lines(rounds: list[OpenRound], users: int) -> list[str]:
-    """The open variant's table, its two ratios per round, and the verdicts on their
-    medians."""
-    if not rounds:
-        return ["open: loadmaster failed in every round (details on stderr)"]
-    lines = [
-        f"open model (issue 19), built-in client (http_fast.py), 1 worker, {users} clients "
-        f"(closed) or a pool of {users} made at the start (open):",
-        f"  {'round':>5} {'run':<30} {'arrival/s':>10} {'run time':>8} {'success/s':>10} "
-        f"{'live/s':>10} {'started/s':>10} {'late':>9} {'dropped':>9} {'gen CPU':>8} "
-        f"{'other':>6}  ratio",
-    ]
-    labels = {"i": f"i   closed, {users} users, wait 0", "ii": f"ii  open, {OPEN_OVER:g} x (i)",
-              "iii": f"iii open, {OPEN_HELD:.0%} of (i)"}
-    costs, holds, steady = [], [], []  # steady: (ii) against (i) without start and stop
-    valid = []  # rounds whose (i) measured the generator: it was at its core's limit
-    for n, (closed, over, held) in enumerate(rounds, 1):
-        cost = over.final.rps / closed.final.rps
-        hold = held.achieved / (held.rate or 1.0)
-        costs.append(cost)
-        holds.append(hold)
-        steady.append(over.live / closed.live if over.live and closed.live else float("nan"))
-        if closed.cpu is not None and closed.cpu >= SATURATED:
-            valid.append(n - 1)
-        ratios = {"i": "", "ii": f"{cost:.3f} of (i)'s success/s",
-                  "iii": f"{hold:.4f} of its arrival rate ({100 * (hold - 1):+.2f}%)"}
-        for r in (closed, over, held):
-            f = r.final
-            flag = " *" if r.step == "i" and r.cpu is not None and r.cpu < SATURATED else ""
-            lines.append(
-                f"  {n:>5} {labels[r.step]:<30} {_num(r.rate):>10} {f.run_time:>8.3f} "
-                f"{f.rps:>10,.0f} "
-                f"{_num(r.live):>10} {_num(f.started_rate):>10} {_num(f.late):>9} "
-                f"{_num(f.dropped):>9} "
-                f"{_pct(r.cpu) + flag:>8} {_pct(r.other):>6}  {ratios[r.step]}")
-            if f.fail:
-                lines.append(f"  {'':>5} {'':<30} {f.fail:,} failed calls: {f.errors}")
-    if any(c.cpu is not None and c.cpu < SATURATED for c, _, _ in rounds):
-        lines.append(f"  * generator under {SATURATED:.0%} of its core in (i): the target, the "
-                     "loopback or other load was the limit, not the generator; that round is "
-                     "left out of the verdicts")
-    worst = max((r.other for rs in rounds for r in rs if r.other is not None), default=0.0)
-    if worst > DISTURBED:
-        lines.append(f"  WARNING: other processes used up to {worst:.0%} of CPU {CLIENT_CPU} "
-                     "during a run: these figures are disturbed")
-    lines += [
-        _verdict("scheduler cost: (ii) success/s / (i) success/s", costs, valid, 3,
-                 lambda c: c >= OPEN_COST_FLOOR, f"floor {OPEN_COST_FLOOR:.2f}"),
-        _verdict(f"rate held at {OPEN_HELD:.0%}: (iii) calls started/s / arrival rate", holds,
-                 valid, 4, lambda h: abs(h - 1) <= OPEN_HOLD_TOLERANCE,
-                 f"within {OPEN_HOLD_TOLERANCE:.0%}"),
-    ]
-    lines.append(_verdict("the same without the start and the stop: (ii) live/s / (i) "
-                          "live/s", steady, valid, 3, lambda s: s >= OPEN_COST_FLOOR,
-                          f"floor {OPEN_COST_FLOOR:.2f}", "(a diagnosis, not the target)"))
-    lines += [
-        "  run time and success/s: the final block's (success/s: its rps, success count / run "
-        "time); live/s: the last live block's current rps",
-        "  (successes/s over the last 5 complete seconds before the stop); started/s: the final "
-        "block's calls started/s",
-        "  ((success + fail) / run time); late: started over 10 ms after the intended start; "
-        "dropped: never started",
-    ]
-    return lines
-
-
-def _verdict(what: str, ratios: list[float], valid: list[int], digits: int,
-             passes: Callable[[float], bool], target: str, note: str = "") -> str:
-    """PASS or FAIL on the median of the rounds whose (i) measured the generator (a ratio
-    NaN: no figure in that round)."""
-    every = ", ".join("-" if math.isnan(r) else f"{r:.{digits}f}" for r in ratios)
-    valid = [i for i in valid if not math.isnan(ratios[i])]
-    if not valid:
-        return (f"  {what}: rounds {every}, {target}: NO VERDICT (the generator was under "
-                f"{SATURATED:.0%} of its core in every (i))")
-    median = _median([ratios[i] for i in valid])
-    of = f"median of {len(valid)} rounds" if len(valid) > 1 else "one round"
-    if len(valid) < len(ratios):
-        of += " with (i) at its core's limit"
-    return (f"  {what} = {median:.{digits}f} ({of}; rounds {every}), {target}: "
-            f"{'PASS' if passes(median) else 'FAIL'}" + (f" {note}" if note else ""))
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def exactness_lines(args: argparse.Namespace, tmp: Path, keys: list[str]) -> list[str]:
+def exactness_lines(args: argparse.Namespace, tmp: Path, keys: list[str],
+                    floors: Floors) -> list[str]:
     duration = min(args.duration, EXACT_MAX_DURATION)
     exact_args = argparse.Namespace(users=args.users, duration=duration)
     lines = []
@@ -544,9 +492,11 @@ def exactness_lines(args: argparse.Namespace, tmp: Path, keys: list[str]) -> lis
             except LoadmasterFailed as e:
                 print(f"exactness {key}: {e}", file=sys.stderr)
                 lines.append(f"exactness {key}: loadmaster failed (details on stderr)")
+                floors.exact[key] = "FAILED"
                 continue
             served = target.served() - before
         verdict = "EXACT" if result.requests == served and result.errors == 0 else "MISMATCH"
+        floors.exact[key] = verdict
         lines.append(f"exactness {key} ({result.label}, {duration} s, counting target): "
                      f"success count {result.requests:,}, fail count {result.errors}, "
                      f"target served {served:,}: {verdict}")
@@ -584,7 +534,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per variant")
     parser.add_argument("--users", type=int, default=50, help="concurrent clients")
     parser.add_argument("--only", default="",
-                        help="comma-separated: a,b,c,d,e,noop,exact,memory,open")
+                        help=f"comma-separated: {','.join([*LETTERS, *EXTRAS])}")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 10,000-client run")
     parser.add_argument("--no-nginx", action="store_true",
                         help="use bench/_counting_target.py even if nginx is installed")
@@ -616,6 +566,7 @@ def main() -> None:
     try:
         results: list[Result] = []
         extras: list[str] = []
+        floors = Floors()
         with target_server(not args.no_nginx, connections=NGINX_CONNECTIONS) as target:
             bench = Bench(args, tmp, target)
             versions = tool_versions(target)
@@ -623,18 +574,23 @@ def main() -> None:
                 results.append(_run_variant(bench, key))
             if "noop" in args.chosen:
                 print("running noop ...", file=sys.stderr, flush=True)
-                extras.append(noop_line(bench))
+                extras += noop_lines(bench, floors)
             if "memory" in args.chosen:
                 print(f"running memory ({IDLE_FEW} and {many:,} clients) ...", file=sys.stderr,
                       flush=True)
-                extras.append(memory_line(bench, many))
+                extras.append(memory_line(bench, many, floors))
             if "open" in args.chosen:
                 extras += [""] if extras else []
                 extras += open_lines(open_rounds(bench, args.rounds), args.users)
         if "exact" in args.chosen:
             print("running exact ...", file=sys.stderr, flush=True)
             keys = [k for k in ("a", "b") if k in args.chosen] or ["a"]
-            extras.extend(exactness_lines(args, tmp, keys))
+            extras.extend(exactness_lines(args, tmp, keys, floors))
+        if "scale" in args.chosen:  # its own target, not pinned: after the others' is gone
+            extras += [""] if extras else []
+            extras += scale_lines(tmp, args.duration, not args.no_nginx)
+        rates = {r.key: Measured(r.key, r.rps, r.cpu) for r in results if r.rps is not None}
+        floors.ours, floors.wrk, floors.ceiling = rates.get("a"), rates.get("e"), rates.get("f")
         print(f"date:      {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
         print(f"machine:   {machine()}")
         print(f"target:    {versions}; target on CPU {SERVER_CPU}, generators on CPU "
@@ -647,6 +603,9 @@ def main() -> None:
         if extras:
             print()
             print("\n".join(extras))
+        if set(args.chosen) & {"a", "e", "f", "noop", "memory", "exact"}:
+            print()
+            print("\n".join(floors.lines()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _figures import DISTURBED, SATURATED
 from _loadmaster import (
     REPO,
     START_MARGIN,
@@ -57,7 +58,7 @@ from _loadmaster import (
 )
 from _procs import CLOCK_TICKS, Run, interrupt_on_signals, run_sampled
 from _target import CLIENT_CPU, SERVER_CPU, Target, target_server
-from compare import DATA_FILE, DISTURBED, PATH, RAMP_FACTOR, SATURATED, machine
+from compare import DATA_FILE, PATH, RAMP_FACTOR, machine
 
 AGGREGATION = Path(__file__).resolve().parent / "aggregation.py"
 AGG_MARGIN = 60.0  # start-up and the publishers' join on top of --agg-seconds
