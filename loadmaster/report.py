@@ -68,7 +68,7 @@ def _saturation_note(agent: str, workers: Sequence[WorkerLive], rule: GeneratorR
         named += f" and {len(workers) - NAMED_WORKERS} more"
     behind = any("behind schedule" in w.saturated_by for w in workers)
     advice = "add workers or agents" + (
-        ", or clients to the pool (max_users) if the target was slow" if behind else "")
+        ", or clients to the pool (max_users) if the calls are slow" if behind else "")
     return (f"note: agent {agent} was saturated ({rule.describe(open_model)}: {named}): "
             f"its figures measure the load generator as much as the target; {advice}"
             + (" (on_saturation: fail, exit 7)" if rule.fail else ""))

@@ -157,7 +157,7 @@ def test_an_open_model_that_falls_behind_its_schedule_is_saturated(
                         r"20 ms or over 100 ms behind its schedule, for 3 s in a row: worker 0 "
                         r"from second [1-3] \(behind schedule\)\): its figures measure the "
                         r"load generator as much as the target; add workers or agents, or "
-                        r"clients to the pool \(max_users\) if the target was slow "
+                        r"clients to the pool \(max_users\) if the calls are slow "
                         r"\(on_saturation: fail, exit 7\)", note), note
     assert counted(r, "late calls") > 0 and counted(r, "dropped calls") > 0, r.stdout
 
