@@ -113,8 +113,8 @@ def packb(value: object) -> bytes:
 
 
 def head(worker: int) -> bytes:
-    """A Delta's body up to its worker: a msgpack array of its 8 fields, agent, worker."""
-    return b"\x98" + packb(AGENT) + packb(worker)
+    """A Delta's body up to its worker: a msgpack array of its 9 fields, agent, worker."""
+    return b"\x99" + packb(AGENT) + packb(worker)
 
 
 def middle(seq: int) -> bytes:
@@ -123,8 +123,8 @@ def middle(seq: int) -> bytes:
 
 
 def tail(totals_packed: bytes) -> bytes:
-    """totals, cpu_seconds, loop_lag."""
-    return totals_packed + packb(0.9) + packb(0.001)
+    """totals, cpu_seconds, loop_lag, sched_lag (0.0: none)."""
+    return totals_packed + packb(0.9) + packb(0.001) + packb(0.0)
 
 
 def check_frames(sample: Totals) -> None:

@@ -345,6 +345,7 @@ def test_agent_refuses_a_master_of_another_protocol_version(tag: str, tmp_path: 
 
 
 def test_master_refuses_an_agent_of_another_protocol_version(tmp_path: Path, tag: str) -> None:
+    OTHER = PROTOCOL_VERSION + 1  # an agent of a later release
     port = free_port()
     conf = write_job(tmp_path, {"host": "http://127.0.0.1:1/", "users": 1, "run_time": 1,
                                 "agent_timeout": 4})
@@ -359,7 +360,7 @@ def test_master_refuses_an_agent_of_another_protocol_version(tmp_path: Path, tag
         try:
             reg = Register(name="future", hostname="h", cores=1, workers=1, version="9",
                            pid=1, max_message=1 << 20, token="")
-            sock.send_multipart([HEADER.pack(MAGIC, 7, 1), encode(reg)[1]])
+            sock.send_multipart([HEADER.pack(MAGIC, OTHER, 1), encode(reg)[1]])
             assert sock.poll(10_000)
             frames = sock.recv_multipart()
         finally:
@@ -368,10 +369,10 @@ def test_master_refuses_an_agent_of_another_protocol_version(tmp_path: Path, tag
         code = proc.wait(30)
         stderr = err.text()
     # the refusal is readable by an agent of any version, and names both versions
-    with pytest.raises(Exception, match=f"agent speaks protocol version 7, master speaks "
-                                        f"{PROTOCOL_VERSION}"):
+    with pytest.raises(Exception, match=f"agent speaks protocol version {OTHER}, master "
+                                        f"speaks {PROTOCOL_VERSION}"):
         decode(frames)
-    assert "refused" in stderr and "protocol version 7" in stderr
+    assert "refused" in stderr and f"protocol version {OTHER}" in stderr
     assert code == 4  # and it was not counted as an agent
 
 

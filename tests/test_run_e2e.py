@@ -460,7 +460,7 @@ def test_a_forged_delta_with_a_bad_bucket_is_dropped_and_the_run_stays_exact(
         out.wait_for("current rps", 15)  # the load runs
         op = ["HttpClient", 5, 0, 5_000, 1_000, 1_000, array("H", [MAX_INDEX + 1]).tobytes(),
               array("I", [5]).tobytes(), [], 0, 0, [], False]
-        body = msgpack.packb(["local", 0, 1_000_000, 2, 1, [[op], []], 0.1, 0.0],
+        body = msgpack.packb(["local", 0, 1_000_000, 2, 1, [[op], []], 0.1, 0.0, 0.0],
                              use_bin_type=True)
         frames = [run_id.encode(), HEADER.pack(MAGIC, PROTOCOL_VERSION, Delta.TYPE), body]
         ctx = zmq.Context()
