@@ -9,13 +9,22 @@ Glossary
   cancelled (and counted as failures). What happened in it is kept apart
   (``GraceReport``), and a cancelled call does not extend the run time.
 
-The call loop is the hot path of the whole project: it touches only locals and the
-slots of one ``OpStats``, reuses the end time of a call as the start of the next one
-when nothing waits between them, and yields to the event loop every
-``YIELD_EVERY`` calls, or after a call that held the loop ``YIELD_AFTER_NS``, so that
-a client whose ``execute()`` never suspends cannot starve the publisher, the stop or
-the other clients. "Held the loop" is told apart from "waited long" by a ticker that
-stamps each turn the loop gets: a long call during which no stamp came held it.
+The call loop is the hot path of the whole project: it touches only locals, the
+slots of one ``OpStats`` and its histogram's tally (``Histogram.rows``: two list
+subscripts a call, no bucket arithmetic, no dict look-up), reads the clock once a call
+(the end of a call is the start of the next one when nothing waits between them),
+makes no object of its own (no coroutine, future or bound method), and yields to the
+event loop every ``YIELD_EVERY`` calls, or after a call that held the loop
+``YIELD_AFTER_NS``, so that a client whose ``execute()`` never suspends cannot starve
+the publisher, the stop or the other clients. "Held the loop" is told apart from
+"waited long" by a ticker that stamps each turn the loop gets: a long call during
+which no stamp came held it. A turn is a bare ``yield`` (``_turn``: no coroutine
+made), not registered as idle: the stop is seen after it. The end of the last call
+(``last_call_end_ns``) is worked out as the loop ends, not kept a call.
+
+A client costs its task, two coroutine frames (``_client_main`` and the loop's; few
+locals each) and its context's two variables: no done callback, no bound method, no
+per-client state in the scheduler but its place in ``_tasks`` and ``_clients``.
 """
 
 from __future__ import annotations
@@ -25,13 +34,14 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import types
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 from loadagent.early_failure import EarlyFailure
 from protocol.calls import current_op, current_totals
 from protocol.client import ClientProtocol
-from protocol.histogram import SUB_BUCKET_BITS, Histogram
+from protocol.histogram import Histogram
 from protocol.stats import OpStats, Totals, error_key
 
 YIELD_EVERY = 32
@@ -45,6 +55,12 @@ RETURNED_FALSE = ("Failure", "execute() returned False")
 CANCELLED_AT_STOP = ("Cancelled", "call still running when the stop grace ran out")
 
 
+@types.coroutine
+def _turn() -> Generator[None, None, None]:
+    """Give the loop a turn: ``asyncio.sleep(0)`` without a coroutine around it."""
+    yield
+
+
 @dataclass
 class GraceReport:
     """What the stop grace held: the calls in flight at the stop and what became of them."""
@@ -56,8 +72,9 @@ class GraceReport:
 
 class Budget:
     """A worker's share of the run's ``iterations``, over every class it runs: a call is
-    claimed before it starts; once none is left and the last claimed one has ended,
-    ``on_done`` is called (once)."""
+    claimed before it starts (``left`` down, ``busy`` up) and released as it ends
+    (``busy`` down), by the shaped call loop, inline; once none is left and the last
+    claimed one has ended, ``check`` calls ``on_done`` (once)."""
 
     __slots__ = ("_on_done", "busy", "left")
 
@@ -65,18 +82,6 @@ class Budget:
         self.left = share
         self.busy = 0  # claimed calls not ended yet
         self._on_done: Callable[[], None] | None = on_done
-
-    def claim(self) -> bool:
-        if self.left <= 0:
-            self.check()
-            return False
-        self.left -= 1
-        self.busy += 1
-        return True
-
-    def release(self) -> None:
-        self.busy -= 1
-        self.check()
 
     def check(self) -> None:
         if self.left <= 0 and self.busy <= 0 and self._on_done is not None:
@@ -118,6 +123,7 @@ class ClientScheduler:
         self._shaped = self._pause is not None or budget is not None
         self._delta = delta
         self._name = cls.name or cls.__name__
+        self._task_name = f"{self._name} client"
         self._early = early or EarlyFailure(0)
         self._stopping = False
         self._clients: list[ClientProtocol] = []
@@ -170,13 +176,37 @@ class ClientScheduler:
                 batch = 0
             if self._stopping:
                 return
-            task = loop.create_task(self._client_main(windows[i] if windows else ()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # named: one string for all, not a "Task-N" each; it leaves ``_tasks`` by itself
+            # as it ends (no done callback, and its context, kept per client)
+            self._tasks.add(loop.create_task(self._client_main(windows[i] if windows else ()),
+                                             name=self._task_name))
             batch += 1
 
     async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
-        early = self._early
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            client = await self._started()
+            if client is None or self._stopping:
+                return
+            # this task's own context: what the built-in HTTP client counts (statuses,
+            # bytes) from here on lands under this client's name; init_before_use's
+            # requests do not
+            current_op.set(self._delta.op(self._name))
+            current_totals.set(self._delta)
+            self.running += 1
+            try:
+                if self._shaped or windows:
+                    await self._shaped_loop(client, windows)
+                else:
+                    await self._call_loop(client)
+            finally:
+                self.running -= 1
+        finally:
+            self._tasks.discard(task)
+
+    async def _started(self) -> ClientProtocol | None:
+        """A new client, its init_before_use returned; None if either raised (counted)."""
         try:
             client = self._cls()
             r = client.init_before_use(self._host)
@@ -184,25 +214,12 @@ class ClientScheduler:
                 await r
         except Exception as e:  # no shutdown() for it: as __exit__ after a failed __enter__
             self._on_init_error(e)
-            return
+            return None
         self._clients.append(client)
         self.started += 1
-        if early.armed:
-            early.init_ok(time.monotonic())
-        if self._stopping:
-            return
-        # this task's own context: what the built-in HTTP client counts (statuses, bytes)
-        # from here on lands under this client's name; init_before_use's requests do not
-        current_op.set(self._delta.op(self._name))
-        current_totals.set(self._delta)
-        self.running += 1
-        try:
-            if self._shaped or windows:
-                await self._shaped_loop(client, windows)
-            else:
-                await self._call_loop(client)
-        finally:
-            self.running -= 1
+        if self._early.armed:
+            self._early.init_ok(time.monotonic())
+        return client
 
     def _on_init_error(self, e: Exception) -> None:
         """A client's init_before_use raised: a failure of its name, and its error."""
@@ -237,34 +254,132 @@ class ClientScheduler:
         self._delta.add_error((self._name, *self._cancelled_as))
         self.grace.cancelled += 1
 
+    def _held(self, began: int, ended: int) -> bool:
+        """Whether a call held the loop all along: long, and no turn stamped while it ran."""
+        return ended - began > YIELD_AFTER_NS and self._last_turn < began
+
     async def _call_loop(self, client: ClientProtocol) -> None:
-        execute = client.execute
         st = self._delta.op(self._name)
         assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
-        counts = st.hist.counts
+        rows = st.hist.rows()
         clock = time.perf_counter_ns
-        sleep = asyncio.sleep
         wait = self._wait
+        every = 1 if wait > 0 else YIELD_EVERY  # calls from one pause to the next
         task = asyncio.current_task()
         assert task is not None
-        idle = self._idle
+        yield_after = YIELD_AFTER_NS
+        # (few locals: each is 8 bytes of every client's frame, waiting or not)
         # until this client's first success, the early-failure watch may still be armed;
         # a local flag, so the loop pays a fast local test per call, not an attribute read
         watching = self._early.armed
-        n = 0
-        t0 = clock()
-        yield_after = YIELD_AFTER_NS
-        ended = 0  # the end of this client's last call that finished by itself
+        left = every  # calls before the next pause (one that held the loop makes it 1)
+        ended = 0  # the end of the last call before the latest pause
+        t0 = clock()  # the start of the call, which is the end of the one before it
         try:
             while True:
+                # (client.execute looked up each call: no bound method kept per client)
                 try:
-                    began = t0
-                    r = await execute()
+                    r = await client.execute()
                 except asyncio.CancelledError:
                     self._on_call_cancelled(st)
                     raise
                 except Exception as e:
+                    t1 = clock()
+                    self._on_call_error(st, e)
+                    if self._held(t0, t1):
+                        left = 1
+                else:
+                    t1 = clock()
+                    dt = t1 - t0
+                    if r is False:
+                        self._on_call_false(st)
+                    else:
+                        st.ok += 1
+                        st.sum_ns += dt
+                        if dt > st.max_ns:
+                            st.max_ns = dt
+                        if dt < st.min_ns:
+                            st.min_ns = dt
+                        # into the histogram's tally (Histogram.rows; tests check
+                        # that it agrees with bucket_index)
+                        s = dt.bit_length() - 8
+                        if s > 0:
+                            rows[s][dt >> s] += 1
+                        else:
+                            rows[0][dt] += 1
+                    if dt > yield_after and self._last_turn < t0:  # it held the loop
+                        left = 1
+                    if watching:
+                        self._early.disarm()
+                        watching = False
+                t0 = t1
+                left -= 1
+                if self._stopping:  # this call was in flight at the stop
+                    self.grace.finished += 1
+                    return
+                if not left:
+                    ended, left = t1, every
+                    if wait > 0:
+                        self._idle.add(task)  # a stop cancels the wait at once
+                        try:
+                            await asyncio.sleep(wait)
+                        finally:
+                            self._idle.discard(task)
+                    else:
+                        await _turn()  # (a stop cancels no turn: it is seen here)
+                        if self._stopping:
+                            return
                     t0 = clock()
+        finally:
+            if left != every:  # a call ended since the last pause: t0 is its end
+                ended = t0
+            if ended > self.last_call_end_ns:
+                self.last_call_end_ns = ended
+
+    async def _shaped_loop(self, client: ClientProtocol,
+                           windows: Sequence[tuple[float, float]]) -> None:
+        """The call loop of a client with a wait form, stage windows or a share of the
+        run's iterations: counted as ``_call_loop`` counts, with what comes between two
+        calls decided after each (a wait or pacing, a pause until the client's next
+        window, the end of its windows or of the iterations)."""
+        st = self._delta.op(self._name)
+        assert isinstance(st.hist, Histogram)
+        rows = st.hist.rows()
+        clock = time.perf_counter_ns
+        loop_time = asyncio.get_running_loop().time
+        budget = self._budget
+        pause = self._pause
+        wait = self._wait if pause is None else 0.0
+        pacing = 0.0 if pause is None else pause.pacing
+        low = high = 0.0
+        if pause is not None and not pacing:
+            low, high = pause.low, pause.high
+        spans = iter(windows)
+        end = next(spans)[1] if windows else math.inf  # (hatched at the first's start)
+        t0_loop = self._t0_loop
+        uniform = random.uniform
+        yield_after = YIELD_AFTER_NS
+        task = asyncio.current_task()
+        assert task is not None
+        watching = self._early.armed
+        left = YIELD_EVERY  # calls before the next turn of the loop, when none waits
+        ended = 0  # the end of the last call
+        t0 = clock()
+        try:
+            while True:
+                if budget is not None:  # (Budget.claim, inlined)
+                    if budget.left <= 0:
+                        budget.check()
+                        return
+                    budget.left -= 1
+                    budget.busy += 1
+                try:
+                    r = await client.execute()
+                except asyncio.CancelledError:
+                    self._on_call_cancelled(st)
+                    raise
+                except Exception as e:
+                    t1 = clock()
                     self._on_call_error(st, e)
                 else:
                     t1 = clock()
@@ -278,124 +393,69 @@ class ClientScheduler:
                             st.max_ns = dt
                         if dt < st.min_ns:
                             st.min_ns = dt
-                        # histogram.bucket_index, inlined (tests check they agree)
+                        # into the histogram's tally (Histogram.rows; tests check
+                        # that it agrees with bucket_index)
                         s = dt.bit_length() - 8
-                        i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
-                        counts[i] = counts.get(i, 0) + 1
+                        if s > 0:
+                            rows[s][dt >> s] += 1
+                        else:
+                            rows[0][dt] += 1
                     if watching:
                         self._early.disarm()
                         watching = False
-                    t0 = t1
-                ended = t0
+                ended = t1
+                if budget is not None:  # (Budget.release, inlined)
+                    budget.busy -= 1
+                    if budget.left <= 0:
+                        budget.check()
                 if self._stopping:  # this call was in flight at the stop
                     self.grace.finished += 1
                     return
-                if wait > 0:
-                    idle.add(task)
-                    try:
-                        await sleep(wait)
-                    finally:
-                        idle.discard(task)
-                    t0 = clock()
+                # from the end of this call to the next one's start
+                if pacing:
+                    delay = pacing - (t1 - t0) / 1e9
+                elif high > low:
+                    delay = uniform(low, high)
                 else:
-                    n += 1
-                    # every YIELD_EVERY calls, or after a long call in which the loop had
-                    # no turn (the ticker stamps the turns): it held the loop all along
-                    if n & (YIELD_EVERY - 1) == 0 or (
-                            t0 - began > yield_after and self._last_turn < began):
-                        idle.add(task)
+                    delay = wait
+                left -= 1
+                if windows:
+                    # when the next call would start, in seconds after T0: past this
+                    # window's end, it waits for the first window with room for it
+                    at = loop_time() - t0_loop + max(delay, 0.0)
+                    if at >= end:
+                        while at >= end:
+                            span = next(spans, None)
+                            if span is None:
+                                return
+                            start, end = span
+                            at = max(at, start)
+                        self.running -= 1
                         try:
-                            await sleep(0)
+                            await self._idle_sleep(task, t0_loop + at - loop_time())
                         finally:
-                            idle.discard(task)
+                            self.running += 1
+                        left = YIELD_EVERY
                         t0 = clock()
-        finally:
-            if ended > self.last_call_end_ns:
-                self.last_call_end_ns = ended
-
-    async def _shaped_loop(self, client: ClientProtocol,
-                           windows: Sequence[tuple[float, float]]) -> None:
-        """The call loop of a client with a wait form, stage windows or a share of the
-        run's iterations: counted as ``_call_loop`` counts, with what comes between two
-        calls decided after each (a wait or pacing, a pause until the client's next
-        window, the end of its windows or of the iterations)."""
-        execute = client.execute
-        st = self._delta.op(self._name)
-        clock = time.perf_counter_ns
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        budget = self._budget
-        spans = iter(windows)
-        end = next(spans)[1] if windows else math.inf  # (hatched at the first's start)
-        t0_loop = self._t0_loop
-        n = 0
-        ended = 0
-        try:
-            while True:
-                if budget is not None and not budget.claim():
-                    return
-                began = clock()
-                ended = await self._timed_call(execute, st, began)
-                if budget is not None:
-                    budget.release()
-                if self._stopping:  # this call was in flight at the stop
-                    self.grace.finished += 1
-                    return
-                delay = max(self._delay(ended - began), 0.0)
-                n += 1
-                # when the next call would start, in seconds after T0: past this window's
-                # end, it waits for the first window with room for it, not running
-                at = loop.time() - t0_loop + delay
-                if at < end:
-                    if delay > 0 or n & (YIELD_EVERY - 1) == 0:
-                        await self._idle_sleep(task, delay)
-                    continue
-                while at >= end:
-                    span = next(spans, None)
-                    if span is None:
+                        continue
+                if delay > 0:
+                    self._idle.add(task)  # a stop cancels the wait at once
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        self._idle.discard(task)
+                elif not left or (t1 - t0 > yield_after and self._last_turn < t0):
+                    await _turn()  # (a stop cancels no turn: it is seen here)
+                    if self._stopping:
                         return
-                    start, end = span
-                    at = max(at, start)
-                self.running -= 1
-                try:
-                    await self._idle_sleep(task, t0_loop + at - loop.time())
-                finally:
-                    self.running += 1
+                else:
+                    t0 = t1
+                    continue
+                left = YIELD_EVERY
+                t0 = clock()
         finally:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
-
-    async def _timed_call(self, execute: Callable[[], Awaitable[bool | None]], st: OpStats,
-                          began: int) -> int:
-        """One call that began at ``began``, counted into ``st``; when it ended (the shaped
-        loop's: ``_call_loop`` inlines the same, as the hot path)."""
-        try:
-            r = await execute()
-        except asyncio.CancelledError:
-            self._on_call_cancelled(st)
-            raise
-        except Exception as e:
-            ended = time.perf_counter_ns()
-            self._on_call_error(st, e)
-            return ended
-        ended = time.perf_counter_ns()
-        if r is False:
-            self._on_call_false(st)
-        else:
-            st.record_ok(ended - began)
-        if self._early.armed:
-            self._early.disarm()
-        return ended
-
-    def _delay(self, took_ns: int) -> float:
-        """Seconds from the end of a call that took ``took_ns`` to the next one's start."""
-        pause = self._pause
-        if pause is None:
-            return self._wait
-        if pause.pacing:
-            return pause.pacing - took_ns / 1e9
-        return random.uniform(pause.low, pause.high)
 
     async def _idle_sleep(self, task: asyncio.Task[None], seconds: float) -> None:
         """Sleep outside a call: a stop cancels it at once."""

@@ -41,6 +41,11 @@ class ClientProtocol:
     set, never from data such as a URL or an id.
     """
 
+    # Empty: a subclass that declares no __slots__ has a __dict__ (any attribute, as
+    # always); one that declares its own has none, so a worker's many clients of it cost
+    # only their slots.
+    __slots__ = ()
+
     name: ClassVar[str | None] = None
 
     def __init__(self) -> None:

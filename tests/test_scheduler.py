@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 import uvloop
 
+from loadagent import scheduler
 from loadagent.scheduler import (
     CANCELLED_AT_STOP,
     HATCH_BATCH,
     RETURNED_FALSE,
+    YIELD_EVERY,
+    Budget,
     ClientScheduler,
 )
 from protocol.calls import current_op
@@ -36,17 +39,24 @@ class Noop(ClientProtocol):
         return None
 
 
+def budget() -> Budget:
+    """A share of iterations that does not run out: the shaped call loop, no pause."""
+    return Budget(10**12, lambda: None)
+
+
+@pytest.mark.parametrize("shaped", [False, True], ids=["call loop", "shaped loop"])
 @pytest.mark.parametrize("step", [0, 1, 127, 128, 255, 256, 257, 1000, 65_537,
                                   123_456_789, 2**40 + 17])
 def test_the_inlined_bucket_formula_equals_bucket_index(
-        monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+        monkeypatch: pytest.MonkeyPatch, step: int, shaped: bool) -> None:
     # every read of the clock advances it by `step`, so every call lasts exactly `step`
+    # (the loops read it once a call: a call's end is the next one's start)
     ticks: Iterator[int] = itertools.count(0, step)
     monkeypatch.setattr("loadagent.scheduler.time.perf_counter_ns", lambda: next(ticks))
     totals = Totals()
 
     async def main() -> None:
-        sched = ClientScheduler(Noop, "h", 0.0, totals)
+        sched = ClientScheduler(Noop, "h", 0.0, totals, budget=budget() if shaped else None)
         sched.start(asyncio.get_running_loop().time(), [0.0])
         await asyncio.sleep(0.05)
         await sched.stop(1.0)
@@ -56,6 +66,22 @@ def test_the_inlined_bucket_formula_equals_bucket_index(
     assert st.ok > 100
     assert st.hist.counts == {bucket_index(step): st.ok}
     assert st.sum_ns == step * st.ok and st.min_ns == st.max_ns == step
+
+
+def test_a_client_class_may_set_any_attribute_or_declare_slots() -> None:
+    class Plain(ClientProtocol):
+        def __init__(self) -> None:
+            self.session = "made in __init__"
+
+    class Slotted(ClientProtocol):
+        __slots__ = ("session",)
+
+    plain = Plain()
+    plain.other = 1  # type: ignore[attr-defined]
+    assert vars(plain) == {"session": "made in __init__", "other": 1}
+    slotted = Slotted()
+    slotted.session = "a slot"
+    assert not hasattr(slotted, "__dict__")  # the base adds none
 
 
 class Flaky(ClientProtocol):
@@ -137,6 +163,37 @@ def test_stop_lets_running_calls_finish_within_the_grace_then_cancels() -> None:
     run(main)
     assert totals.op("Slow").fail == 5
     assert totals.errors[("Slow", *CANCELLED_AT_STOP)] == 5
+
+
+@pytest.mark.parametrize("how", ["stop", "abort"])
+@pytest.mark.parametrize("shaped", [False, True], ids=["call loop", "shaped loop"])
+def test_clients_that_never_suspend_end_at_a_stop_or_abort_between_calls(
+        how: str, shaped: bool) -> None:
+    """Between calls a client is only ever at a turn of the loop (not registered as idle):
+    the stop is seen there, no call starts after it, and none is counted as cancelled."""
+    totals = Totals()
+    clients = 8
+
+    async def main() -> None:
+        sched = ClientScheduler(Noop, "h", 0.0, totals, budget=budget() if shaped else None)
+        sched.start(asyncio.get_running_loop().time(), [0.0] * clients)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        if how == "abort":
+            sched.abort("test")
+        await sched.stop(10.0)
+        assert time.monotonic() - started < 1.0  # not the grace
+        made = totals.op("Noop").ok
+        await asyncio.sleep(0.05)
+        assert totals.op("Noop").ok == made  # no call after the stop
+        assert sched.running == 0 and not sched._tasks
+        assert sched.grace.cancelled == 0 and sched.grace.finished == 0
+        assert sched.last_call_end_ns > 0
+
+    run(main)
+    st = totals.op("Noop")
+    assert st.ok > 1000 and st.fail == 0 and totals.errors == {}
+    assert st.hist.total == st.ok
 
 
 def test_abort_cancels_at_once_and_says_why() -> None:
@@ -352,10 +409,11 @@ def test_shutdown_runs_only_for_clients_whose_init_returned() -> None:
     assert not any("shutdown" in key[0] for key, _ in totals.iter_errors())
 
 
-def test_a_client_that_blocks_the_loop_yields_after_each_call() -> None:
+@pytest.mark.parametrize("shaped", [False, True], ids=["call loop", "shaped loop"])
+def test_a_client_that_blocks_the_loop_yields_after_each_call(shaped: bool) -> None:
     """execute() that never suspends but holds the loop for ms at a time gives the loop a
     turn after every call (not every YIELD_EVERY calls): the publisher and the stop
-    still run on time."""
+    still run on time. So does the shaped loop (iterations, no wait)."""
     calls = 0
 
     class Blocking(ClientProtocol):
@@ -367,7 +425,8 @@ def test_a_client_that_blocks_the_loop_yields_after_each_call() -> None:
     between: list[int] = []
 
     async def main() -> None:
-        sched = ClientScheduler(Blocking, "h", 0.0, Totals())
+        sched = ClientScheduler(Blocking, "h", 0.0, Totals(),
+                                budget=budget() if shaped else None)
         sched.start(asyncio.get_running_loop().time(), [0.0, 0.0])
         seen = calls
         for _ in range(40):
@@ -381,35 +440,38 @@ def test_a_client_that_blocks_the_loop_yields_after_each_call() -> None:
     assert max(between) <= 2 and sum(between) >= 20
 
 
-def test_a_call_that_waits_long_does_not_add_yields(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shaped", [False, True], ids=["call loop", "shaped loop"])
+def test_a_call_that_waits_long_does_not_add_yields(monkeypatch: pytest.MonkeyPatch,
+                                                    shaped: bool) -> None:
     """A call that takes long because it waited (I/O, a busy loop) gave the loop turns:
-    the scheduler adds no sleep(0) of its own after it, only the one every YIELD_EVERY."""
+    the scheduler adds no turn of its own after it, only the one every YIELD_EVERY."""
     yields = 0
-    real_sleep = asyncio.sleep
+    real_turn = scheduler._turn
 
-    async def counting_sleep(delay: float) -> None:
+    def counting_turn() -> Awaitable[None]:
         nonlocal yields
-        if delay == 0:
-            yields += 1
-        await real_sleep(delay)
+        yields += 1
+        return real_turn()
 
     class Waiting(ClientProtocol):
         async def execute(self) -> None:
-            await real_sleep(0.006)  # longer than YIELD_AFTER_NS, but waiting
+            await asyncio.sleep(0.006)  # longer than YIELD_AFTER_NS, but waiting
 
     totals = Totals()
-    monkeypatch.setattr("loadagent.scheduler.asyncio.sleep", counting_sleep)
+    monkeypatch.setattr("loadagent.scheduler._turn", counting_turn)
 
     async def main() -> None:
-        sched = ClientScheduler(Waiting, "h", 0.0, totals)
+        sched = ClientScheduler(Waiting, "h", 0.0, totals, budget=budget() if shaped else None)
         sched.start(asyncio.get_running_loop().time(), [0.0] * 20)
-        await real_sleep(0.3)
+        await asyncio.sleep(0.3)
         await sched.stop(1.0)
 
     run(main)
     calls = totals.op("Waiting").ok
     assert calls > 200
-    assert yields <= calls // 32 + 20  # the periodic yields only, not one per call
+    # the periodic turns only, each client's every YIELD_EVERY calls (20 clients: the
+    # rounding of each one's count is under 1), not one per call
+    assert calls // YIELD_EVERY - 20 <= yields <= calls // YIELD_EVERY + 20
 
 
 # -- what the built-in HTTP client counts lands under the client's name --------------------

@@ -133,6 +133,48 @@ def sample(rng: random.Random, n: int) -> list[int]:
     return [int(rng.lognormvariate(15, 2)) for _ in range(n)] + [0, 1, 255, 256, 10**12]
 
 
+def tally(h: Histogram, value: int) -> None:
+    """Record ``value`` as the worker's call loops do (``Histogram.rows``, inlined)."""
+    rows = h.rows()
+    s = value.bit_length() - 8
+    if s > 0:
+        rows[s][value >> s] += 1
+    else:
+        rows[0][value] += 1
+
+
+def test_the_tally_counts_each_value_in_its_bucket() -> None:
+    values = [*interesting_values(), MAX_VALUE_NS - 1, MAX_VALUE_NS]
+    tallied, recorded = Histogram(), Histogram()
+    for v in values:
+        tally(tallied, v)
+        recorded.record(v)
+    assert tallied.counts == recorded.counts
+    assert tallied.total == len(values)
+
+
+def test_the_tally_is_read_with_the_dict_and_zeroed_in_place() -> None:
+    h = Histogram()
+    rows = h.rows()
+    tally(h, 1000)
+    h.record(1000)  # beside the tally: both are read
+    tally(h, 5)
+    assert h.total == 3
+    assert h.items() == [(5, 1), (bucket_index(1000), 2)]
+    tally(h, 1000)  # after a read, into the same rows: the call loop keeps them
+    assert h.rows() is rows
+    assert h.counts == {5: 1, bucket_index(1000): 3}
+    merged = Histogram()
+    tally(h, 2**40)
+    merged.merge(h)
+    assert merged.counts == {5: 1, bucket_index(1000): 3, bucket_index(2**40): 1}
+    h.clear()
+    assert h.rows() is rows and not any(map(any, rows))
+    assert h.total == 0 and h.counts == {}
+    tally(h, 7)
+    assert h.to_wire() == Histogram({7: 1}).to_wire()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_histogram_merge_equals_recording_into_one(seed: int) -> None:
     rng = random.Random(seed)
