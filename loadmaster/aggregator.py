@@ -24,7 +24,8 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from operator import itemgetter
+from typing import Any, Protocol
 
 import numpy as np
 import zmq.asyncio
@@ -41,11 +42,31 @@ from protocol.histogram import (
     summed,
 )
 from protocol.security import Curve
-from protocol.stats import Totals
+from protocol.stats import OpStats, Totals
 from protocol.wire.channel import Channel, stats_sub
 from protocol.wire.codec import WireError, decode_stats
-from protocol.wire.deltas import DELTA_HEADER, DeltaBatch, decode_deltas
-from protocol.wire.messages import MAX_SECOND, Delta, Hello
+from protocol.wire.deltas import (
+    DELTA_HEADER,
+    DROPPED,
+    FAIL,
+    LATE,
+    MAIN_HIST,
+    MAX,
+    MIN,
+    NAME,
+    OK,
+    OPEN,
+    RECEIVED,
+    SCHED_HIST,
+    SENT,
+    STATUSES,
+    STEP,
+    SUM,
+    DeltaBatch,
+    Row,
+    decode_deltas,
+)
+from protocol.wire.messages import MAX_SECOND, Hello
 
 log = logging.getLogger("loadmaster")
 DRAIN_BATCH = 200
@@ -65,6 +86,11 @@ MAX_DELTA_SECONDS = 3600.0
 MAX_SCHED_LAG = float(MAX_SECOND)  # behind its schedule: no further than a run is long
 MAX_CLIENTS = 10_000_000
 GC_YOUNG = 50_000  # see ``few_collections``
+_SECOND = 3  # a delta's second among its fields
+# a row's figures (``protocol.wire.deltas.Row``), for sums over many rows at once
+_OK, _FAIL, _SUM, _MIN, _MAX, _SENT, _RECEIVED, _LATE, _DROPPED, _OPEN, _STEP, _MAIN_HIST = (
+    itemgetter(i) for i in (OK, FAIL, SUM, MIN, MAX, SENT, RECEIVED, LATE, DROPPED, OPEN, STEP,
+                            MAIN_HIST))
 # The saturation rule's defaults (config: ``generator:``)
 SATURATION = GeneratorRule()
 SATURATION_CPU = SATURATION.max_cpu  # of one core, per second
@@ -152,8 +178,10 @@ class WorkerLive:
         self.counted = second
         self.cpu_seconds += cpu_seconds
         self.cpu_span += 1
-        self.loop_lag = max(self.loop_lag, loop_lag)
-        self.behind = max(self.behind, behind)
+        if loop_lag > self.loop_lag:  # (the master calls this for every delta)
+            self.loop_lag = loop_lag
+        if behind > self.behind:
+            self.behind = behind
         rule = self.rule
         if cpu_seconds > rule.max_cpu or loop_lag > rule.max_loop_lag \
                 or behind > rule.max_behind_schedule:
@@ -165,7 +193,7 @@ class WorkerLive:
                 ("behind schedule", behind > rule.max_behind_schedule)) if hot)
             self.hot_seconds += 1
             self._saturate()
-        else:
+        elif self.hot_seconds:
             self.hot_seconds = 0
         return skipped
 
@@ -247,9 +275,11 @@ class Aggregator:
                                                    rule=self.saturation)
 
     def _on_deltas(self, batch: DeltaBatch) -> None:
-        """Merge a batch: counters delta by delta, histograms with one vector add for
-        every worker's, and one per second, name and kind into a sum that is added to
-        the series and to the run's totals."""
+        """Merge a batch: each worker's counters row by row (a worker has one delta in a
+        batch: nothing to sum), the series' and the run's once per second and name, each
+        figure summed over the batch's rows at once (``_count``); histograms with one
+        vector add for every worker's, and one per second, name and kind into a sum that
+        is added to the series and to the run's totals."""
         for e in batch.errors:
             self._bad(e)
         hists = batch.hists
@@ -259,31 +289,67 @@ class Aggregator:
         offsets: list[int] = []  # and its offset there
         arena = self._arena
         moves = arena.moves
-        # (second, name): its histograms by kind, a delta each
-        seconds: dict[tuple[int, str], list[tuple[int, ...]]] = {}
+        # (second, name): its rows merged, in batch order
+        seconds: dict[tuple[int, str], list[Row]] = {}
         # a delta's second may not be far ahead of the run's clock (a forged one would hold
         # the live figures back)
         horizon = SECOND_SLACK if self.t0 is None else time.time() - self.t0 + SECOND_SLACK
         totals = self.totals
-        for d, ops in zip(batch.deltas, batch.ops, strict=True):
-            w = self._take(d, horizon)
+        known = totals.ops
+        rows, first = batch.rows, batch.first
+        for k, fields in enumerate(batch.fields):
+            lo, hi = first[k], first[k + 1]
+            w = self._take(fields, rows, lo, hi, horizon)
             if w is None:
                 continue
-            w.counts.merge_counts(d.totals)
-            totals.merge_counts(d.totals)
-            second = d.second
-            for name, js in ops:
-                j = js[0]
+            mine = w.counts
+            mine_ops = mine.ops
+            second = fields[_SECOND]
+            for i in range(lo, hi):
+                row = rows[i]
+                name = row[NAME]
+                # the worker's own counters (``OpStats.merge_counts``, inlined)
+                st = mine_ops.get(name)
+                if st is None:
+                    st = mine.op(name)
+                st.ok += row[OK]
+                st.fail += row[FAIL]
+                st.sum_ns += row[SUM]
+                if row[MIN] < st.min_ns:
+                    st.min_ns = row[MIN]
+                if row[MAX] > st.max_ns:
+                    st.max_ns = row[MAX]
+                st.sent += row[SENT]
+                st.received += row[RECEIVED]
+                if row[STEP]:
+                    st.step = True
+                if row[OPEN]:
+                    sched = st.sched
+                    if sched is None:
+                        sched = st.schedule()
+                    sched.late += row[LATE]
+                    sched.dropped += row[DROPPED]
+                if name not in known:  # the run's names in the order they came
+                    totals.op(name)
+                if row[STATUSES]:  # (in batch order, as every status code came)
+                    _add_statuses(st, row)
+                    _add_statuses(known[name], row)
+                group = seconds.get((second, name))
+                if group is None:
+                    seconds[second, name] = [row]
+                else:
+                    group.append(row)
+                j = row[MAIN_HIST]
                 if highs[j]:  # not empty; a worker's open-model histograms are not kept
                     slot = w.slot(name)
                     taken.append(j)
                     slots.append(slot)
                     offsets.append(arena.offset(slot, lows[j], highs[j]))
-                where = seconds.get((second, name))
-                if where is None:
-                    seconds[second, name] = [js]
-                else:
-                    where.append(js)
+            errs = batch.errors_of[k]
+            if errs:
+                for key, count in errs.items():
+                    mine.add_error(key, count)
+                    totals.add_error(key, count)
         if taken:
             if arena.moves != moves:  # a slot moved, or all did: every range is in place now
                 offsets = [arena.offset(slot, lows[j], highs[j])
@@ -291,70 +357,112 @@ class Aggregator:
             indexes, counts = _gather(hists, taken)
             lengths = [hists.starts[j + 1] - hists.starts[j] for j in taken]
             arena.add(indexes + np.repeat(np.array(offsets, np.intp), lengths), counts)
-        # each (second, name, kind)'s histograms summed once, then added to the series
-        # and the run's totals (both over every bucket): one indexed add, not two
-        for (second, name), where in seconds.items():
-            st = totals.op(name)
-            for kind, part in enumerate(_by_kind(where)):
+        for (second, name), group in seconds.items():
+            st = known[name]
+            self._count(second, name, st, group)
+            # each (second, name, kind)'s histograms summed once, then added to the series
+            # and the run's totals (both over every bucket): one indexed add, not two
+            for kind, part in enumerate(_by_kind(batch, group)):
                 indexes, counts = _gather(hists, part)
                 if indexes.size:
                     batch_sum = summed(indexes, counts)
                     self.series.histogram(second, name, kind).add_full(batch_sum)
                     _dense(st.histogram(kind)).add_full(batch_sum)
 
-    def _take(self, d: Delta, horizon: float) -> WorkerLive | None:
+    def _count(self, second: int, name: str, st: OpStats, rows: list[Row]) -> None:
+        """The counters of one name's rows of one second merged (but status codes) into
+        the run's totals and the series: each figure summed over the rows at once."""
+        ok, fail = sum(map(_OK, rows)), sum(map(_FAIL, rows))
+        st.ok += ok
+        st.fail += fail
+        st.sum_ns += sum(map(_SUM, rows))
+        mn, mx = min(map(_MIN, rows)), max(map(_MAX, rows))
+        if mn < st.min_ns:
+            st.min_ns = mn
+        if mx > st.max_ns:
+            st.max_ns = mx
+        st.sent += sum(map(_SENT, rows))
+        st.received += sum(map(_RECEIVED, rows))
+        late = dropped = 0
+        if any(map(_OPEN, rows)):
+            late, dropped = sum(map(_LATE, rows)), sum(map(_DROPPED, rows))
+            sched = st.schedule()
+            sched.late += late
+            sched.dropped += dropped
+        step = any(map(_STEP, rows))
+        if not step:
+            self.series.add_name(second, name, ok, fail, False, late, dropped, ok, fail)
+            return
+        st.step = True
+        counted = [row for row in rows if not row[STEP]]
+        self.series.add_name(second, name, ok, fail, True, sum(map(_LATE, counted)),
+                             sum(map(_DROPPED, counted)), sum(map(_OK, counted)),
+                             sum(map(_FAIL, counted)))
+
+    def _take(self, fields: list[Any], rows: list[Row], lo: int, hi: int,
+              horizon: float) -> WorkerLive | None:
         """Count a delta's sequence, clients and the generator's figures into its worker
-        and the series; None (and nothing counted) when it is not to be merged."""
-        w = self.workers.get((d.agent, d.worker))
+        and the series (``fields``: its checked wire fields; its operations are
+        ``rows[lo:hi]``); None (and nothing counted) when it is not to be merged."""
+        agent, worker, seq, second, clients, _, cpu, lag, behind = fields
+        w = self.workers.get((agent, worker))
         if w is None:
             return None  # not in this run's plan
-        if d.seq < w.next_seq:
+        if seq < w.next_seq:
             return None  # duplicate or reordered after a gap was already counted
-        if d.second > horizon:
-            self._bad(f"a delta of agent {d.agent}, worker {d.worker} for second {d.second}, "
+        if second > horizon:
+            self._bad(f"a delta of agent {agent}, worker {worker} for second {second}, "
                       f"far ahead of the run's clock")
             return None
-        lost = d.seq - w.next_seq
+        lost = seq - w.next_seq
         calls = 0
         new_names = 0
+        ok = fail = 0  # of the names that are not named steps
         known = self.totals.ops
-        for name, st in d.totals.ops.items():
-            calls += st.ok + st.fail
-            if st.sched is not None:
-                calls += st.sched.dropped
-            if name not in known:
+        for i in range(lo, hi):
+            row = rows[i]
+            calls += row[OK] + row[FAIL] + row[DROPPED]
+            if row[NAME] not in known:
                 new_names += 1
+            if not row[STEP]:
+                ok += row[OK]
+                fail += row[FAIL]
         far = lost > (0 if self.t0 is None else horizon) + SEQ_SLACK
         if far or calls > MAX_DELTA_CALLS or len(known) + new_names > MAX_NAMES \
-                or d.loop_lag > MAX_DELTA_SECONDS or d.cpu_seconds > MAX_DELTA_SECONDS \
-                or d.sched_lag > MAX_SCHED_LAG \
-                or d.clients > MAX_CLIENTS:
+                or lag > MAX_DELTA_SECONDS or cpu > MAX_DELTA_SECONDS \
+                or behind > MAX_SCHED_LAG \
+                or clients > MAX_CLIENTS:
             self.implausible += 1
-            self._bad(f"an implausible delta for agent {d.agent}, worker {d.worker} (sequence "
-                      f"{d.seq} where {w.next_seq} was next, {calls} calls, {new_names} new "
-                      f"name(s) beyond {len(known)}, {d.clients} clients, loop lag "
-                      f"{d.loop_lag:.3g} s, cpu {d.cpu_seconds:.3g} s, behind schedule "
-                      f"{d.sched_lag:.3g} s): dropped")
+            self._bad(f"an implausible delta for agent {agent}, worker {worker} (sequence "
+                      f"{seq} where {w.next_seq} was next, {calls} calls, {new_names} new "
+                      f"name(s) beyond {len(known)}, {clients} clients, loop lag "
+                      f"{lag:.3g} s, cpu {cpu:.3g} s, behind schedule "
+                      f"{behind:.3g} s): dropped")
             if not far:  # not counted again as lost (the sequence stays: a real delta of
                 w.dropped += 1  # that number may still come, if this one was forged)
             return None
         lost = max(0, lost - w.dropped)
         w.dropped = 0
         w.missed += lost
-        w.next_seq = d.seq + 1
-        w.clients = d.clients
-        w.last_second = max(w.last_second, d.second)
+        w.next_seq = seq + 1
+        w.clients = clients
+        if second > w.last_second:
+            w.last_second = second
         series = self.series
-        at = series.add(d.second, d.agent, d.clients, d.totals).agent(d.agent)
-        cpu, lag = d.cpu_seconds, d.loop_lag  # the codec refused negative, NaN, infinite
-        late = w.counted
-        skipped = w.observe(d.second, lost == 0, d.clients, cpu, lag, d.sched_lag)
+        s = series.at(second)
+        s.clients += clients
+        at = s.agent(agent)
+        at.ok += ok
+        at.fail += fail
+        late = w.counted  # (the codec refused negative, NaN, infinite figures)
+        skipped = w.observe(second, lost == 0, clients, cpu, lag, behind)
         if skipped:
-            series.at(late).agent(d.agent).cpu_span += skipped
-        if d.clients:
+            series.at(late).agent(agent).cpu_span += skipped
+        if clients:
             at.cpu_seconds += cpu
             at.cpu_span += 1
-            at.loop_lag = max(at.loop_lag, lag)
+            if lag > at.loop_lag:
+                at.loop_lag = lag
         return w
 
     # -- live figures -------------------------------------------------------------------
@@ -446,13 +554,22 @@ def few_collections() -> Iterator[None]:
             gc.unfreeze()
 
 
-def _by_kind(where: list[tuple[int, ...]]) -> list[list[int]]:
-    """Histogram numbers by kind, each delta's by kind given (its MAIN first), for
-    deltas of either model (a name has one; a forged delta may differ)."""
-    kinds = max(map(len, where))
-    if kinds == 1:
-        return [[js[0] for js in where]]
-    return [[js[kind] for js in where if len(js) > kind] for kind in range(kinds)]
+def _by_kind(batch: DeltaBatch, rows: list[Row]) -> list[list[int]]:
+    """The numbers of rows' histograms by kind (their MAIN, then their SERVICE and LAG if
+    any has them), for rows of either model (a name has one; a forged delta may differ)."""
+    mains = list(map(_MAIN_HIST, rows))
+    if not any(map(_OPEN, rows)):
+        return [mains]
+    services = [batch.mains + row[SCHED_HIST] for row in rows if row[OPEN]]
+    return [mains, services, [j + batch.opens for j in services]]
+
+
+def _add_statuses(st: OpStats, row: Row) -> None:
+    codes = row[STATUSES]
+    assert codes is not None
+    statuses = st.statuses
+    for code, n in codes.items():
+        statuses[code] = statuses.get(code, 0) + n
 
 
 def _window(last: int) -> range:

@@ -136,6 +136,28 @@ class Series:
             at.fail += st.fail
         return s
 
+    def add_name(self, second: int, name: str, ok: int, fail: int, step: bool, late: int,
+                 dropped: int, counted_ok: int, counted_fail: int) -> None:
+        """Merge one name's figures of ``second`` summed over a batch of deltas (``add``'s
+        but the clients and the agents', which the caller counts delta by delta): ``ok``
+        and ``fail`` of every delta; ``late``, ``dropped``, ``counted_ok`` and
+        ``counted_fail`` of those where ``name`` is not a named step; ``step``: it is one
+        in some."""
+        s = self.at(second)
+        ns = s.names.get(name)
+        if ns is None:
+            ns = s.names[name] = NameSecond()
+        ns.ok += ok
+        ns.fail += fail
+        if step:
+            ns.step = True
+        ns.late += late
+        ns.dropped += dropped
+        s.ok += counted_ok
+        s.fail += counted_fail
+        s.late += late
+        s.dropped += dropped
+
     def histogram(self, second: int, name: str, kind: int = MAIN) -> DenseHistogram:
         """Histogram ``kind`` of ``name`` in ``second``, to add to: dense, made dense again
         if the second was settled (a late delta; it is made sparse again later)."""
