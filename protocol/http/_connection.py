@@ -5,6 +5,15 @@ operation. One request at a time: `send()` writes a complete request and
 returns a future that the parser callbacks resolve with an `HttpResponse`,
 or that `fail()` / `connection_lost()` resolve with an `HttpError`.
 
+The per-request path creates what the caller gets and little else: the future, the
+response, the body (the parser's one chunk as it is; chunks joined only if there
+are several). The parser has no `on_header` callback: the bytes read up to the end
+of the head are handed to the response as they are, parsed only if its headers are
+read (`protocol.http._headers`). Nothing else is allocated per request: the read
+timeout is one timer per connection, re-armed when it fires, not one per request.
+An idle connection holds no per-request state, and once its timer fired and found
+it idle, neither the timer nor a parser (made again by the next request).
+
 Figures for the load tester's stats: `send()` reads `protocol.calls.current_op`
 (the calling task's, set by the worker's scheduler; None outside a call) and
 counts into it the bytes of the request once written; a complete response
@@ -19,7 +28,8 @@ re-sent on a fresh connection counts both writes. A status outside 100-999
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, NamedTuple, cast
+from asyncio import InvalidStateError
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -31,6 +41,8 @@ from protocol.http._errors import (
     HttpProtocolError,
     HttpReadTimeout,
 )
+from protocol.http._headers import KEEP_WHOLE, body_ends_at_eof, head_only
+from protocol.http._origin import RequestHead
 from protocol.http._response import HttpResponse
 
 if TYPE_CHECKING:
@@ -38,47 +50,31 @@ if TYPE_CHECKING:
 
 # The read-timeout timer fires up to this early (event loop clock granularity).
 _TIMER_SLACK = 0.001
+# When armed by a request, the timer first fires after this long (or at the deadline, if
+# sooner): a connection idle by then, as a load test's client often is after its first
+# request, drops it (and its parser) without waiting for the read timeout.
+_FIRST_CHECK = 1.0
+_NO_REQUEST = RequestHead("", "", b"", b"")
 _current_op = current_op.get
-
-
-class RequestHead(NamedTuple):
-    """A request prepared once per (method, path, headers) and reused."""
-
-    method: str
-    url: str
-    is_head: bool
-    retryable: bool  # idempotent: may be re-sent on a fresh connection
-    head: bytes  # request line and headers, without the final blank line
-    bare: bytes  # the complete request when it has no body
-
-
-_NO_REQUEST = RequestHead("", "", False, False, b"", b"")
+_new_response = object.__new__
+# What loop.create_future() makes on asyncio and uvloop, without the method call.
+_Future = asyncio.Future
 
 
 class ClosedBeforeResponse(HttpConnectionClosed):
     """Closed before any byte of the response: the request may be retried."""
 
 
-def body_ends_at_eof(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True if a response with these headers is delimited by connection close."""
-    for name, value in headers:
-        name = name.lower()
-        if name == b"content-length":
-            return False
-        if name == b"transfer-encoding" and b"chunked" in value.lower():
-            return False
-    return True
-
-
 class HttpConnection(asyncio.Protocol):
     """The protocol for one TCP (or TLS) connection to the server."""
 
     __slots__ = (
-        "chunks",
-        "deadline",
+        "body",
+        "body_more",
+        "gone",
         "got",
-        "headers",
-        "keep_alive",
+        "head",
+        "head_more",
         "loop",
         "lost",
         "op",
@@ -86,7 +82,8 @@ class HttpConnection(asyncio.Protocol):
         "parser",
         "read_timeout",
         "request",
-        "responses",
+        "reused",
+        "sent_at",
         "status",
         "timer",
         "transport",
@@ -101,23 +98,30 @@ class HttpConnection(asyncio.Protocol):
         self.loop = loop
         self.origin = origin
         self.read_timeout = read_timeout
-        self.parser = httptools.HttpResponseParser(self)
+        # None while idle (dropped by check_deadline, made again by send): never None
+        # while a request is in flight. Typed Any as httptools is.
+        self.parser: Any = httptools.HttpResponseParser(self)
         self.usable = False  # True from connection_made until any sign of closing
-        self.responses = 0  # completed on this connection: > 0 means reused
-        self.lost: asyncio.Future[None] = loop.create_future()
+        self.reused = False  # True once a response completed on this connection
+        self.gone = False  # connection_lost was called
+        self.lost: asyncio.Future[None] | None = None  # made by close() if it must wait
         # One timer per connection, re-armed lazily (see check_deadline).
         self.timer: asyncio.TimerHandle | None = None
-        self.deadline = 0.0
 
         # Per request.
         self.waiter: asyncio.Future[HttpResponse] | None = None
         self.request = _NO_REQUEST
-        self.status = 0  # 0 until the final response's headers are complete
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.keep_alive = True
-        self.got = 0  # bytes of the response read so far
         self.op: OpStats | None = None  # where its figures go (see the module docstring)
+        self.sent_at = 0.0  # loop time the request was written (its deadline: + timeout)
+        self.got = 0  # bytes of the response read so far (0 again after it)
+        self.status = 0  # 0 until the final response's headers are complete
+        # What was read until the head was complete: usually one read, the whole
+        # response; the rest only if the head came in several reads.
+        self.head: bytes | None = None
+        self.head_more: list[bytes] | None = None
+        # The body: httptools' first chunk, the others only if there are several.
+        self.body: bytes | None = None
+        self.body_more: list[bytes] | None = None
 
     # asyncio.Protocol interface.
 
@@ -130,6 +134,13 @@ class HttpConnection(asyncio.Protocol):
             self.unsolicited()
             return
         self.got += len(data)
+        if not self.status:  # the head is not complete: keep its bytes for the response
+            if self.head is None:
+                self.head = data
+            elif self.head_more is None:
+                self.head_more = [data]
+            else:
+                self.head_more.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -151,16 +162,19 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
+        self.gone = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.lost.done():
+        if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
         waiter = self.waiter
         if waiter is None:
             return
         request = self.request
-        if exc is None and self.status and not request.is_head and body_ends_at_eof(self.headers):
+        if exc is None and self.status and not request.is_head and body_ends_at_eof(
+            self.raw_head()
+        ):
             # httptools cannot finish a body delimited by the close itself.
             self.finish()
             return
@@ -186,34 +200,30 @@ class HttpConnection(asyncio.Protocol):
 
     # httptools parser callbacks: only those we need.
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         if self.waiter is None:
             self.unsolicited()
             return
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
         if status < 200 and status != 101:
-            self.headers = []  # interim response (100, 103): wait for the final one
-            return
+            return  # interim response (100, 103): wait for the final one
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
         if self.request.is_head:
             # A HEAD response has no body whatever Content-Length says, but
             # httptools would wait for one: finish now, start a fresh parser.
-            self.parser = httptools.HttpResponseParser(self)
             self.finish()
+            self.parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
         if self.waiter is None:  # e.g. a body after a HEAD response
             self.unsolicited()
-            return
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status and self.waiter is not None:
-            self.finish()
+        elif self.body is None:
+            self.body = body
+        elif self.body_more is None:
+            self.body_more = [body]
+        else:
+            self.body_more.append(body)
 
     # Per request.
 
@@ -231,50 +241,94 @@ class HttpConnection(asyncio.Protocol):
         op = self.op = _current_op()  # called from the request's task: its context
         if op is not None:
             op.sent += len(data)
-        waiter = self.waiter = self.loop.create_future()
+        loop = self.loop
+        waiter = self.waiter = _Future(loop=loop)
         self.request = request
-        self.status = 0
-        self.got = 0
-        self.deadline = self.loop.time() + self.read_timeout
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.deadline, self.check_deadline)
+        self.sent_at = loop.time()
+        if self.timer is None:  # the first request, or the first since idle
+            if self.parser is None:
+                self.parser = httptools.HttpResponseParser(self)
+            self.timer = loop.call_at(
+                self.sent_at + min(self.read_timeout, _FIRST_CHECK), self.check_deadline
+            )
         return waiter
 
+    def raw_head(self) -> bytes:
+        """The bytes read until the head was complete (see `protocol.http._headers`)."""
+        head = self.head
+        if head is None:
+            return b""
+        if self.head_more is not None:
+            return b"".join([head, *self.head_more])
+        return head
+
     def finish(self) -> None:
+        """Resolve the request in flight with its response, if its head is complete."""
         waiter = self.waiter
-        assert waiter is not None
+        status = self.status
+        if waiter is None or not status:
+            return  # the end of an interim response, or of one nobody asked for
         self.waiter = None
-        chunks = self.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        headers = self.headers
-        # Fresh lists now, so that stray bytes cannot reach the response.
-        self.headers = []
-        self.chunks = []
-        self.responses += 1
-        if not self.keep_alive:
+        self.status = 0
+        body = self.body
+        if body is None:
+            body = b""
+        else:
+            self.body = None
+            if self.body_more is not None:
+                body = b"".join([body, *self.body_more])
+                self.body_more = None
+        raw = self.head
+        if raw is None or self.head_more is not None or len(raw) > KEEP_WHOLE:
+            raw = head_only(self.raw_head())  # the head in several reads, or a long read
+            self.head_more = None
+        self.head = None
+        got = self.got
+        self.got = 0
+        self.sent_at = 0.0  # no float held while idle
+        if not self.parser.should_keep_alive():
             self.usable = False
             self.transport.close()
-        if not waiter.done():
-            request = self.request
-            status = self.status
-            op = self.op
-            if op is not None:
-                op.received += self.got
-                statuses = op.statuses
-                try:
-                    statuses[status] += 1
-                except KeyError:
-                    if 100 <= status <= 999:  # what a message may carry (MAX_STATUS_CODES)
-                        statuses[status] = 1
-            waiter.set_result(HttpResponse(status, headers, body, request.method, request.url))
+        if not self.reused:
+            # The connection's first response: in a load test often a client's
+            # init_before_use, after which it may wait long. Hold neither timer nor
+            # parser after it; a second request makes them again (once).
+            self.reused = True
+            self.drop_timer()
+        request = self.request
+        # built without __init__, a call the per-request path saves (see HttpResponse)
+        response: HttpResponse = _new_response(HttpResponse)
+        response.status = status
+        response._headers = None
+        response._raw = raw
+        response.body = body
+        response.method = request.method
+        response.url = request.url
+        try:
+            waiter.set_result(response)
+        except InvalidStateError:  # cancelled meanwhile: only its written bytes count
+            return
+        op = self.op
+        if op is not None:
+            op.received += got
+            statuses = op.statuses
+            try:
+                statuses[status] += 1
+            except KeyError:
+                if 100 <= status <= 999:  # what a message may carry (MAX_STATUS_CODES)
+                    statuses[status] = 1
+
+    on_message_complete = finish  # httptools: the end of a message
 
     def check_deadline(self) -> None:
         # Re-arming one timer when it fires is cheaper than a timer per request.
         self.timer = None
         if self.waiter is None:
+            self.parser = None  # idle: hold neither; the next send() makes both again
             return
-        if self.loop.time() + _TIMER_SLACK < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self.check_deadline)
+        deadline = self.sent_at + self.read_timeout
+        if self.loop.time() + _TIMER_SLACK < deadline:
+            self.timer = self.loop.call_at(deadline, self.check_deadline)
             return
         request = self.request
         self.fail(HttpReadTimeout(
@@ -282,6 +336,13 @@ class HttpConnection(asyncio.Protocol):
             f"within the read timeout of {self.read_timeout:g} s",
             url=request.url,
         ))  # fmt: skip
+
+    def drop_timer(self) -> None:
+        """Cancel the timer and drop the parser: no request is in flight."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.parser = None
 
     # Ending the connection.
 
@@ -315,9 +376,10 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.usable = False
             self.transport.close()
-        if not self.lost.done():
+        if not self.gone:
+            lost = self.lost = self.loop.create_future()
             try:
                 async with asyncio.timeout(1.0):
-                    await asyncio.shield(self.lost)
+                    await lost
             except TimeoutError:
                 self.transport.abort()

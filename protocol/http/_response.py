@@ -6,18 +6,23 @@ import json as _json
 from typing import Any
 
 from protocol.http._errors import HttpStatusError
+from protocol.http._headers import parse_head
 
 
 class HttpResponse:
     """A complete HTTP response, body included.
 
-    `headers` is the raw list of `(name, value)` byte pairs in the order the
-    server sent them, names in their original case; it is not a mapping
-    because building one would cost time on every request. Use `header()`
-    for a case-insensitive lookup.
+    `headers` is the list of `(name, value)` byte pairs in the order the server sent
+    them, names in their original case; it is not a mapping because building one would
+    cost time on every request. Use `header()` for a case-insensitive lookup. The
+    headers are parsed the first time `headers`, `header()`, `header_all()` or
+    `text()` needs them, not when the response arrives (see `protocol.http._headers`).
+
+    The connection builds a received response without `__init__` (the per-request
+    path): `_headers` None and `_raw` the bytes read up to the end of its head.
     """
 
-    __slots__ = ("body", "headers", "method", "status", "url")
+    __slots__ = ("_headers", "_raw", "body", "method", "status", "url")
 
     def __init__(
         self,
@@ -28,13 +33,23 @@ class HttpResponse:
         url: str,
     ) -> None:
         self.status = status
-        self.headers = headers
+        self._headers: list[tuple[bytes, bytes]] | None = headers
+        self._raw = b""
         self.body = body
         self.method = method
         self.url = url
 
     def __repr__(self) -> str:
         return f"<HttpResponse {self.status} {self.method} {self.url} ({len(self.body)} bytes)>"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header as a `(name, value)` pair of bytes, in the order received."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = parse_head(self._raw)
+            self._raw = b""
+        return headers
 
     @property
     def ok(self) -> bool:
@@ -71,7 +86,8 @@ class HttpResponse:
         return _json.loads(self.body)
 
     def raise_for_status(self) -> HttpResponse:
-        """Raise `HttpStatusError` for a 4xx or 5xx status; else return self."""
+        """Raise `HttpStatusError` for a 4xx or 5xx status; else return self (no
+        allocation: a call on every response costs a comparison)."""
         if self.status >= 400:
             kind = "client error" if self.status < 500 else "server error"
             raise HttpStatusError(
