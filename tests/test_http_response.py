@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
-import uvloop
 
 from protocol.http import HttpClient, HttpInvalidRequest, HttpResponse, HttpStatusError
 from protocol.http._connection import HttpConnection
 from protocol.http._origin import RequestHead
+from tests import test_http_client
 from tests.http_servers import HttpTestServer, Request, response
+from tests.test_http_client import Run
 
-T = TypeVar("T")
-Run = Callable[[Coroutine[Any, Any, T]], T]
-TEST_TIMEOUT = 20.0
+run = test_http_client.run  # the fixture: each test on asyncio and on uvloop
 
 # Repeated names, any case, spaces around a value (httptools keeps the trailing ones),
 # a value with a colon: as sent.
@@ -44,17 +43,6 @@ RAW_PAIRS = [
     (b"Location", b"http://example.test:8080/x"),
     (b"x-mixed", b"two"),
 ]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def _run(coro: Coroutine[Any, Any, T]) -> T:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
-    yield _run
 
 
 def answer(data: Callable[[Request], bytes], keep_alive: bool = True
