@@ -304,6 +304,38 @@ def test_transport_closed_under_the_client(run: Run[None]) -> None:
     run(main())
 
 
+class _ClosedHandle:
+    """A transport whose handle is closed already: its write raises, as uvloop's does
+    (`unable to perform operation`) in the instant before the protocol hears of it."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()  # type: ignore[attr-defined]
+
+
+def test_a_request_the_transport_refused_is_sent_on_a_new_connection(run: Run[None]) -> None:
+    # Nothing of it was written, so even a POST (never re-sent once written) goes out.
+    async def main() -> None:
+        async with HttpTestServer() as server, HttpClient(server.url()) as client:
+            assert (await client.get()).status == 200
+            conn = client._conn
+            assert conn is not None
+            conn.transport = _ClosedHandle(conn.transport)  # type: ignore[assignment]
+            assert (await client.post(body=b"once")).status == 200
+            assert [(r.method, r.body, r.connection) for r in server.requests] == [
+                ("GET", b"", 1), ("POST", b"once", 2)]
+
+    run(main())
+
+
 def test_reused_connection_closed_before_response(run: Run[None]) -> None:
     # The second request on each connection finds it closed by the server:
     # an idempotent request is re-sent once on a fresh connection, a POST is not.

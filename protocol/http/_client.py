@@ -63,6 +63,7 @@ from json import dumps
 from ssl import SSLContext, SSLError
 from typing import Any
 
+from protocol.calls import current_op
 from protocol.http._connection import ClosedBeforeResponse, HttpConnection
 from protocol.http._errors import (
     HttpClientBusy,
@@ -71,10 +72,12 @@ from protocol.http._errors import (
     HttpConnectTimeout,
     HttpInvalidRequest,
 )
-from protocol.http._origin import HeadKey, origin_for
+from protocol.http._origin import HeadKey, RequestHead, origin_for
 from protocol.http._response import HttpResponse
 
 Body = bytes | bytearray | memoryview | str
+_current_op = current_op.get
+_Future = asyncio.Future  # what loop.create_future() makes, without the method call
 
 
 class HttpClient:
@@ -104,7 +107,7 @@ class HttpClient:
         origin = self._origin = origin_for(url, headers, connect_timeout, read_timeout, ssl)
         self._prepared = origin.prepared
         self._conn: HttpConnection | None = None
-        # Per request.
+        # True while a connection is being opened (a request then is refused).
         self._busy = False
         self._closed = False
 
@@ -141,54 +144,58 @@ class HttpClient:
         Content-Length are set automatically; `headers` adds to or replaces
         the client's headers for this request.
         """
-        if headers is None:
-            key: HeadKey
-            if json is not None:
-                key = (method, path, True)
-            else:
-                key = method if path is None else (method, path)  # no tuple: the usual case
+        key: HeadKey
+        if json is None and headers is None:  # the usual case: one test
+            key = method if path is None else (method, path)  # no tuple for the base path
             prepared = self._prepared.get(key) or self._origin.cached(key)
         else:
-            prepared = self._origin.prepare(method, path, headers, json is not None)
-
-        if json is not None:
-            if body is not None:
-                raise HttpInvalidRequest(
-                    f"{prepared.method} {prepared.url}: give body= or json=, not both",
-                    url=prepared.url,
-                )
-            body = dumps(json, separators=(",", ":")).encode()
+            if headers is None:
+                key = (method, path, True)
+                prepared = self._prepared.get(key) or self._origin.cached(key)
+            else:
+                prepared = self._origin.prepare(method, path, headers, json is not None)
+            if json is not None:
+                if body is not None:
+                    raise HttpInvalidRequest(
+                        f"{prepared.method} {prepared.url}: give body= or json=, not both",
+                        url=prepared.url,
+                    )
+                body = dumps(json, separators=(",", ":")).encode()
         if body is None:
             data = prepared.bare
         else:
             last = prepared.last  # the last body sent with this head, and its request
             data = last[1] if last[0] is body else prepared.with_body(body)
 
-        if self._busy:
-            raise HttpClientBusy(
-                f"{prepared.method} {prepared.url}: another request is in flight on this "
-                "client; use one HttpClient per concurrent task",
-                url=prepared.url,
-            )
-        self._busy = True
+        conn = self._conn
+        if conn is None or conn.waiter is not None or not conn.usable:
+            # No connection yet, or not usable; or a request in flight or connecting.
+            return await self._request_slow(data, prepared)
+        # The fast path: an idle open connection. HttpConnection.send, inlined.
         try:
-            conn = self._conn
-            if conn is None or not conn.usable:
-                conn = await self._connect()
-            try:
-                return await conn.send(data, prepared)
-            except ClosedBeforeResponse:
-                # The server closed an idle keep-alive connection as we reused it.
-                if not (conn.reused and prepared.retryable):
-                    raise
-            conn = await self._connect()
-            return await conn.send(data, prepared)
+            conn.transport.write(data)
+        except RuntimeError:  # uvloop: the transport closed under us
+            conn.abort()
+            return await self._request_slow(data, prepared)  # not sent: send it afresh
+        op = conn.op = _current_op()  # this task's call (see HttpConnection)
+        if op is not None:
+            op.sent += len(data)
+        loop = conn.loop
+        waiter = conn.waiter = _Future(loop=loop)
+        conn.request = prepared
+        conn.sent_at = loop.time()
+        if conn.timer is None:  # the first request since idle
+            conn.arm()
+        try:
+            return await waiter
+        except ClosedBeforeResponse:
+            # The server closed an idle keep-alive connection as we reused it.
+            if not (conn.reused and prepared.retryable):
+                raise
         except asyncio.CancelledError:
-            if self._conn is not None:
-                self._conn.abort()  # mid-request: the connection state is unknown
+            conn.abandon()  # mid-request: the connection state is unknown
             raise
-        finally:
-            self._busy = False
+        return await self._request_slow(data, prepared)
 
     def get(
         self, path: str | None = None, *, headers: Mapping[str, str] | None = None
@@ -251,6 +258,27 @@ class HttpClient:
             await conn.close()
 
     # Slow path: connecting (preparing request heads: protocol.http._origin).
+
+    async def _request_slow(self, data: bytes, prepared: RequestHead) -> HttpResponse:
+        """A request without an idle open connection: refused if another is in flight
+        or a connection is being opened; else sent on a new connection."""
+        conn = self._conn
+        if self._busy or (conn is not None and conn.waiter is not None):
+            raise HttpClientBusy(
+                f"{prepared.method} {prepared.url}: another request is in flight on this "
+                "client; use one HttpClient per concurrent task",
+                url=prepared.url,
+            )
+        self._busy = True  # until the connection is open: a request meanwhile is refused
+        try:
+            conn = await self._connect()
+        finally:
+            self._busy = False
+        try:
+            return await conn.send(data, prepared)
+        except asyncio.CancelledError:
+            conn.abandon()
+            raise
 
     async def _connect(self) -> HttpConnection:
         origin = self._origin

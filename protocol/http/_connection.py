@@ -4,6 +4,8 @@ Used by `protocol.http.HttpClient`; see its docstring for the theory of
 operation. One request at a time: `send()` writes a complete request and
 returns a future that the parser callbacks resolve with an `HttpResponse`,
 or that `fail()` / `connection_lost()` resolve with an `HttpError`.
+`HttpClient.request` does what `send()` does itself, inlined, on an idle open
+connection (the per-request path); `send()` serves the first request on a new one.
 
 The per-request path creates what the caller gets and little else: the future, the
 response, the body (the parser's one chunk as it is; chunks joined only if there
@@ -134,10 +136,10 @@ class HttpConnection(asyncio.Protocol):
             self.unsolicited()
             return
         self.got += len(data)
-        if not self.status:  # the head is not complete: keep its bytes for the response
-            if self.head is None:
-                self.head = data
-            elif self.head_more is None:
+        if self.head is None:  # the response's first read: kept for its headers
+            self.head = data
+        elif not self.status:  # the head is not complete: keep its bytes too
+            if self.head_more is None:
                 self.head_more = [data]
             else:
                 self.head_more.append(data)
@@ -246,16 +248,22 @@ class HttpConnection(asyncio.Protocol):
         self.request = request
         self.sent_at = loop.time()
         if self.timer is None:  # the first request, or the first since idle
-            if self.parser is None:
-                self.parser = httptools.HttpResponseParser(self)
-            self.timer = loop.call_at(
-                self.sent_at + min(self.read_timeout, _FIRST_CHECK), self.check_deadline
-            )
+            self.arm()
         return waiter
 
-    def raw_head(self) -> bytes:
-        """The bytes read until the head was complete (see `protocol.http._headers`)."""
-        head = self.head
+    def arm(self) -> None:
+        """The first request since idle was sent: a parser again, and the timer."""
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.timer = self.loop.call_at(
+            self.sent_at + min(self.read_timeout, _FIRST_CHECK), self.check_deadline
+        )
+
+    def raw_head(self, head: bytes | None = None) -> bytes:
+        """The bytes read until the head was complete (see `protocol.http._headers`);
+        `head` the first read, when already taken from the connection."""
+        if head is None:
+            head = self.head
         if head is None:
             return b""
         if self.head_more is not None:
@@ -279,13 +287,12 @@ class HttpConnection(asyncio.Protocol):
                 body = b"".join([body, *self.body_more])
                 self.body_more = None
         raw = self.head
-        if raw is None or self.head_more is not None or len(raw) > KEEP_WHOLE:
-            raw = head_only(self.raw_head())  # the head in several reads, or a long read
-            self.head_more = None
         self.head = None
+        if raw is None or self.head_more is not None or len(raw) > KEEP_WHOLE:
+            raw = head_only(self.raw_head(raw))  # the head in several reads, or a long read
+            self.head_more = None
         got = self.got
         self.got = 0
-        self.sent_at = 0.0  # no float held while idle
         if not self.parser.should_keep_alive():
             self.usable = False
             self.transport.close()
@@ -295,15 +302,12 @@ class HttpConnection(asyncio.Protocol):
             # parser after it; a second request makes them again (once).
             self.reused = True
             self.drop_timer()
-        request = self.request
         # built without __init__, a call the per-request path saves (see HttpResponse)
         response: HttpResponse = _new_response(HttpResponse)
         response.status = status
-        response._headers = None
         response._raw = raw
         response.body = body
-        response.method = request.method
-        response.url = request.url
+        response._request = self.request
         try:
             waiter.set_result(response)
         except InvalidStateError:  # cancelled meanwhile: only its written bytes count
@@ -359,6 +363,11 @@ class HttpConnection(asyncio.Protocol):
         """Drop the connection at once: its state is no longer known."""
         self.usable = False
         self.transport.abort()
+
+    def abandon(self) -> None:
+        """The request in flight was cancelled: drop the connection, and the request."""
+        self.waiter = None
+        self.abort()
 
     def unsolicited(self) -> None:
         # Bytes when no request is in flight: the server is confused; drop it.

@@ -7,6 +7,7 @@ from typing import Any
 
 from protocol.http._errors import HttpStatusError
 from protocol.http._headers import parse_head
+from protocol.http._origin import RequestHead
 
 
 class HttpResponse:
@@ -19,10 +20,12 @@ class HttpResponse:
     `text()` needs them, not when the response arrives (see `protocol.http._headers`).
 
     The connection builds a received response without `__init__` (the per-request
-    path): `_headers` None and `_raw` the bytes read up to the end of its head.
+    path): `status`, `body`, `_raw` the bytes read up to the end of its head, and
+    `_request` the request's prepared head (its method and URL); `_headers` is unset
+    until the headers are read.
     """
 
-    __slots__ = ("_headers", "_raw", "body", "method", "status", "url")
+    __slots__ = ("_headers", "_raw", "_request", "body", "status")
 
     def __init__(
         self,
@@ -33,23 +36,33 @@ class HttpResponse:
         url: str,
     ) -> None:
         self.status = status
-        self._headers: list[tuple[bytes, bytes]] | None = headers
+        self._headers: list[tuple[bytes, bytes]] = headers
         self._raw = b""
         self.body = body
-        self.method = method
-        self.url = url
+        self._request = RequestHead(method, url, b"", b"")
 
     def __repr__(self) -> str:
         return f"<HttpResponse {self.status} {self.method} {self.url} ({len(self.body)} bytes)>"
 
     @property
+    def method(self) -> str:
+        """The request's method."""
+        return self._request.method
+
+    @property
+    def url(self) -> str:
+        """The request's full URL."""
+        return self._request.url
+
+    @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Every header as a `(name, value)` pair of bytes, in the order received."""
-        headers = self._headers
-        if headers is None:
+        try:
+            return self._headers
+        except AttributeError:  # not parsed yet
             headers = self._headers = parse_head(self._raw)
             self._raw = b""
-        return headers
+            return headers
 
     @property
     def ok(self) -> bool:
