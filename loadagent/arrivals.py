@@ -38,7 +38,7 @@ import numpy as np
 from loadagent.early_failure import EarlyFailure
 from loadagent.scheduler import YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
 from protocol.client import ClientProtocol
-from protocol.histogram import SUB_BUCKET_BITS, Histogram
+from protocol.histogram import Histogram
 from protocol.plan import RateProfile
 from protocol.stats import LATE_AFTER_NS, Totals
 
@@ -322,9 +322,10 @@ class OpenScheduler(ClientScheduler):
         sched = st.schedule()
         assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
         assert isinstance(sched.service, Histogram) and isinstance(sched.lag, Histogram)
-        counts = st.hist.counts
-        service = sched.service.counts
-        lags = sched.lag.counts
+        # the histograms' dense tallies (Histogram.rows), as the closed model's loop
+        counts = st.hist.rows()
+        service = sched.service.rows()
+        lags = sched.lag.rows()
         arrivals = self._arrivals
         clock = time.perf_counter_ns
         sleep = asyncio.sleep
@@ -416,17 +417,23 @@ class OpenScheduler(ClientScheduler):
                             st.max_ns = dt
                         if dt < st.min_ns:
                             st.min_ns = dt
-                        # histogram.bucket_index, inlined (tests check they agree)
+                        # into the tallies (Histogram.rows: two subscripts a value)
                         s = dt.bit_length() - 8
-                        i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
-                        counts[i] = counts.get(i, 0) + 1
+                        if s > 0:
+                            counts[s][dt >> s] += 1
+                        else:
+                            counts[0][dt] += 1
                         dt = ended - began  # service time
                         s = dt.bit_length() - 8
-                        i = dt if s <= 0 else (s << SUB_BUCKET_BITS) + (dt >> s)
-                        service[i] = service.get(i, 0) + 1
+                        if s > 0:
+                            service[s][dt >> s] += 1
+                        else:
+                            service[0][dt] += 1
                         s = lag.bit_length() - 8
-                        i = lag if s <= 0 else (s << SUB_BUCKET_BITS) + (lag >> s)
-                        lags[i] = lags.get(i, 0) + 1
+                        if s > 0:
+                            lags[s][lag >> s] += 1
+                        else:
+                            lags[0][lag] += 1
                     if watching:
                         self._early.disarm()
                         watching = False
