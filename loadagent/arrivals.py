@@ -31,7 +31,7 @@ import bisect
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -258,12 +258,6 @@ class OpenScheduler(ClientScheduler):
         self.on_done: Callable[[], None] | None = None
         delta.op(self._name).schedule()
 
-    async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
-        try:
-            await super()._client_main(windows)
-        finally:
-            self.check_done()
-
     def check_done(self) -> None:
         """``on_done`` once the schedule is over, ended by the iterations, and no client
         is in a call."""
@@ -311,12 +305,25 @@ class OpenScheduler(ClientScheduler):
             return
         loop = asyncio.get_running_loop()
         for _ in range(n):
-            task = loop.create_task(self._client_main())
+            task = loop.create_task(self._call_loop())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._made += n
 
-    async def _call_loop(self, client: ClientProtocol) -> None:
+    async def _call_loop(self) -> None:
+        """A client's task: the client started (``_begin``), then it takes the next
+        arrival, waits for its intended start, calls, and so on until the schedule ends
+        or the stop; ``check_done`` as it ends, however it ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            client = await self._begin(task)
+        except BaseException:
+            self.check_done()
+            raise
+        if client is None:
+            self.check_done()
+            return
         execute = client.execute
         st = self._delta.op(self._name)
         sched = st.schedule()
@@ -331,8 +338,6 @@ class OpenScheduler(ClientScheduler):
         sleep = asyncio.sleep
         max_lag = self._max_lag_ns
         early = EARLY_NS
-        task = asyncio.current_task()
-        assert task is not None
         idle = self._idle
         watching = self._early.armed
         n = 0
@@ -445,6 +450,9 @@ class OpenScheduler(ClientScheduler):
         finally:
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
+            self.running -= 1
+            self._tasks.discard(task)
+            self.check_done()
 
     def take_behind(self, now_ns: int) -> int:
         """How far behind its schedule it fell at worst since the last call (ns): the

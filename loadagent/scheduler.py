@@ -22,9 +22,10 @@ which no stamp came held it. A turn is a bare ``yield`` (``_turn``: no coroutine
 made), not registered as idle: the stop is seen after it. The end of the last call
 (``last_call_end_ns``) is worked out as the loop ends, not kept a call.
 
-A client costs its task, two coroutine frames (``_client_main`` and the loop's; few
-locals each) and its context's two variables: no done callback, no bound method, no
-per-client state in the scheduler but its place in ``_tasks`` and ``_clients``.
+A client costs its task, one coroutine frame (its call loop's, few locals; a client
+with something between calls, two: ``_client_main`` and the shaped loop's) and its
+context's two variables: no done callback, no bound method, no per-client state in the
+scheduler but its place in ``_tasks`` and ``_clients``.
 """
 
 from __future__ import annotations
@@ -178,31 +179,45 @@ class ClientScheduler:
                 return
             # named: one string for all, not a "Task-N" each; it leaves ``_tasks`` by itself
             # as it ends (no done callback, and its context, kept per client)
-            self._tasks.add(loop.create_task(self._client_main(windows[i] if windows else ()),
-                                             name=self._task_name))
+            coro = self._client_main(windows[i] if windows else ()) if (
+                self._shaped or windows) else self._call_loop()
+            self._tasks.add(loop.create_task(coro, name=self._task_name))
             batch += 1
 
-    async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    async def _begin(self, task: asyncio.Task[None]) -> ClientProtocol | None:
+        """The start of a client's task: its client made and started, the task's context
+        set, the client counted as running. None if it did not start or the stop came
+        first; then, or if this raises, the task has left ``_tasks`` and ends. A call
+        loop that got a client ends with ``running -= 1`` and leaves ``_tasks``."""
         try:
             client = await self._started()
-            if client is None or self._stopping:
-                return
-            # this task's own context: what the built-in HTTP client counts (statuses,
-            # bytes) from here on lands under this client's name; init_before_use's
-            # requests do not
-            current_op.set(self._delta.op(self._name))
-            current_totals.set(self._delta)
-            self.running += 1
-            try:
-                if self._shaped or windows:
-                    await self._shaped_loop(client, windows)
-                else:
-                    await self._call_loop(client)
-            finally:
-                self.running -= 1
+        except BaseException:
+            self._tasks.discard(task)
+            raise
+        if client is None or self._stopping:
+            self._tasks.discard(task)
+            return None
+        # this task's own context: what the built-in HTTP client counts (statuses,
+        # bytes) from here on lands under this client's name; init_before_use's
+        # requests do not
+        current_op.set(self._delta.op(self._name))
+        current_totals.set(self._delta)
+        self.running += 1
+        return client
+
+    async def _client_main(self, windows: Sequence[tuple[float, float]] = ()) -> None:
+        """The task of a client with something between its calls (``_shaped_loop``); a
+        client without is its call loop's task alone (``_call_loop``: a frame less on
+        every call's way to the loop and back)."""
+        task = asyncio.current_task()
+        assert task is not None
+        client = await self._begin(task)
+        if client is None:
+            return
+        try:
+            await self._shaped_loop(client, windows)
         finally:
+            self.running -= 1
             self._tasks.discard(task)
 
     async def _started(self) -> ClientProtocol | None:
@@ -258,15 +273,20 @@ class ClientScheduler:
         """Whether a call held the loop all along: long, and no turn stamped while it ran."""
         return ended - began > YIELD_AFTER_NS and self._last_turn < began
 
-    async def _call_loop(self, client: ClientProtocol) -> None:
+    async def _call_loop(self) -> None:
+        """A client's task, when nothing but a constant wait (or none) comes between its
+        calls: the client started (``_begin``), then its calls until the stop."""
+        task = asyncio.current_task()
+        assert task is not None
+        client = await self._begin(task)
+        if client is None:
+            return
         st = self._delta.op(self._name)
         assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
         rows = st.hist.rows()
         clock = time.perf_counter_ns
         wait = self._wait
         every = 1 if wait > 0 else YIELD_EVERY  # calls from one pause to the next
-        task = asyncio.current_task()
-        assert task is not None
         yield_after = YIELD_AFTER_NS
         # (few locals: each is 8 bytes of every client's frame, waiting or not)
         # until this client's first success, the early-failure watch may still be armed;
@@ -335,6 +355,8 @@ class ClientScheduler:
                 ended = t0
             if ended > self.last_call_end_ns:
                 self.last_call_end_ns = ended
+            self.running -= 1
+            self._tasks.discard(task)
 
     async def _shaped_loop(self, client: ClientProtocol,
                            windows: Sequence[tuple[float, float]]) -> None:
