@@ -130,7 +130,12 @@ class Arrivals:
             return
         if self._rng is None:
             ks = range(int(self._k), min(int(self._k) + BLOCK, self._total))
-            self.times = [self._time(k) for k in ks]
+            if self._profile.constant:  # _time(k) for each k, vectorised
+                w, step = self._worker, self._step
+                self.times = self._profile.dues_ns(
+                    w + ks.start * step, w + ks.stop * step, step, self._t0_ns)
+            else:
+                self.times = [self._time(k) for k in ks]
             self._k = ks.stop
             self._done = self._k >= self._total
         else:
@@ -379,8 +384,10 @@ class OpenScheduler(ClientScheduler):
                         continue
                 elif began - intended > max_lag:  # too late: dropped, and all as late
                     self.behind_ns = max(self.behind_ns, began - intended)
-                    sched.dropped += 1 + arrivals.skip_before(began - max_lag)
+                    # (as late by the clock read now, not by ``began``: else the next one
+                    # is late by the time this took, and so on, one drop at a time)
                     now = clock()
+                    sched.dropped += 1 + arrivals.skip_before(now - max_lag)
                     continue
                 else:  # due, or nearly: at once
                     n += 1

@@ -198,6 +198,17 @@ class RateProfile:
         from 0 does not start with an arrival at T0)."""
         return self.time_of(g if self.constant else g + 0.5)
 
+    def dues_ns(self, first: int, stop: int, step: int, t0_ns: int = 0) -> list[int]:
+        """``t0_ns + round(due(g) * 1e9)`` for g in ``range(first, stop, step)``, with a
+        constant rate only: the same float operations in the same order on numpy arrays
+        (and round half to even, as ``round``), so the very same integers, for a tenth
+        of the cost."""
+        assert self.constant
+        gs = np.arange(first, stop, step, dtype=np.int64).astype(np.float64)
+        ns = np.rint(gs * self._unit / self._rate * 1e9).astype(np.int64)
+        out: list[int] = (ns + np.int64(t0_ns)).tolist()
+        return out
+
     def arrivals_before(self, run_time: float) -> int:
         """How many arrivals (g = 0, 1, ...) are due in [T0, T0 + run_time)."""
         n = max(0, int(self.count(run_time)))

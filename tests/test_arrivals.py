@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadagent.arrivals import BLOCK, END, Arrivals, OpenScheduler
 from protocol.client import ClientProtocol
@@ -54,6 +56,27 @@ def test_the_shares_sum_exactly_to_the_schedule_and_interleave(
     assert merged == [round(arrival_time(g, rate, unit) * 1e9) for g in range(total)]
     for g, t in enumerate(merged[:50]):
         assert t in per[g % workers]
+
+
+@settings(max_examples=150, deadline=None)
+@given(rate=st.one_of(st.floats(0.001, 2e6), st.integers(1, 2_000_000).map(float)),
+       unit=st.sampled_from([1.0, 60.0, 3600.0, 0.5, 0.001]),
+       workers=st.integers(1, 64), data=st.data(), t0_ns=st.integers(0, 10**15))
+def test_a_uniform_schedules_blocks_are_its_arrivals_own_times(
+        rate: float, unit: float, workers: int, data: st.DataObject, t0_ns: int) -> None:
+    # a block is computed at once (numpy) for a constant rate: the very same integers as
+    # each arrival's own formula (Arrivals._time), to the nanosecond
+    worker = data.draw(st.integers(0, workers - 1))
+    a = Arrivals(t0_ns=t0_ns, run_time=data.draw(st.floats(0.5, 20_000.0)), rate=rate,
+                 time_unit=unit, worker=worker, workers=workers, poisson=False, seed="x")
+    for _ in range(3):
+        n = len(a.times) - (1 if a.times[-1] == END else 0)
+        k = int(a._k)
+        assert a.times[:n] == [a._time(j) for j in range(k - n, k)]
+        assert all(type(t) is int for t in a.times)
+        if a.times[-1] == END:
+            break
+        a.refill()
 
 
 def test_a_schedule_per_minute_keeps_its_count() -> None:
