@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from loadagent.early_failure import EarlyFailure
-from loadagent.scheduler import YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler
+from loadagent.scheduler import YIELD_AFTER_NS, YIELD_EVERY, ClientScheduler, _turn
 from protocol.client import ClientProtocol
 from protocol.histogram import Histogram
 from protocol.plan import RateProfile
@@ -394,7 +394,7 @@ class OpenScheduler(ClientScheduler):
                     if n & (YIELD_EVERY - 1) == 0 or held:
                         idle.add(task)
                         try:
-                            await sleep(0)
+                            await _turn()  # asyncio.sleep(0), no coroutine made
                         except asyncio.CancelledError:  # the stop: it will not start
                             if intended < arrivals.end_ns:
                                 sched.dropped += 1
