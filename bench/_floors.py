@@ -39,6 +39,7 @@ class Floors:
 
     ours: Measured | None = None
     ceiling: Measured | None = None
+    api_bound: Measured | None = None  # variant g: what the API allows at most
     wrk: Measured | None = None
     noop: Measured | None = None
     bare: Measured | None = None
@@ -50,11 +51,27 @@ class Floors:
             "issue 22 floors, on this run's figures:",
             _ratio("a / ceiling (f), requests/s", self.ours, self.ceiling, CEILING_FLOOR,
                    "a,f"),
+            *self._bound(),
             _ratio("a / wrk (e), requests/s", self.ours, self.wrk, WRK_FLOOR, "a,e"),
             _ratio("no-op / bare loop, calls/s", self.noop, self.bare, NOOP_FLOOR, "noop"),
             self._memory(),
             self._exactness(),
         ]
+
+    def _bound(self) -> list[str]:
+        """Not a floor: where the API's bound (g) sits, beside a / f's floor."""
+        bound, ceiling, ours = self.api_bound, self.ceiling, self.ours
+        if bound is None or ceiling is None or not ceiling.rate or not bound.rate:
+            return []
+        lines = [f"    the API's bound (g) / ceiling (f) = {bound.rate / ceiling.rate:.3f}: "
+                 "what a task, two coroutines, a future and a response a call cost"]
+        if ours is not None:
+            lines.append(f"    a / the API's bound (g) = {ours.rate / bound.rate:.3f}: what "
+                         "our code costs on top of them")
+        if bound.rate / ceiling.rate < CEILING_FLOOR:
+            lines.append(f"    (the floor of {CEILING_FLOOR:.2f} is above the bound: no "
+                         "implementation of this API reaches it on this run's host)")
+        return lines
 
     def _memory(self) -> str:
         what = "  memory per idle connected client"

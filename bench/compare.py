@@ -19,6 +19,13 @@ Variants (letters for --only):
   f  the ceiling (bench/_ceiling.py): the same request bytes as a, from USERS bare
      uvloop asyncio.Protocol connections, one request in flight each, the response's
      end found from its Content-Length, a response counter and nothing else
+  g  the API's bound (bench/_api_bound.py): the least any client written against this
+     project's API pays: a task per client, `await user.execute()` awaiting an
+     `async def request()`, a future per request, httptools with the three callbacks
+     that give status, body and end, a response object, each call timed and recorded
+     as the worker's call loop does; nothing else (no scheduler, no counting of
+     statuses or bytes, no timeout, no check). f / g is what the API itself costs;
+     a / g what our code costs on top of it
 and (names for --only):
   noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0), and in
           the same run the bare loop it is held against (bench/_noop_loop.py): 10 tasks
@@ -55,7 +62,7 @@ generators only measures the generators while both are near 100% of their
 core; below that, the target or the loopback was the limit.
 
     python bench/compare.py [--duration 10] [--users 50]
-        [--only a,b,c,d,e,f,noop,exact,memory,open,scale] [--skip-memory] [--no-nginx]
+        [--only a,b,c,d,e,f,g,noop,exact,memory,open,scale] [--skip-memory] [--no-nginx]
         [--rounds 1]
 
 It installs nothing: a missing tool's rows say what to install.
@@ -95,7 +102,7 @@ from _procs import Run, interrupt_on_signals, run_sampled
 from _scale import scale_lines
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
-LETTERS = ("a", "b", "c", "d", "e", "f")
+LETTERS = ("a", "b", "c", "d", "e", "f", "g")
 EXTRAS = ("noop", "exact", "memory", "open", "scale")
 DATA_FILE = "./data/data2.json"  # relative to the repository root, as in the seed's config
 PATH = "/test"
@@ -223,6 +230,9 @@ class Bench:
         return self._request_loop("f", "ceiling: bare uvloop protocol (_ceiling.py)",
                                   "_ceiling.py")
 
+    def api_bound(self) -> Result:
+        return self._request_loop("g", "the API's bound (_api_bound.py)", "_api_bound.py")
+
     def _request_loop(self, key: str, label: str, script: str) -> Result:
         """A script of ours taking URL USERS DURATION DATA_FILE (see _aiohttp_loop.py)."""
         run, counts, cpu, other = self._script(script, self.url, str(self.users),
@@ -348,7 +358,7 @@ def _failure(run: Run) -> str:
 def _run_variant(bench: Bench, key: str) -> Result:
     runs: dict[str, Callable[[], Result]] = {
         "a": bench.builtin_client, "b": bench.seed_client, "c": bench.bare_aiohttp,
-        "d": bench.locust, "e": bench.wrk, "f": bench.ceiling,
+        "d": bench.locust, "e": bench.wrk, "f": bench.ceiling, "g": bench.api_bound,
     }
     print(f"running {key} ...", file=sys.stderr, flush=True)
     try:
@@ -591,6 +601,7 @@ def main() -> None:
             extras += scale_lines(tmp, args.duration, not args.no_nginx)
         rates = {r.key: Measured(r.key, r.rps, r.cpu) for r in results if r.rps is not None}
         floors.ours, floors.wrk, floors.ceiling = rates.get("a"), rates.get("e"), rates.get("f")
+        floors.api_bound = rates.get("g")
         print(f"date:      {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
         print(f"machine:   {machine()}")
         print(f"target:    {versions}; target on CPU {SERVER_CPU}, generators on CPU "
@@ -603,7 +614,7 @@ def main() -> None:
         if extras:
             print()
             print("\n".join(extras))
-        if set(args.chosen) & {"a", "e", "f", "noop", "memory", "exact"}:
+        if set(args.chosen) & {"a", "e", "f", "g", "noop", "memory", "exact"}:
             print()
             print("\n".join(floors.lines()))
     finally:
