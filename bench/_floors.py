@@ -40,6 +40,7 @@ class Floors:
     ours: Measured | None = None
     ceiling: Measured | None = None
     api_bound: Measured | None = None  # variant g: what the API allows at most
+    fixed_bound: Measured | None = None  # variant h: what a fixed-request mode would
     wrk: Measured | None = None
     noop: Measured | None = None
     bare: Measured | None = None
@@ -71,6 +72,11 @@ class Floors:
         if bound.rate / ceiling.rate < CEILING_FLOOR:
             lines.append(f"    (the floor of {CEILING_FLOOR:.2f} is above the bound: no "
                          "implementation of this API reaches it on this run's host)")
+        fixed = self.fixed_bound
+        if fixed is not None and fixed.rate:
+            lines.append(f"    a fixed-request mode's bound (h) / ceiling (f) = "
+                         f"{fixed.rate / ceiling.rate:.3f}: our connection, counted and "
+                         "recorded as a is, driven from its callbacks (no such mode yet)")
         return lines
 
     def _memory(self) -> str:

@@ -26,6 +26,12 @@ Variants (letters for --only):
      as the worker's call loop does; nothing else (no scheduler, no counting of
      statuses or bytes, no timeout, no check). f / g is what the API itself costs;
      a / g what our code costs on top of it
+  h  a fixed-request mode's bound (bench/_fixed_bound.py): what variant a's call would
+     cost if a client could declare its request and the worker drove the connection
+     from its callbacks, as wrk does (the load tester has no such mode yet): HttpClient's
+     own connection and parse, the status and bytes counted and the call timed and
+     recorded as for a, the next request written as the response ends; no task,
+     coroutine, future or response object a call
 and (names for --only):
   noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0), and in
           the same run the bare loop it is held against (bench/_noop_loop.py): 10 tasks
@@ -102,7 +108,7 @@ from _procs import Run, interrupt_on_signals, run_sampled
 from _scale import scale_lines
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
-LETTERS = ("a", "b", "c", "d", "e", "f", "g")
+LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h")
 EXTRAS = ("noop", "exact", "memory", "open", "scale")
 DATA_FILE = "./data/data2.json"  # relative to the repository root, as in the seed's config
 PATH = "/test"
@@ -233,6 +239,10 @@ class Bench:
     def api_bound(self) -> Result:
         return self._request_loop("g", "the API's bound (_api_bound.py)", "_api_bound.py")
 
+    def fixed_bound(self) -> Result:
+        return self._request_loop("h", "a fixed-request mode's bound (_fixed_bound.py)",
+                                  "_fixed_bound.py")
+
     def _request_loop(self, key: str, label: str, script: str) -> Result:
         """A script of ours taking URL USERS DURATION DATA_FILE (see _aiohttp_loop.py)."""
         run, counts, cpu, other = self._script(script, self.url, str(self.users),
@@ -359,6 +369,7 @@ def _run_variant(bench: Bench, key: str) -> Result:
     runs: dict[str, Callable[[], Result]] = {
         "a": bench.builtin_client, "b": bench.seed_client, "c": bench.bare_aiohttp,
         "d": bench.locust, "e": bench.wrk, "f": bench.ceiling, "g": bench.api_bound,
+        "h": bench.fixed_bound,
     }
     print(f"running {key} ...", file=sys.stderr, flush=True)
     try:
@@ -601,7 +612,7 @@ def main() -> None:
             extras += scale_lines(tmp, args.duration, not args.no_nginx)
         rates = {r.key: Measured(r.key, r.rps, r.cpu) for r in results if r.rps is not None}
         floors.ours, floors.wrk, floors.ceiling = rates.get("a"), rates.get("e"), rates.get("f")
-        floors.api_bound = rates.get("g")
+        floors.api_bound, floors.fixed_bound = rates.get("g"), rates.get("h")
         print(f"date:      {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
         print(f"machine:   {machine()}")
         print(f"target:    {versions}; target on CPU {SERVER_CPU}, generators on CPU "
@@ -614,7 +625,7 @@ def main() -> None:
         if extras:
             print()
             print("\n".join(extras))
-        if set(args.chosen) & {"a", "e", "f", "g", "noop", "memory", "exact"}:
+        if set(args.chosen) & {"a", "e", "f", "g", "h", "noop", "memory", "exact"}:
             print()
             print("\n".join(floors.lines()))
     finally:
