@@ -26,19 +26,21 @@ Variants (letters for --only):
      as the worker's call loop does; nothing else (no scheduler, no counting of
      statuses or bytes, no timeout, no check). f / g is what the API itself costs;
      a / g what our code costs on top of it
-  h  a fixed-request mode's bound (bench/_fixed_bound.py): what variant a's call would
-     cost if a client could declare its request and the worker drove the connection
-     from its callbacks, as wrk does (the load tester has no such mode yet): HttpClient's
+  h  a fixed-request mode's bound (bench/_fixed_bound.py): what variant a's call costs
+     when the worker drives the connection from its callbacks, as wrk does: HttpClient's
      own connection and parse, the status and bytes counted and the call timed and
      recorded as for a, the next request written as the response ends; no task,
-     coroutine, future or response object a call
+     coroutine, future or response object a call, and nothing else (no scheduler)
+  i  loadmaster run, examples/http_fixed.py (protocol.http.FixedRequest: the request
+     declared, the calls driven by the worker from the connection's callbacks), 1 worker
 and (names for --only):
   noop    the rate of a no-op execute() in one worker (10 clients, wait_time 0), and in
           the same run the bare loop it is held against (bench/_noop_loop.py): 10 tasks
           awaiting a no-op coroutine, each call timed and recorded with
           protocol.histogram.Histogram.record, no load tester; and, as a diagnosis, the
           same loop recording as the worker's call loop does (inlined)
-  exact   variants a and b against the counting target: success count == served?
+  exact   variants a, b and i (those of them chosen too; else a and i) against the
+          counting target: success count == served?
   memory  one worker's RSS with 10 and with 10,000 idle connected clients
   open    the open model's cost (issue 19), with the built-in client as in a, in rounds
           of three runs: (i) the closed model, USERS clients, no wait: its rate R;
@@ -108,7 +110,7 @@ from _procs import Run, interrupt_on_signals, run_sampled
 from _scale import scale_lines
 from _target import CLIENT_CPU, SERVER_CPU, Target, pinned, raise_fd_limit, target_server
 
-LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h")
+LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 EXTRAS = ("noop", "exact", "memory", "open", "scale")
 DATA_FILE = "./data/data2.json"  # relative to the repository root, as in the seed's config
 PATH = "/test"
@@ -223,6 +225,11 @@ class Bench:
         conf = self._conf("a", "./examples/http_fast.py", method="POST",
                           test_data_file=DATA_FILE)
         return self.project("a", "loadmaster + HttpClient (http_fast.py)", conf)
+
+    def fixed_client(self) -> Result:
+        conf = self._conf("i", "./examples/http_fixed.py", method="POST",
+                          test_data_file=DATA_FILE)
+        return self.project("i", "loadmaster + FixedRequest (http_fixed.py)", conf)
 
     def seed_client(self) -> Result:
         conf = self._conf("b", "./examples/http_post.py", test_data_file=DATA_FILE)
@@ -369,7 +376,7 @@ def _run_variant(bench: Bench, key: str) -> Result:
     runs: dict[str, Callable[[], Result]] = {
         "a": bench.builtin_client, "b": bench.seed_client, "c": bench.bare_aiohttp,
         "d": bench.locust, "e": bench.wrk, "f": bench.ceiling, "g": bench.api_bound,
-        "h": bench.fixed_bound,
+        "h": bench.fixed_bound, "i": bench.fixed_client,
     }
     print(f"running {key} ...", file=sys.stderr, flush=True)
     try:
@@ -509,7 +516,8 @@ def exactness_lines(args: argparse.Namespace, tmp: Path, keys: list[str],
             bench = Bench(exact_args, tmp, target)
             before = target.served()
             try:
-                result = bench.builtin_client() if key == "a" else bench.seed_client()
+                result = {"a": bench.builtin_client, "b": bench.seed_client,
+                          "i": bench.fixed_client}[key]()
             except LoadmasterFailed as e:
                 print(f"exactness {key}: {e}", file=sys.stderr)
                 lines.append(f"exactness {key}: loadmaster failed (details on stderr)")
@@ -605,7 +613,7 @@ def main() -> None:
                 extras += open_lines(open_rounds(bench, args.rounds), args.users)
         if "exact" in args.chosen:
             print("running exact ...", file=sys.stderr, flush=True)
-            keys = [k for k in ("a", "b") if k in args.chosen] or ["a"]
+            keys = [k for k in ("a", "b", "i") if k in args.chosen] or ["a", "i"]
             extras.extend(exactness_lines(args, tmp, keys, floors))
         if "scale" in args.chosen:  # its own target, not pinned: after the others' is gone
             extras += [""] if extras else []
@@ -613,6 +621,7 @@ def main() -> None:
         rates = {r.key: Measured(r.key, r.rps, r.cpu) for r in results if r.rps is not None}
         floors.ours, floors.wrk, floors.ceiling = rates.get("a"), rates.get("e"), rates.get("f")
         floors.api_bound, floors.fixed_bound = rates.get("g"), rates.get("h")
+        floors.fixed = rates.get("i")
         print(f"date:      {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
         print(f"machine:   {machine()}")
         print(f"target:    {versions}; target on CPU {SERVER_CPU}, generators on CPU "
@@ -625,7 +634,7 @@ def main() -> None:
         if extras:
             print()
             print("\n".join(extras))
-        if set(args.chosen) & {"a", "e", "f", "g", "h", "noop", "memory", "exact"}:
+        if set(args.chosen) & {"a", "e", "f", "g", "h", "i", "noop", "memory", "exact"}:
             print()
             print("\n".join(floors.lines()))
     finally:

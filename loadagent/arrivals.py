@@ -251,6 +251,7 @@ class OpenScheduler(ClientScheduler):
                  early: EarlyFailure | None, arrivals: Arrivals, pool: int,
                  pre_allocated: int, max_schedule_lag: float) -> None:
         super().__init__(cls, host, 0.0, delta, early)
+        self._drivable = False  # its own call loop: every call through execute()
         self._arrivals = arrivals
         self._pool = pool
         self._max_lag_ns = round(max_schedule_lag * 1e9)

@@ -40,8 +40,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 from loadagent.early_failure import EarlyFailure
-from protocol.calls import current_op, current_totals
-from protocol.client import ClientProtocol
+from protocol.calls import DrivenCalls, ResendCall, current_op, current_totals
+from protocol.client import ClientProtocol, DrivenClient
 from protocol.histogram import Histogram
 from protocol.stats import OpStats, Totals, error_key
 
@@ -122,6 +122,11 @@ class ClientScheduler:
         # a call loop with more to do between calls than a constant wait: a wait form,
         # stages (a client's windows), iterations
         self._shaped = self._pause is not None or budget is not None
+        # a class whose clients drive their own calls (DrivenClient) with nothing between
+        # them: run by _driven_loop, its clients sharing one DrivenCalls (made on first use)
+        self._drivable = (not self._shaped and self._wait <= 0
+                          and issubclass(cls, DrivenClient) and cls.drivable())
+        self._driven: DrivenCalls | None = None
         self._delta = delta
         self._name = cls.name or cls.__name__
         self._task_name = f"{self._name} client"
@@ -180,7 +185,8 @@ class ClientScheduler:
             # named: one string for all, not a "Task-N" each; it leaves ``_tasks`` by itself
             # as it ends (no done callback, and its context, kept per client)
             coro = self._client_main(windows[i] if windows else ()) if (
-                self._shaped or windows) else self._call_loop()
+                self._shaped or windows) else self._driven_loop() if (
+                self._drivable) else self._call_loop()
             self._tasks.add(loop.create_task(coro, name=self._task_name))
             batch += 1
 
@@ -272,6 +278,82 @@ class ClientScheduler:
     def _held(self, began: int, ended: int) -> bool:
         """Whether a call held the loop all along: long, and no turn stamped while it ran."""
         return ended - began > YIELD_AFTER_NS and self._last_turn < began
+
+    def _driven_calls(self, st: OpStats) -> DrivenCalls:
+        """What this class's driven clients record into (one for all of them)."""
+        if self._driven is None:
+            assert isinstance(st.hist, Histogram)  # a worker records sparsely, in place
+            self._driven = DrivenCalls(st, st.hist.rows(), self._early.armed, self._first_ok)
+            self._driven.stopping = self._stopping
+        return self._driven
+
+    def _first_ok(self) -> None:
+        """A driven call's first success: the early-failure watch is over."""
+        self._early.disarm()
+        if self._driven is not None:
+            self._driven.watching = False
+
+    async def _driven_loop(self) -> None:
+        """A client's task when its class drives its own calls (``DrivenClient``) and
+        nothing comes between them: a call through ``execute()`` (which opens the
+        connection), then calls driven from the connection's callbacks
+        (``DrivenClient.drive``: each success recorded there as here) until one of them
+        cannot be made so; then ``execute()`` again, and so on until the stop. Counted as
+        ``_call_loop`` counts, a call timed from the end of the one before it."""
+        task = asyncio.current_task()
+        assert task is not None
+        client = await self._begin(task)
+        if client is None:
+            return
+        assert isinstance(client, DrivenClient)
+        st = self._delta.op(self._name)
+        calls = self._driven_calls(st)
+        clock = time.perf_counter_ns
+        ended = 0  # the end of the last call that ended by itself
+        t0 = clock()
+        try:
+            while True:
+                try:
+                    r = await client.execute()
+                except asyncio.CancelledError:
+                    self._on_call_cancelled(st)
+                    raise
+                except Exception as e:
+                    t1 = clock()
+                    self._on_call_error(st, e)
+                else:
+                    t1 = clock()
+                    if r is False:
+                        self._on_call_false(st)
+                    else:
+                        st.record_ok(t1 - t0)
+                        if calls.watching:
+                            self._first_ok()
+                t0 = ended = t1
+                if self._stopping:  # this call was in flight at the stop
+                    self.grace.finished += 1
+                    return
+                try:
+                    t0 = ended = await client.drive(calls, t0)
+                except asyncio.CancelledError:
+                    self._on_call_cancelled(st)
+                    raise
+                except ResendCall as again:  # not ended: execute() makes it again
+                    t0 = again.t0
+                    continue
+                except Exception as e:
+                    t0 = ended = clock()
+                    self._on_call_error(st, e)
+                if self._stopping:  # the drive's last call was in flight at the stop
+                    self.grace.finished += 1
+                    return
+                await _turn()  # (a drive that made no call must not hold the loop)
+        finally:
+            ended = max(ended, calls.ended)  # (a cancelled drive's last call)
+            if ended > self.last_call_end_ns:
+                self.last_call_end_ns = ended
+            self.running -= 1
+            self._tasks.discard(task)
 
     async def _call_loop(self) -> None:
         """A client's task, when nothing but a constant wait (or none) comes between its
@@ -490,6 +572,8 @@ class ClientScheduler:
     async def stop(self, grace: float) -> None:
         """No new calls; running calls get ``grace`` seconds, then are cancelled."""
         self._stopping = True
+        if self._driven is not None:
+            self._driven.stopping = True
         if self._hatcher is not None:
             self._hatcher.cancel()
         for task in list(self._idle):
@@ -509,6 +593,8 @@ class ClientScheduler:
         """Cancel every call at once."""
         self._cancelled_as = ("Cancelled", f"call cancelled by an abort: {reason}"[:300])
         self._stopping = True
+        if self._driven is not None:
+            self._driven.stopping = True
         if self._hatcher is not None:
             self._hatcher.cancel()
         for task in list(self._tasks):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from protocol.calls import MAX_STEP_NAME, Step, call_names
+from protocol.calls import MAX_STEP_NAME, DrivenCalls, Step, call_names
 
 __all__ = [
     "ClientProtocol",
+    "DrivenClient",
 ]
 
 
@@ -83,3 +84,33 @@ class ClientProtocol:
             raise ValueError(f"step name {name!r} is a client class's name: its row is the "
                              f"whole call's; name the step otherwise")
         return Step(name)
+
+
+class DrivenClient(ClientProtocol):
+    """A client whose calls the worker may let it drive itself, from its connection's
+    callbacks rather than one ``await execute()`` a call: the built-in fixed-request
+    client (``protocol.http.FixedRequest``) is one. Not for client files to subclass.
+
+    The worker does so only in the closed model, for a class with no wait time and no
+    stages, and only while ``drivable()`` is true of it; everywhere else (and for the
+    call that opens a connection) it calls ``execute()``, which must make the same call.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def drivable(cls) -> bool:
+        """Whether ``drive`` makes the same calls as ``execute`` for this class."""
+        return False
+
+    async def drive(self, calls: DrivenCalls, t0: int) -> int:
+        """Make calls until the stop, each started as the one before it ended, the first
+        at ``t0`` (``perf_counter_ns``); record each success into ``calls`` as the call
+        loop records one. Return when no call is in flight: at the stop, or when the
+        next call cannot be made so (no open connection, say): the end of the last call
+        recorded (``t0`` if none), where the next call starts. A call that fails ends
+        it: raise its exception, not counted (the worker counts it); raise
+        ``ResendCall`` for one to make again with ``execute()``. Cancelled, drop the call
+        in flight, set ``calls.ended`` to the end of the last call recorded if later, and
+        let the cancellation go on."""
+        return t0

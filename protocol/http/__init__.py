@@ -21,9 +21,11 @@ from protocol.http._errors import (
     HttpRemoteError,
     HttpStatusError,
 )
+from protocol.http._fixed import FixedRequest
 from protocol.http._response import HttpResponse
 
 __all__ = [
+    "FixedRequest",
     "HttpClient",
     "HttpClientBusy",
     "HttpClientClosed",

@@ -61,7 +61,7 @@ import asyncio
 from collections.abc import Coroutine, Mapping
 from json import dumps
 from ssl import SSLContext, SSLError
-from typing import Any
+from typing import Any, ClassVar
 
 from protocol.calls import current_op
 from protocol.http._connection import ClosedBeforeResponse, HttpConnection
@@ -92,6 +92,9 @@ class HttpClient:
     """
 
     __slots__ = ("_busy", "_closed", "_conn", "_origin", "_prepared")
+
+    # what a connection is (protocol.http._fixed drives its own subclass)
+    _connection_type: ClassVar[type[HttpConnection]] = HttpConnection
 
     def __init__(
         self,
@@ -286,7 +289,7 @@ class HttpClient:
             raise HttpClientClosed(f"request on a closed client for {origin.url}", url=origin.url)
         self._conn = None
         loop = asyncio.get_running_loop()
-        conn = HttpConnection(loop, origin.name, origin.read_timeout)
+        conn = self._connection_type(loop, origin.name, origin.read_timeout)
         try:
             async with asyncio.timeout(origin.connect_timeout):
                 await loop.create_connection(
