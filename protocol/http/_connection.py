@@ -330,9 +330,9 @@ class HttpConnection(asyncio.Protocol):
         if self.waiter is None:
             self.parser = None  # idle: hold neither; the next send() makes both again
             return
-        deadline = self.sent_at + self.read_timeout
-        if self.loop.time() + _TIMER_SLACK < deadline:
-            self.timer = self.loop.call_at(deadline, self.check_deadline)
+        left = self.time_left()
+        if left > _TIMER_SLACK:
+            self.timer = self.loop.call_later(left, self.check_deadline)
             return
         request = self.request
         self.fail(HttpReadTimeout(
@@ -340,6 +340,10 @@ class HttpConnection(asyncio.Protocol):
             f"within the read timeout of {self.read_timeout:g} s",
             url=request.url,
         ))  # fmt: skip
+
+    def time_left(self) -> float:
+        """Seconds until the read timeout of the request in flight."""
+        return self.sent_at + self.read_timeout - self.loop.time()
 
     def drop_timer(self) -> None:
         """Cancel the timer and drop the parser: no request is in flight."""
