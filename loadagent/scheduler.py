@@ -40,8 +40,9 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 from loadagent.early_failure import EarlyFailure
-from protocol.calls import DrivenCalls, ResendCall, current_op, current_totals
+from protocol.calls import current_op, current_totals
 from protocol.client import ClientProtocol, DrivenClient
+from protocol.driven import CancelledBetweenCalls, DrivenCalls, ResendCall
 from protocol.histogram import Histogram
 from protocol.stats import OpStats, Totals, error_key
 
@@ -335,11 +336,15 @@ class ClientScheduler:
                     return
                 try:
                     t0 = ended = await client.drive(calls, t0)
+                except CancelledBetweenCalls:  # its last call, recorded, ended by itself
+                    if self._stopping:  # (it was in flight at the stop)
+                        self.grace.finished += 1
+                    raise
                 except asyncio.CancelledError:
                     self._on_call_cancelled(st)
                     raise
                 except ResendCall as again:  # not ended: execute() makes it again
-                    t0 = again.t0
+                    t0 = ended = again.t0  # (the end of the call before it)
                     continue
                 except Exception as e:
                     t0 = ended = clock()
@@ -347,7 +352,12 @@ class ClientScheduler:
                 if self._stopping:  # the drive's last call was in flight at the stop
                     self.grace.finished += 1
                     return
-                await _turn()  # (a drive that made no call must not hold the loop)
+                # a drive that made no call (its client's execute() failing at once,
+                # say) must not hold the loop; the turn is no part of a call
+                await _turn()
+                if self._stopping:
+                    return
+                t0 = clock()
         finally:
             ended = max(ended, calls.ended)  # (a cancelled drive's last call)
             if ended > self.last_call_end_ns:

@@ -7,7 +7,6 @@ client file; ``import protocol`` (the master's command line too) imports it thro
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from time import perf_counter_ns
 from types import TracebackType
@@ -16,8 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from protocol.stats import OpStats, Totals
 
-__all__ = ["MAX_STATUS_CODES", "MAX_STEP_NAME", "DrivenCalls", "ResendCall", "Step",
-           "call_names", "current_op", "current_totals"]
+__all__ = ["MAX_STATUS_CODES", "MAX_STEP_NAME", "Step", "call_names", "current_op",
+           "current_totals"]
 
 # distinct status codes per name in one message: every three-digit code
 MAX_STATUS_CODES = 900
@@ -38,40 +37,6 @@ current_totals: ContextVar[Totals | None] = ContextVar("current_totals", default
 """What the current task's calls are counted into (the worker's delta totals): set with
 ``current_op``; ``None`` outside a worker. Named steps (``ClientProtocol.step``) count
 their own rows into it."""
-
-
-class DrivenCalls:
-    """What a worker hands a client it lets drive its own calls (``DrivenClient.drive``):
-    where each successful call is recorded, as the worker's call loop records one, and
-    whom to tell of the first success. One per client class in a worker.
-
-    ``st`` is the calls' row and ``rows`` its histogram's tally (``Histogram.rows``);
-    ``watching`` is true while the early-failure watch waits for a first success,
-    ``first_ok()`` to be called at it; ``stopping`` becomes true at the stop: no call may
-    start after it. ``ended``: the latest end of a call recorded by a drive that was
-    cancelled (``perf_counter_ns``; 0 if none), which the worker's run time takes in."""
-
-    __slots__ = ("ended", "first_ok", "rows", "st", "stopping", "watching")
-
-    def __init__(self, st: OpStats, rows: list[list[int]], watching: bool,
-                 first_ok: Callable[[], None]) -> None:
-        self.st = st
-        self.rows = rows
-        self.watching = watching
-        self.first_ok = first_ok
-        self.stopping = False
-        self.ended = 0
-
-
-class ResendCall(Exception):
-    """Raised by ``DrivenClient.drive`` for a call it started but could not finish, and
-    that ``execute()`` should make again (a request the server closed its reused
-    connection under, before any byte of its response): ``t0`` is when it started, what
-    the call made again is timed from."""
-
-    def __init__(self, t0: int) -> None:
-        super().__init__(t0)
-        self.t0 = t0
 
 
 class Step:

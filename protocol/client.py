@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from protocol.calls import MAX_STEP_NAME, DrivenCalls, Step, call_names
+from protocol.calls import MAX_STEP_NAME, Step, call_names
+
+if TYPE_CHECKING:
+    from protocol.driven import DrivenCalls
 
 __all__ = [
     "ClientProtocol",
@@ -91,9 +94,10 @@ class DrivenClient(ClientProtocol):
     callbacks rather than one ``await execute()`` a call: the built-in fixed-request
     client (``protocol.http.FixedRequest``) is one. Not for client files to subclass.
 
-    The worker does so only in the closed model, for a class with no wait time and no
-    stages, and only while ``drivable()`` is true of it; everywhere else (and for the
-    call that opens a connection) it calls ``execute()``, which must make the same call.
+    The worker does so only in the closed model, for a class with no wait time, no
+    stages and no iterations, and only while ``drivable()`` is true of it; everywhere
+    else (and for the call that opens a connection) it calls ``execute()``, which must
+    make the same call.
     """
 
     __slots__ = ()
@@ -110,7 +114,9 @@ class DrivenClient(ClientProtocol):
         next call cannot be made so (no open connection, say): the end of the last call
         recorded (``t0`` if none), where the next call starts. A call that fails ends
         it: raise its exception, not counted (the worker counts it); raise
-        ``ResendCall`` for one to make again with ``execute()``. Cancelled, drop the call
-        in flight, set ``calls.ended`` to the end of the last call recorded if later, and
-        let the cancellation go on."""
+        ``ResendCall`` for one to make again with ``execute()``. Cancelled, set
+        ``calls.ended`` to the end of the last call recorded if later, drop the call in
+        flight and let the cancellation go on; if none was in flight (the drive had
+        ended), raise ``CancelledBetweenCalls``. A response that comes after the
+        cancellation is not recorded."""
         return t0

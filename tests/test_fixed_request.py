@@ -14,7 +14,10 @@ import uvloop
 
 from loadagent.scheduler import CANCELLED_AT_STOP, ClientScheduler
 from protocol.client import ClientProtocol
+from protocol.driven import CancelledBetweenCalls, DrivenCalls
+from protocol.histogram import Histogram
 from protocol.http import FixedRequest, HttpResponse
+from protocol.http._fixed import FixedConnection
 from protocol.stats import Totals
 from tests.e2e_helpers import ROOT, Target, run_master, write_job
 from tests.http_servers import HttpTestServer, Request, response
@@ -37,14 +40,19 @@ class Counted:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
+        self.last_start = 0  # perf_counter_ns
         original = FixedRequest.execute
 
         async def execute(client: FixedRequest) -> None:
             self.calls += 1
+            self.last_start = time.perf_counter_ns()
             await original(client)
 
         # the class attribute itself: FixedRequest's subclasses stay drivable
         monkeypatch.setattr(FixedRequest, "execute", execute)
+
+
+STOPPED_AT: list[int] = []  # perf_counter_ns just before load()'s latest stop()
 
 
 async def load(cls: type[ClientProtocol], url: str, totals: Totals, seconds: float = 0.3,
@@ -53,6 +61,7 @@ async def load(cls: type[ClientProtocol], url: str, totals: Totals, seconds: flo
     sched = ClientScheduler(cls, url, wait, totals)
     sched.start(asyncio.get_running_loop().time(), [0.0] * CLIENTS)
     await asyncio.sleep(seconds)
+    STOPPED_AT[:] = [time.perf_counter_ns()]
     await sched.stop(grace)
     await sched.shutdown_clients(2.0)
     assert sched.running == 0
@@ -76,7 +85,6 @@ def test_driven_calls_are_counted_as_the_call_loop_counts_them(
 
     async def main() -> None:
         async with HttpTestServer(ok) as server:
-            stop_ns = time.perf_counter_ns()
             sched = await load(cls, server.url("/items"), totals)
             requests = server.requests
         # every request was answered (the stop let the calls in flight finish) and counted
@@ -95,7 +103,7 @@ def test_driven_calls_are_counted_as_the_call_loop_counts_them(
         assert sum(st.hist.counts.values()) == st.ok
         assert 0 < st.min_ns <= st.sum_ns // st.ok <= st.max_ns
         assert sched.grace.finished == CLIENTS and sched.grace.cancelled == 0
-        assert sched.last_call_end_ns > stop_ns
+        assert sched.last_call_end_ns > STOPPED_AT[0]  # the calls in flight at the stop
 
     run(main)
 
@@ -164,7 +172,9 @@ def test_a_server_that_closes_after_some_responses_costs_no_call(
             assert server.connections > 4 * CLIENTS
         st = totals.op("Fixed")
         assert st.fail == 0 and st.ok == sum(per_connection.values())
-        assert counted.calls >= server.connections  # one a connection, to open it
+        # one a connection, to open it (the last ones maybe not: the stop came first);
+        # every other call driven
+        assert server.connections - CLIENTS <= counted.calls <= server.connections
 
     run(main)
 
@@ -317,3 +327,126 @@ def test_examples_http_fixed_through_loadmaster_counts_what_the_target_served(
     assert r.final_int("success count") == served["ok"]
     assert r.final_int("fail count") == served["fail"]
     assert "HttpStatusError" in r.stdout
+
+
+def test_no_call_starts_after_the_stop_when_every_drive_ends_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every response a 503: each drive ends at its first call, the next goes through
+    execute() after a turn of the loop; a stop during that turn starts no call."""
+    for _ in range(3):
+        counted = Counted(monkeypatch)
+        totals = Totals()
+
+        async def unavailable(request: Request, writer: asyncio.StreamWriter) -> bool:
+            writer.write(response(503, b"later"))
+            return True
+
+        async def main(totals: Totals = totals) -> None:
+            async with HttpTestServer(unavailable) as server:
+                sched = await load(fixed(), server.url("/"), totals, seconds=0.2)
+                assert sched.grace.finished <= CLIENTS and sched.grace.cancelled == 0
+                assert len(server.requests) == totals.op("Fixed").fail
+
+        run(main)
+        assert counted.calls > 10 * CLIENTS
+        assert counted.last_start < STOPPED_AT[0]
+
+
+def test_head_requests_are_driven_and_counted_as_execute_counts_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HEAD response ends at its head, whatever its Content-Length says."""
+    counted = Counted(monkeypatch)
+    totals = Totals()
+    head = response(200, b"", [("Content-Length", "100")], length=False)
+
+    async def heads(request: Request, writer: asyncio.StreamWriter) -> bool:
+        assert request.method == "HEAD"
+        writer.write(head)
+        return True
+
+    async def main() -> None:
+        async with HttpTestServer(heads) as server:
+            await load(fixed("HEAD"), server.url("/"), totals)
+            st = totals.op("Fixed")
+            assert st.ok == len(server.requests) > 20 * CLIENTS and st.fail == 0
+            assert st.statuses == {200: st.ok} and st.received == st.ok * len(head)
+        assert counted.calls == CLIENTS
+
+    run(main)
+
+
+class FakeTransport(asyncio.Transport):
+    """Takes writes and does nothing: a response is fed to the protocol by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+async def _driving(stopping: bool) -> tuple[FixedRequest, FixedConnection, FakeTransport,
+                                              DrivenCalls, asyncio.Task[int]]:
+    """A FixedRequest driving a connection over a fake transport, its first request
+    written, the drive's task waiting for the response."""
+    client = fixed()()
+    client.init_before_use("http://127.0.0.1:9/x")
+    assert client.http is not None
+    conn = FixedConnection(asyncio.get_running_loop(), "127.0.0.1:9", 30.0)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.reused = True
+    client.http._conn = conn
+    st = Totals().op("Fixed")
+    assert isinstance(st.hist, Histogram)
+    calls = DrivenCalls(st, st.hist.rows(), False, lambda: None)
+    calls.stopping = stopping
+    task = asyncio.get_running_loop().create_task(client.drive(calls, time.perf_counter_ns()))
+    await asyncio.sleep(0)
+    assert len(transport.written) == 1  # the first request, written
+    return client, conn, transport, calls, task
+
+
+def test_a_response_after_the_drive_was_cancelled_is_not_recorded() -> None:
+    """As through execute(): a call whose response comes after its cancellation (in the
+    same turn of the loop, before its task resumes) counts as cancelled, not a success."""
+
+    async def main() -> None:
+        _, conn, transport, calls, task = await _driving(stopping=False)
+        task.cancel()
+        conn.data_received(ANSWER)  # the response, before the task runs again
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await task
+        assert not isinstance(raised.value, CancelledBetweenCalls)  # a call in flight
+        assert calls.st.ok == 0 and not calls.st.statuses and calls.st.received == 0
+        assert transport.aborted and len(transport.written) == 1  # no next request
+
+    run(main)
+
+
+def test_a_drive_cancelled_after_it_ended_says_no_call_was_in_flight() -> None:
+    """At the stop the call in flight ends the drive, recorded; a cancellation that comes
+    before the drive's task resumes finds no call in flight."""
+
+    async def main() -> None:
+        _, conn, transport, calls, task = await _driving(stopping=True)
+        conn.data_received(ANSWER)  # recorded; the drive ends: the stop came
+        task.cancel()
+        with pytest.raises(CancelledBetweenCalls):
+            await task
+        assert calls.st.ok == 1 and calls.st.statuses == {200: 1}
+        assert calls.ended > 0  # the end of that call, for the run time
+        assert not transport.aborted and len(transport.written) == 1
+
+    run(main)

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from time import perf_counter_ns
 from typing import Any, ClassVar, cast
 
-from protocol.calls import DrivenCalls, ResendCall
 from protocol.client import DrivenClient
+from protocol.driven import CancelledBetweenCalls, DrivenCalls, ResendCall
 from protocol.http._client import HttpClient
 from protocol.http._connection import ClosedBeforeResponse, HttpConnection
 from protocol.http._errors import HttpStatusError
@@ -76,9 +76,12 @@ class FixedConnection(HttpConnection):
     def finish(self) -> None:
         calls = self.calls
         status = self.status
-        if calls is None or not 200 <= status < 300:
+        if calls is None or not 200 <= status < 300 or self.waiter.done():  # type: ignore[union-attr]
             if calls is not None and status:
-                self.calls = None  # a final non-2xx: the drive ends with its response
+                # a final non-2xx: the drive ends with its response; or the drive was
+                # cancelled (its task not resumed yet): as for execute(), a call whose
+                # response comes after its cancellation counts as cancelled, not here
+                self.calls = None
             HttpConnection.finish(self)
             return
         # a 2xx while driven: HttpConnection.finish's bookkeeping, with no response made
@@ -163,8 +166,8 @@ class FixedRequest(DrivenClient):
     A call succeeds on a 2xx status; any other status fails it with `HttpStatusError`,
     a transport error with its `HttpError`, as `examples/http_fast.py` counts them.
     Each client holds one keep-alive connection (`HttpClient`, with `connect_timeout`
-    and `read_timeout`). In the closed model with no wait time and no stages, the
-    worker drives each client's calls from its connection's callbacks (no task step,
+    and `read_timeout`). In the closed model with no wait time, no stages and no
+    iterations, the worker drives each client's calls from its connection's callbacks (no task step,
     coroutine, future or response object a call: see `protocol.http._fixed`); anywhere
     else the calls go through `execute()`, with the same figures.
 
@@ -232,9 +235,13 @@ class FixedRequest(DrivenClient):
                 raise ResendCall(conn.t0) from None
             raise
         except asyncio.CancelledError:
-            conn.abandon()  # mid-request: the connection's state is unknown
             if conn.t0 > calls.ended:  # the end of the last call recorded
                 calls.ended = conn.t0
+            if drive.done() and not drive.cancelled() and drive.exception() is None and (
+                    drive.result() is None):
+                # the drive had ended, its last call recorded, none in flight
+                raise CancelledBetweenCalls from None
+            conn.abandon()  # mid-request: the connection's state is unknown
             raise
         finally:
             conn.calls = None
