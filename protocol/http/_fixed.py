@@ -76,7 +76,8 @@ class FixedConnection(HttpConnection):
     def finish(self) -> None:
         calls = self.calls
         status = self.status
-        if calls is None or not 200 <= status < 300 or self.waiter.done():  # type: ignore[union-attr]
+        waiter = self.waiter
+        if calls is None or not 200 <= status < 300 or waiter is None or waiter.done():
             if calls is not None and status:
                 # a final non-2xx: the drive ends with its response; or the drive was
                 # cancelled (its task not resumed yet): as for execute(), a call whose
@@ -131,9 +132,8 @@ class FixedConnection(HttpConnection):
                 return
         # no call in flight: the drive ends (the stop, or the connection is done)
         self.calls = None
-        waiter = cast(_Drive, self.waiter)
         self.waiter = None
-        waiter.set_result(None)
+        cast(_Drive, waiter).set_result(None)
 
     on_message_complete = finish  # httptools: the end of a message
 
