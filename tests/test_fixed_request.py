@@ -450,3 +450,34 @@ def test_a_drive_cancelled_after_it_ended_says_no_call_was_in_flight() -> None:
         assert not transport.aborted and len(transport.written) == 1
 
     run(main)
+
+
+def test_a_json_request_is_driven_as_http_client_sends_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    counted = Counted(monkeypatch)
+    totals = Totals()
+
+    async def main() -> None:
+        async with HttpTestServer(ok) as server:
+            await load(fixed("PUT", json={"id": 1, "tags": ["a"]}), server.url("/j"), totals)
+            seen = {(r.method, r.target, r.headers["content-type"], r.body)
+                    for r in server.requests}
+            assert seen == {("PUT", "/j", "application/json", b'{"id":1,"tags":["a"]}')}
+            assert totals.op("Fixed").ok == len(server.requests) > 20 * CLIENTS
+        assert counted.calls == CLIENTS  # then driven
+
+    run(main)
+
+
+def test_body_and_json_both_fail_every_call_by_name() -> None:
+    totals = Totals()
+
+    async def main() -> None:
+        async with HttpTestServer(ok) as server:
+            await load(fixed("POST", body=b"x", json={"a": 1}), server.url("/"), totals,
+                       seconds=0.05)
+            assert not server.requests
+
+    run(main)
+    (key,) = totals.errors
+    assert key[1] == "HttpInvalidRequest" and "give body= or json=, not both" in key[2]

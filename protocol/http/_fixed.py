@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from json import dumps
 from time import perf_counter_ns
 from typing import Any, ClassVar, cast
 
@@ -160,8 +161,12 @@ class FixedRequest(DrivenClient):
         class Hammer(FixedRequest):
             method = "POST"
             path = "/api/items"            # None (default): the URL's own path
-            body = b'{"id": 1}'            # bytes or str; None: no body
-            headers = {"Content-Type": "application/json"}
+            body = b"id=1"                 # bytes or str; None: no body
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    or `json = {"id": 1}` instead of `body`: sent as compact JSON, with
+    `Content-Type: application/json` unless `headers` gives one (as `HttpClient`'s
+    `json=`).
 
     A call succeeds on a 2xx status; any other status fails it with `HttpStatusError`,
     a transport error with its `HttpError`, as `examples/http_fast.py` counts them.
@@ -179,6 +184,7 @@ class FixedRequest(DrivenClient):
     method: ClassVar[str] = "GET"
     path: ClassVar[str | None] = None
     body: ClassVar[bytes | str | None] = None
+    json: ClassVar[Any] = None  # an object sent as JSON, instead of body
     headers: ClassVar[Mapping[str, str] | None] = None
     connect_timeout: ClassVar[float] = 5.0
     read_timeout: ClassVar[float] = 30.0
@@ -204,7 +210,8 @@ class FixedRequest(DrivenClient):
         if http is None:
             raise RuntimeError(f"{type(self).__name__}: no HTTP client: an overriding "
                                "init_before_use must call super().init_before_use(host)")
-        response = await http.request(self.method, self.path, body=self.body)
+        response = await http.request(self.method, self.path, body=self.body,
+                                      json=self.json)
         if not 200 <= response.status < 300:
             raise _failed(response)
 
@@ -219,8 +226,15 @@ class FixedRequest(DrivenClient):
                 not conn.usable):
             return t0  # no idle open connection: execute() makes the next call
         assert http is not None
-        method, path, body = self.method, self.path, self.body
-        key: HeadKey = method if path is None else (method, path)
+        method, path, body, json = self.method, self.path, self.body, self.json
+        key: HeadKey
+        if json is None:
+            key = method if path is None else (method, path)
+        elif body is None:  # as HttpClient.request makes it
+            key = (method, path, True)
+            body = dumps(json, separators=(",", ":")).encode()
+        else:
+            return t0  # both: execute() fails the call with HttpInvalidRequest
         head = http._prepared.get(key) or http._origin.cached(key)
         data = head.bare if body is None else head.with_body(body)
         drive = conn.drive(calls, data, head, t0)
