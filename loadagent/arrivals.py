@@ -67,8 +67,8 @@ class Arrivals:
     uniform ones are counted, Poisson ones drawn as a count (the process forgets).
     """
 
-    __slots__ = ("_cut", "_done", "_k", "_profile", "_quota", "_rng", "_step", "_t0_ns", "_total",
-                 "_worker", "end_ns", "i", "times")
+    __slots__ = ("_cut", "_done", "_k", "_prev", "_profile", "_quota", "_rng", "_step",
+                 "_t0_ns", "_total", "_worker", "end_ns", "i", "times")
 
     def __init__(self, *, t0_ns: int, run_time: float, rate: float, time_unit: float,
                  worker: int, workers: int, poisson: bool, seed: str,
@@ -100,6 +100,7 @@ class Arrivals:
             self._total = len(range(worker, min(n, iterations) if iterations else n, workers))
         self.times: list[int] = []
         self.i = 0
+        self._prev = -1  # the last intended start of the blocks before this one (-1: none)
         self.refill()
 
     def _time(self, k: int) -> int:
@@ -124,6 +125,8 @@ class Arrivals:
 
     def refill(self) -> None:
         """The next block of intended starts (the call loop calls it at a block's end)."""
+        if self.times and self.times[-1] != END:
+            self._prev = self.times[-1]
         self.i = 0
         if self._done:
             self.times = [END]
@@ -230,18 +233,34 @@ class Arrivals:
 
     def stop_at(self, when_ns: int) -> None:
         """The schedule ends at ``when_ns`` (a STOP before run_time, an abort): the
-        arrivals from then on are not in it."""
+        arrivals from then on are not in it. One already taken that is due less than
+        ``EARLY_NS`` after it (a call started that early is on time) stays in it: the
+        end moves just past it."""
+        taken = self._taken_before(when_ns + EARLY_NS)
+        if taken >= when_ns:
+            when_ns = taken + 1
         if when_ns >= self.end_ns:
             return
         self.end_ns = when_ns
         cut = bisect.bisect_left(self.times, when_ns, self.i)
         if cut < len(self.times) or self._done:  # the end is in this block
+            if self.i:
+                self._prev = self.times[self.i - 1]
             self.times = [*self.times[self.i:cut], END]
             self.i = 0
             self._done = True
         elif self._rng is None:  # beyond it: the blocks to come stop there
             self._total = self._first_at(when_ns)
         # (a Poisson block is cut at end_ns as it is computed)
+
+
+    def _taken_before(self, limit_ns: int) -> int:
+        """The latest intended start before ``limit_ns`` of an arrival already taken (or
+        skipped); -1 if none."""
+        j = bisect.bisect_left(self.times, limit_ns, 0, self.i)
+        if j:
+            return self.times[j - 1]
+        return self._prev if self._prev < limit_ns else -1
 
 
 class OpenScheduler(ClientScheduler):

@@ -15,7 +15,7 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadagent.arrivals import BLOCK, END, Arrivals, OpenScheduler
+from loadagent.arrivals import BLOCK, EARLY_NS, END, Arrivals, OpenScheduler
 from protocol.client import ClientProtocol
 from protocol.histogram import bucket_value
 from protocol.plan import arrival_time, arrival_workers, clients_of, scheduled_arrivals
@@ -116,6 +116,31 @@ def test_skip_before_and_stop_at_and_due() -> None:
     a.stop_at(100_000_000)
     assert times_of(a) == [60_000_000, 70_000_000, 80_000_000, 90_000_000]
     assert a.skip_before(10**12) == 0
+
+
+@pytest.mark.parametrize("block_end", [False, True])
+def test_a_stop_keeps_an_arrival_taken_that_was_due_within_the_early_start(
+        block_end: bool) -> None:
+    """A call may start up to EARLY_NS before its arrival is due (on time, within the
+    timers' resolution): a stop in that window keeps its arrival in the schedule, so
+    the calls run still equal the arrivals before its end."""
+    whole = uniform(0, 1, rate=100.0, run_time=20.0)  # every 10 ms
+    for early_by in (1, 500_000, EARLY_NS - 1):
+        a = uniform(0, 1, rate=100.0, run_time=20.0)
+        taken = BLOCK if block_end else 6  # up to the last of a block, which refills
+        due = (taken - 1) * 10_000_000  # the last one taken
+        assert a.skip_before(due + 1) == taken
+        assert a.i == (0 if block_end else taken)  # (past a block's last: the next block)
+        a.stop_at(due - early_by)
+        assert a.end_ns == due + 1
+        assert whole.skip_before(a.end_ns) == taken  # the schedule: the ones taken
+        whole = uniform(0, 1, rate=100.0, run_time=20.0)
+        assert a.skip_before(10**12) == 0
+    # a stop further from it than that cuts where it comes
+    a = uniform(0, 1, rate=100.0, run_time=20.0)
+    a.skip_before(50_000_001)
+    a.stop_at(50_000_000 - EARLY_NS)
+    assert a.end_ns == 50_000_000 - EARLY_NS
 
 
 @pytest.mark.parametrize("limit_s", [0.0, 0.3, 1.0, 2.5, 7.77, 10.0, 60.0])
